@@ -1,0 +1,1 @@
+"""Kafka plumbing: topic names and bootstrap, the publisher, the consumer runner."""

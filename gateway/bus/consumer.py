@@ -1,0 +1,190 @@
+"""The consumer runner behind `gateway worker` and `gateway dispatch`: at-least-once, in order.
+
+- Offsets are committed only after the handler finished with a record (commit-after-success).
+- Partitions of one poll are handled concurrently (bounded), records of one partition in order.
+- A record whose handler keeps raising is retried with backoff, then handed to ``dead_letter`` and
+  skipped, so a poison message never blocks its partition.
+- ``BrokerUnavailable`` (the handler could not publish its outputs) is not the record's fault: the
+  partition is rewound to the first unfinished record and retried after a pause, never skipped.
+- On rebalance the revoked partitions' finished offsets are committed before they are given up,
+  and nothing is committed for a partition we no longer own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeAlias
+
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from gateway.bus.kafka import client_options
+from gateway.bus.producer import BrokerUnavailable
+from gateway.config import KafkaSection
+
+log = structlog.get_logger(__name__)
+
+Record: TypeAlias = ConsumerRecord[bytes, bytes]
+Handler = Callable[[Record], Awaitable[None]]
+DeadLetter = Callable[[Record, BaseException, int], Awaitable[None]]
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, runner: ConsumerRunner) -> None:
+        self.runner = runner
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self.runner._drain_and_commit(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        log.info(
+            "partitions_assigned", consumer=self.runner.name, partitions=sorted(str(tp.partition) for tp in assigned)
+        )
+
+
+class ConsumerRunner:
+    def __init__(
+        self,
+        kafka: KafkaSection,
+        *,
+        topics: list[str],
+        group_id: str,
+        handler: Handler,
+        dead_letter: DeadLetter,
+        concurrency: int = 8,
+        max_attempts: int = 3,
+        retry_backoff_ms: int = 200,
+        name: str = "consumer",
+    ) -> None:
+        self.kafka = kafka
+        self.topics = topics
+        self.group_id = group_id
+        self.handler = handler
+        self.dead_letter = dead_letter
+        self.max_attempts = max_attempts
+        self.retry_backoff_s = retry_backoff_ms / 1000
+        self.name = name
+        self._partition_slots = asyncio.Semaphore(concurrency)
+        self._consumer: AIOKafkaConsumer | None = None
+        self._stopping = asyncio.Event()
+        self._started = asyncio.Event()
+        self._inflight: asyncio.Task[None] | None = None
+        self._done: dict[TopicPartition, int] = {}  # next offset to commit, per partition
+
+    @property
+    def started(self) -> asyncio.Event:
+        """Set once the consumer joined its group and received an assignment."""
+        return self._started
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        consumer = AIOKafkaConsumer(
+            **client_options(self.kafka),
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=self.kafka.session_timeout_ms,
+            heartbeat_interval_ms=self.kafka.heartbeat_interval_ms,
+            fetch_max_wait_ms=self.kafka.fetch_max_wait_ms,
+            max_poll_records=self.kafka.max_poll_records,
+        )
+        consumer.subscribe(self.topics, listener=_Listener(self))
+        await consumer.start()
+        self._consumer = consumer
+        log.info("consumer_started", consumer=self.name, group=self.group_id, topics=self.topics)
+        try:
+            while not self._stopping.is_set():
+                batch = await consumer.getmany(timeout_ms=200)
+                if consumer.assignment():
+                    self._started.set()
+                if not batch:
+                    continue
+                self._inflight = asyncio.create_task(self._process(batch))
+                try:
+                    # Shielded: a shutdown request lets the batch finish and be committed.
+                    await asyncio.shield(self._inflight)
+                finally:
+                    self._inflight = None
+                await self._commit(set(batch))
+        finally:
+            if self._inflight is not None:
+                await asyncio.wait([self._inflight])
+            await self._commit(set(self._done))
+            await consumer.stop()
+            self._consumer = None
+            log.info("consumer_stopped", consumer=self.name)
+
+    async def _process(self, batch: dict[TopicPartition, list[Record]]) -> None:
+        await asyncio.gather(*(self._process_partition(tp, records) for tp, records in batch.items()))
+
+    async def _process_partition(self, tp: TopicPartition, records: list[Record]) -> None:
+        async with self._partition_slots:
+            for record in records:
+                try:
+                    await self._handle(record)
+                except BrokerUnavailable as exc:
+                    # Outputs could not be stored: rewind so this record is fetched again.
+                    log.warning(
+                        "consumer_output_unavailable",
+                        consumer=self.name,
+                        partition=tp.partition,
+                        offset=record.offset,
+                        error=str(exc),
+                    )
+                    assert self._consumer is not None
+                    self._consumer.seek(tp, record.offset)
+                    await asyncio.sleep(self.retry_backoff_s * 5 or 1)
+                    return
+                self._done[tp] = record.offset + 1
+
+    async def _handle(self, record: Record) -> None:
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                await self.handler(record)
+                return
+            except BrokerUnavailable:
+                raise
+            except Exception as exc:
+                if attempt == self.max_attempts:
+                    log.error(
+                        "record_failed",
+                        consumer=self.name,
+                        topic=record.topic,
+                        partition=record.partition,
+                        offset=record.offset,
+                        attempts=attempt,
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
+                    await self.dead_letter(record, exc, attempt)
+                    return
+                await asyncio.sleep(self.retry_backoff_s * 2 ** (attempt - 1))
+
+    async def _drain_and_commit(self, partitions: set[TopicPartition]) -> None:
+        """Called on revoke: finish the batch in flight, then commit what we still own."""
+        if self._inflight is not None:
+            await asyncio.wait([self._inflight])
+        await self._commit(partitions)
+        for tp in partitions:
+            self._done.pop(tp, None)
+
+    async def _commit(self, partitions: set[TopicPartition]) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        owned = consumer.assignment()
+        offsets = {tp: self._done[tp] for tp in partitions if tp in self._done and tp in owned}
+        if not offsets:
+            return
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, KafkaError) as exc:
+            # The records will be delivered again to whoever owns the partition: at-least-once.
+            log.warning("commit_failed", consumer=self.name, error=str(exc))
+            return
+        for tp, offset in offsets.items():
+            if self._done.get(tp) == offset:
+                del self._done[tp]

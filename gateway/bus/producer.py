@@ -1,0 +1,160 @@
+"""The publisher: acks=all, batching and compression, keys per conversation, contract headers.
+
+``send_many`` returns only when the broker has acknowledged every record, which is what lets
+ingress answer 2xx truthfully. Any broker trouble surfaces as ``BrokerUnavailable`` so callers can
+answer 503 and let the sender retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import structlog
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from gateway.bus.init_producer_id import negotiate_init_producer_id
+from gateway.bus.kafka import client_options
+from gateway.config import KafkaSection
+from gateway.model import DeliveryEvent, DlqRecord, Message, encode
+
+log = structlog.get_logger(__name__)
+
+Headers = list[tuple[str, bytes]]
+
+
+class BrokerUnavailable(Exception):
+    """The broker did not acknowledge in time; nothing can be promised to the sender."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingRecord:
+    topic: str
+    value: bytes
+    key: bytes | None = None
+    headers: Headers = field(default_factory=list)
+
+
+def record_for(
+    topic: str,
+    record: Message | DeliveryEvent | DlqRecord,
+    *,
+    traceparent: str,
+    key: str | None = None,
+    value: bytes | None = None,
+    extra_headers: Sequence[tuple[str, str]] = (),
+) -> OutgoingRecord:
+    """Wrap a model record with the headers every consumer can route on without decoding JSON."""
+    channel = getattr(record, "channel", None) or ""
+    instance = getattr(record, "instance", None) or ""
+    headers: Headers = [
+        ("schema", record.schema.encode()),
+        ("content-type", b"application/json"),
+        ("channel", channel.encode()),
+        ("instance", instance.encode()),
+        ("traceparent", traceparent.encode()),
+        ("record-id", record.id.encode()),
+    ]
+    headers.extend((name, text.encode()) for name, text in extra_headers)
+    return OutgoingRecord(
+        topic=topic,
+        value=value if value is not None else encode(record),
+        key=key.encode() if key is not None else None,
+        headers=headers,
+    )
+
+
+def header(headers: Sequence[tuple[str, bytes]], name: str) -> str | None:
+    for key, value in headers:
+        if key == name:
+            return value.decode("utf-8", "replace")
+    return None
+
+
+class Publisher:
+    def __init__(self, kafka: KafkaSection) -> None:
+        self._kafka = kafka
+        self._producer: AIOKafkaProducer | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def connected(self) -> bool:
+        return self._producer is not None
+
+    async def start(self) -> None:
+        """Connect once; raises when the broker cannot be reached (see ``connect_forever``)."""
+        async with self._lock:
+            if self._producer is not None:
+                return
+            kafka = self._kafka
+            if kafka.enable_idempotence:
+                negotiate_init_producer_id()
+            producer = AIOKafkaProducer(
+                **client_options(kafka),
+                acks="all",
+                enable_idempotence=kafka.enable_idempotence,
+                linger_ms=kafka.linger_ms,
+                max_batch_size=kafka.max_batch_size,
+                compression_type=None if kafka.compression_type == "none" else kafka.compression_type,
+                # Expire unsent batches within the publish timeout, so a record we answered 503
+                # for is not quietly sent minutes later.
+                request_timeout_ms=kafka.publish_timeout_ms,
+            )
+            try:
+                await producer.start()
+            except BaseException:
+                await producer.stop()
+                raise
+            self._producer = producer
+            log.info(
+                "producer_connected",
+                bootstrap_servers=kafka.bootstrap_servers,
+                idempotence=kafka.enable_idempotence,
+            )
+
+    async def connect_forever(self, retry_s: float = 1.0) -> None:
+        """Keep trying to connect, so a process can start before the broker and serve 503 meanwhile."""
+        while self._producer is None:
+            try:
+                await self.start()
+            except (KafkaError, OSError) as exc:
+                log.warning("producer_connect_failed", error=str(exc), retry_in_s=retry_s)
+                await asyncio.sleep(retry_s)
+                retry_s = min(retry_s * 2, 30.0)
+
+    async def stop(self) -> None:
+        async with self._lock:
+            if self._producer is not None:
+                await self._producer.stop()
+                self._producer = None
+
+    async def send_many(self, records: Sequence[OutgoingRecord]) -> None:
+        """Send all records (batched by the client) and wait until the broker acknowledged each."""
+        producer = self._producer
+        if producer is None:
+            raise BrokerUnavailable("not connected to the broker")
+        if not records:
+            return
+        try:
+            async with asyncio.timeout(self._kafka.publish_timeout_ms / 1000 + 1):
+                futures = [await producer.send(r.topic, r.value, key=r.key, headers=r.headers) for r in records]
+                await asyncio.gather(*futures)
+        except (KafkaError, TimeoutError) as exc:
+            raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    async def send(self, record: OutgoingRecord) -> None:
+        await self.send_many([record])
+
+    async def ping(self) -> bool:
+        """Readiness: can we fetch cluster metadata right now?"""
+        producer = self._producer
+        if producer is None:
+            return False
+        try:
+            async with asyncio.timeout(2):
+                await producer.client.fetch_all_metadata()
+        except (KafkaError, TimeoutError, OSError):
+            return False
+        return True

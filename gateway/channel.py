@@ -1,0 +1,183 @@
+"""The channel adapter contract: verify, handshake, parse inbound webhooks; send outbound messages.
+
+Adapters are mostly pure: they receive a framework-neutral ``WebhookRequest`` and return messages,
+events or an ``HttpReply``. The ingress server owns all I/O with Kafka and Redis, so an adapter can
+be tested with real-format payloads and nothing else, and cannot break the delivery guarantees.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import parse_qsl
+
+import msgspec
+
+from gateway.config import RateLimit
+from gateway.model import Content, DeliveryEvent, Message, Party
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from gateway.store.redis import RedisStore
+
+
+class ChannelError(Exception):
+    """Base of the errors an adapter raises to steer the HTTP answer."""
+
+    status: int = 400
+
+
+class AuthenticationError(ChannelError):
+    """Missing or wrong signature/token: 401, nothing published."""
+
+    status = 401
+
+
+class ForbiddenError(ChannelError):
+    """Authenticated caller not allowed here (wrong origin, wrong verify token): 403."""
+
+    status = 403
+
+
+class PayloadError(ChannelError):
+    """Authenticated but unusable payload: quarantined to the DLQ and answered 2xx."""
+
+    status = 200
+
+
+class SendError(Exception):
+    """Outbound delivery failed; ``retryable`` decides whether the dispatcher tries again."""
+
+    def __init__(self, code: str, message: str, *, retryable: bool, retry_after_s: float | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.retryable = retryable
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookRequest:
+    """An HTTP request as adapters see it: raw bytes for signatures, decoded views for parsing."""
+
+    method: str
+    url: str  # public URL as the provider called it (rebuilt from forwarded headers if trusted)
+    path: str
+    query: Mapping[str, str]
+    headers: Mapping[str, str]  # case-insensitive
+    body: bytes = b""
+    remote: str | None = None
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise PayloadError(f"body is not valid JSON: {exc}") from None
+
+    def form(self) -> dict[str, str]:
+        """URL-encoded form fields (last value wins), as signed by providers such as Twilio."""
+        try:
+            text = self.body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise PayloadError("form body is not UTF-8") from None
+        return dict(parse_qsl(text, keep_blank_values=True))
+
+
+@dataclass(frozen=True, slots=True)
+class HttpReply:
+    """What an adapter wants answered instead of the default acknowledgement."""
+
+    status: int = 200
+    body: bytes | str = b""
+    content_type: str = "text/plain"
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ParseResult:
+    messages: list[Message] = field(default_factory=list)
+    events: list[DeliveryEvent] = field(default_factory=list)
+    reply: HttpReply | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    external_id: str | None
+
+
+class ChannelSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Settings every instance accepts; adapters subclass this with their own keys."""
+
+    type: str
+    enabled: bool = True
+    max_body_bytes: int | None = None  # overrides http.max_body_bytes for this instance
+    rate_limit: RateLimit | None = None
+    keep_raw: bool = False  # keep the provider payload on the message (may contain personal data)
+    base_url: str | None = None  # provider API base for sending; tests point it at a local server
+
+
+@dataclass(slots=True)
+class ChannelServices:
+    """What the core lends an adapter: Redis helpers (replay protection) and an HTTP session."""
+
+    store: RedisStore
+    http: aiohttp.ClientSession | None = None
+
+
+class Channel:
+    """Base class of channel adapters. Subclass, set ``type`` and ``Settings``, override hooks."""
+
+    type: ClassVar[str]
+    Settings: ClassVar[builtins.type[ChannelSettings]] = ChannelSettings
+    secret_settings: ClassVar[frozenset[str]] = frozenset()
+    description: ClassVar[str] = ""
+
+    def __init__(self, name: str, settings: ChannelSettings, services: ChannelServices) -> None:
+        self.name = name
+        self.settings = settings
+        self.services = services
+
+    async def handshake(self, request: WebhookRequest) -> HttpReply:
+        """Answer a GET on the webhook path (e.g. Meta's hub.challenge). Default: not allowed."""
+        return HttpReply(status=405, body="this channel has no GET handshake")
+
+    async def verify(self, request: WebhookRequest) -> None:
+        """Raise AuthenticationError/ForbiddenError unless the request comes from the provider."""
+        raise NotImplementedError
+
+    def parse(self, request: WebhookRequest) -> ParseResult:
+        """Turn a verified request into messages and events; raise PayloadError if unusable."""
+        raise NotImplementedError
+
+    async def send(self, message: Message) -> SendResult:
+        """Deliver an outbound message; raise SendError on failure."""
+        raise SendError("unsupported", f"channel type {self.type} cannot send", retryable=False)
+
+    def message(
+        self,
+        *,
+        external_id: str | None,
+        conversation_id: str,
+        sender: Party,
+        content: Content,
+        **fields: Any,
+    ) -> Message:
+        """Build an inbound message stamped with this instance's channel and name."""
+        return Message(
+            direction="inbound",
+            channel=self.type,
+            instance=self.name,
+            external_id=external_id,
+            conversation_id=conversation_id,
+            sender=sender,
+            content=content,
+            **fields,
+        )

@@ -1,0 +1,301 @@
+"""The `gateway` command."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import msgspec
+
+from gateway import __version__
+from gateway.config import Config, ConfigError, config_from_dict, load_config
+from gateway.logs import configure_logging
+from gateway.plugins import PluginError, PluginRegistry, load_plugins
+from gateway.runtime import Runtime
+from gateway.service import Roles, run_roles
+
+CONFIG_OPTION = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="GATEWAY_CONFIG",
+    help="TOML configuration file (or GATEWAY_CONFIG).",
+)
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    raise SystemExit(2)
+
+
+def _prepare(config: Config) -> tuple[Config, PluginRegistry]:
+    configure_logging(config.logging.level, config.logging.format)
+    try:
+        registry = load_plugins(fail_fast=config.fail_fast, disabled=config.plugins.disabled)
+    except PluginError as exc:
+        _fail(str(exc))
+    return config, registry
+
+
+def _load(config_path: Path | None) -> Config:
+    try:
+        return load_config(config_path)
+    except ConfigError as exc:
+        _fail(f"invalid configuration: {exc}")
+        raise  # unreachable; keeps type checkers satisfied
+
+
+async def _run_until_signal(runtime: Runtime, roles: Roles, on_ready: Any = None) -> None:
+    from gateway.embedded import signal_names
+
+    stop = asyncio.Event()
+    ready = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in signal_names():
+        loop.add_signal_handler(sig, stop.set)
+    main = asyncio.create_task(run_roles(runtime, roles, stop, ready))
+    if on_ready is not None:
+        ready_wait = asyncio.create_task(ready.wait())
+        await asyncio.wait([main, ready_wait], return_when=asyncio.FIRST_COMPLETED)
+        if ready.is_set():
+            on_ready()
+        ready_wait.cancel()
+    await main
+
+
+def _run(config: Config, roles: Roles, on_ready: Any = None) -> None:
+    config, registry = _prepare(config)
+    try:
+        runtime = Runtime.create(config, registry)
+    except ConfigError as exc:
+        _fail(f"invalid configuration: {exc}")
+    asyncio.run(_run_until_signal(runtime, roles, on_ready))
+
+
+@click.group()
+@click.version_option(__version__, prog_name="gateway")
+def cli() -> None:
+    """Multi-channel message gateway: webhooks, email and chat in; Kafka in the middle; replies out."""
+
+
+@cli.command()
+@CONFIG_OPTION
+def serve(config_path: Path | None) -> None:
+    """HTTP ingress: webhooks, health, readiness and metrics."""
+    _run(_load(config_path), Roles(serve=True))
+
+
+@cli.command()
+@CONFIG_OPTION
+def worker(config_path: Path | None) -> None:
+    """Run the processor chain on the inbound topic."""
+    _run(_load(config_path), Roles(worker=True))
+
+
+@cli.command()
+@CONFIG_OPTION
+def dispatch(config_path: Path | None) -> None:
+    """Deliver outbound messages through their channel instance."""
+    _run(_load(config_path), Roles(dispatch=True))
+
+
+DEV_SECRET_ENV = "GATEWAY_DEV_API_SECRET"  # noqa: S105 - a variable name, not a secret
+
+
+@cli.command()
+@CONFIG_OPTION
+@click.option("--port", type=int, default=None, help="HTTP port (default from config, 8080).")
+def dev(config_path: Path | None, port: int | None) -> None:
+    """Everything in one process; starts embedded Kafka (Tansu) and Redis unless
+    KAFKA_BOOTSTRAP_SERVERS / REDIS_URL are set."""
+    from gateway.embedded import EmbeddedKafka, EmbeddedRedis, EmbeddedServer, EmbeddedUnavailable
+
+    servers: list[EmbeddedServer] = []
+    env = os.environ  # embedded addresses and the dev secret are visible to everything in-process
+    try:
+        if not env.get("KAFKA_BOOTSTRAP_SERVERS"):
+            kafka = EmbeddedKafka()
+            kafka.start()
+            servers.append(kafka)
+            env["KAFKA_BOOTSTRAP_SERVERS"] = kafka.address
+        if not env.get("REDIS_URL"):
+            redis = EmbeddedRedis()
+            redis.start()
+            servers.append(redis)
+            env["REDIS_URL"] = redis.url
+    except (EmbeddedUnavailable, RuntimeError) as exc:
+        for server in servers:
+            server.cleanup()
+        _fail(str(exc))
+
+    secret = env.get(DEV_SECRET_ENV) or secrets.token_hex(16)
+    env[DEV_SECRET_ENV] = secret
+    try:
+        if config_path is not None:
+            config = load_config(config_path, env)
+        else:
+            config = config_from_dict(
+                {
+                    "logging": {"format": "console"},
+                    "kafka": {
+                        "partitions": 3,
+                        "session_timeout_ms": 6000,
+                        "heartbeat_interval_ms": 1000,
+                        "fetch_max_wait_ms": 50,
+                    },
+                    "channels": {"api": {"type": "api", "secret": f"env:{DEV_SECRET_ENV}"}},
+                },
+                env,
+            )
+    except ConfigError as exc:
+        for server in servers:
+            server.cleanup()
+        _fail(f"invalid configuration: {exc}")
+        return
+    if port is not None:
+        config.http.port = port
+
+    def banner() -> None:
+        click.echo(_dev_banner(config, servers, secret if config_path is None else None), err=True)
+
+    try:
+        _run(config, Roles(serve=True, worker=True, dispatch=True), on_ready=banner)
+    finally:
+        for server in servers:
+            server.cleanup()
+
+
+def _dev_banner(config: Config, servers: list[Any], secret: str | None) -> str:
+    from gateway.signing import hmac_sha256_hex
+
+    base = f"http://{config.http.host}:{config.http.port}"
+    lines = ["", "gateway dev is ready", f"  HTTP      {base}  (webhooks at {base}/webhooks/<instance>)"]
+    embedded = {s.name: s.address for s in servers}
+    lines.append(
+        f"  Kafka     {config.kafka.bootstrap_servers}"
+        + ("  (embedded Tansu, in memory)" if "tansu" in embedded else "")
+    )
+    lines.append(f"  Redis     {config.redis.url}" + ("  (embedded redis-server)" if "redis" in embedded else ""))
+    lines.append(f"  Instances {', '.join(sorted(config.channels)) or 'none'}")
+    if secret is not None:
+        body = json.dumps(
+            {
+                "id": "demo-1",
+                "sender": {"id": "customer-42", "name": "Ada"},
+                "text": "Hello! My order #1234 has not arrived yet.",
+            },
+            separators=(",", ":"),
+        )
+        signature = "sha256=" + hmac_sha256_hex(secret, body.encode())
+        lines += [
+            "",
+            "Post a message (the api instance's secret is in this process only):",
+            f"  curl -sS {base}/webhooks/api -H 'Content-Type: application/json' \\",
+            f"    -H 'X-Gateway-Signature: {signature}' \\",
+            f"    --data {shlex.quote(body)}",
+        ]
+    exe = shlex.quote(sys.argv[0]) if sys.argv and sys.argv[0].endswith("gateway") else "gateway"
+    tail = f"KAFKA_BOOTSTRAP_SERVERS={config.kafka.bootstrap_servers} {exe} tail {config.gateway.topic_prefix}"
+    lines += [
+        "",
+        "Watch the topics from another terminal:",
+        f"  {tail}inbound.v1",
+        f"  {tail}processed.v1",
+        "",
+        "Ctrl-C stops everything (embedded servers included).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+@cli.command()
+@CONFIG_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins(config_path: Path | None, as_json: bool) -> None:
+    """List discovered plugins: name, version, source and what each registers."""
+    config = _load(config_path)
+    configure_logging("error", config.logging.format)
+    try:
+        registry = load_plugins(fail_fast=False, disabled=config.plugins.disabled)
+    except PluginError as exc:
+        _fail(str(exc))
+        return
+    if as_json:
+        click.echo(json.dumps([msgspec.to_builtins(p) for p in registry.plugins], indent=2))
+        return
+    for info in registry.plugins:
+        status = f"FAILED: {info.error}" if info.error else "ok"
+        click.echo(f"{info.name} {info.version} ({info.source}) {status}")
+        for kind in ("channels", "processors", "commands", "routes"):
+            items = getattr(info, kind)
+            if items:
+                click.echo(f"  {kind}: {', '.join(items)}")
+    if registry.failures:
+        raise SystemExit(1)
+
+
+@cli.group()
+def schema() -> None:
+    """JSON Schemas of the topic records."""
+
+
+@schema.command("print")
+@click.argument("schema_id", default="gateway.message/v1")
+def schema_print(schema_id: str) -> None:
+    """Print one schema (gateway.message/v1, gateway.event/v1, gateway.dlq/v1)."""
+    from gateway.schema import SCHEMA_FILES, render
+
+    if schema_id not in SCHEMA_FILES:
+        _fail(f"unknown schema {schema_id!r}; choose from {', '.join(SCHEMA_FILES)}")
+    click.echo(render(schema_id), nl=False)
+
+
+@schema.command("export")
+@click.argument("directory", default="schemas", type=click.Path(file_okay=False, path_type=Path))
+def schema_export(directory: Path) -> None:
+    """Write every schema to DIRECTORY (default: schemas/)."""
+    from gateway.schema import export
+
+    for path in export(directory):
+        click.echo(str(path))
+
+
+@cli.command()
+@CONFIG_OPTION
+@click.argument("topic")
+@click.option("--from-beginning/--from-end", default=True, help="Start at the oldest record (default).")
+@click.option("--max", "limit", type=int, default=None, help="Stop after this many records.")
+@click.option("--timeout", type=float, default=None, help="Stop after this many seconds without a record.")
+def tail(config_path: Path | None, topic: str, from_beginning: bool, limit: int | None, timeout: float | None) -> None:
+    """Print the records of TOPIC as JSON lines (key, headers, value). Joins no consumer group."""
+    from gateway.bus.tail import tail_topic
+
+    config = _load(config_path)
+    configure_logging("warning", "console")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(
+            tail_topic(
+                config.kafka, topic, from_beginning=from_beginning, limit=limit, idle_timeout_s=timeout, out=click.echo
+            )
+        )
+
+
+def main() -> None:
+    # Plugin commands join the group; failures were already reported by load_plugins.
+    configure_logging("error", "console")
+    try:
+        registry = load_plugins(fail_fast=False)
+    except PluginError:
+        registry = PluginRegistry()
+    for name, command in registry.commands.items():
+        if name not in cli.commands:
+            cli.add_command(command)
+    cli()

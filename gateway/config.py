@@ -1,0 +1,208 @@
+"""Configuration: a TOML file, environment overrides, and secrets referenced from the environment.
+
+The file shape is fixed by DESIGN.md. Decoding goes through msgspec so that every mistake fails
+at start with the dotted key and the problem, instead of surfacing later as a runtime error.
+Secret values are written as ``env:NAME`` (or ``file:/path`` for container secrets) and resolved
+here; the resolved values live only in memory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+Positive = Annotated[int, msgspec.Meta(gt=0)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+
+INSTANCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class ConfigError(Exception):
+    """Invalid configuration; the message names the key and the problem."""
+
+
+class GatewaySection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    topic_prefix: str = "gateway."
+    environment: Literal["development", "production"] = "development"
+
+
+class KafkaSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    client_id: str = "message-gateway"
+    partitions: Positive = 6
+    replication_factor: Positive = 1
+    create_topics: bool = True
+    # Idempotent producing needs InitProducerId; see gateway/bus/producer.py for the Tansu caveat.
+    enable_idempotence: bool = True
+    linger_ms: NonNegative = 5
+    max_batch_size: Positive = 262144
+    compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "gzip"
+    publish_timeout_ms: Positive = 10000
+    session_timeout_ms: Positive = 10000
+    heartbeat_interval_ms: Positive = 3000
+    fetch_max_wait_ms: NonNegative = 500
+    max_poll_records: Positive = 500
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+
+
+class RedisSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "gw:"
+    dedup_ttl_s: Positive = 3 * 24 * 3600
+    # What ingress does when Redis is unreachable: "accept" publishes without dedup (duplicates
+    # possible, nothing lost), "reject" answers 503 so the sender retries later.
+    on_failure: Literal["accept", "reject"] = "accept"
+    socket_timeout_s: PositiveFloat = 1.0
+
+
+class HttpSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: Port = 8080
+    max_body_bytes: Positive = 1024 * 1024
+    retry_after_s: Positive = 5
+    # Honour X-Forwarded-Proto/Host when rebuilding public URLs (for signature schemes that sign
+    # the URL). Only enable behind a proxy you control.
+    trust_forwarded_headers: bool = False
+    public_url: str | None = None
+
+
+class RateLimit(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    rate: PositiveFloat  # tokens per second
+    burst: Positive
+
+
+class WorkerSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    group_id: str = "gateway-worker"
+    concurrency: Positive = 8
+    max_attempts: Positive = 3
+    retry_backoff_ms: NonNegative = 200
+    processors: list[str] | None = None  # None: every discovered processor, in declared order
+
+
+class DispatchSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    group_id: str = "gateway-dispatch"
+    concurrency: Positive = 8
+    max_attempts: Positive = 5
+    retry_backoff_ms: NonNegative = 500
+
+
+class PluginsSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    # Fail at start when a third-party plugin cannot be loaded (recommended in production).
+    fail_fast: bool | None = None
+    disabled: list[str] = []
+
+
+class LoggingSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "console"] = "json"
+
+
+class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    gateway: GatewaySection = msgspec.field(default_factory=GatewaySection)
+    kafka: KafkaSection = msgspec.field(default_factory=KafkaSection)
+    redis: RedisSection = msgspec.field(default_factory=RedisSection)
+    http: HttpSection = msgspec.field(default_factory=HttpSection)
+    worker: WorkerSection = msgspec.field(default_factory=WorkerSection)
+    dispatch: DispatchSection = msgspec.field(default_factory=DispatchSection)
+    plugins: PluginsSection = msgspec.field(default_factory=PluginsSection)
+    logging: LoggingSection = msgspec.field(default_factory=LoggingSection)
+    channels: dict[str, dict[str, Any]] = {}
+    processors: dict[str, dict[str, Any]] = {}
+
+    @property
+    def fail_fast(self) -> bool:
+        if self.plugins.fail_fast is not None:
+            return self.plugins.fail_fast
+        return self.gateway.environment == "production"
+
+
+def _dotted(path: str) -> str:
+    """msgspec reports `$.kafka.linger_ms` or `$.channels['a-b'].x`; operators think in TOML keys."""
+    path = path.removeprefix("$").removeprefix(".")
+    return re.sub(r"\[['\"]?([^'\"\]]+)['\"]?\]", r".\1", path).lstrip(".")
+
+
+def format_validation_error(exc: msgspec.ValidationError, root: str = "") -> str:
+    text = str(exc)
+    match = re.search(r" - at `([^`]*)`$", text)
+    if not match:
+        return f"{root}: {text}" if root else text
+    key = ".".join(p for p in (root, _dotted(match.group(1))) if p)
+    return f"{key}: {text[: match.start()]}"
+
+
+def resolve_reference(value: Any, key: str, environ: Mapping[str, str]) -> Any:
+    """Resolve ``env:NAME`` and ``file:/path`` references, recursively through tables and lists."""
+    if isinstance(value, dict):
+        return {k: resolve_reference(v, f"{key}.{k}", environ) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve_reference(v, f"{key}[{i}]", environ) for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+    if value.startswith("env:"):
+        name = value[4:]
+        if name not in environ:
+            raise ConfigError(f"{key}: environment variable {name} is not set")
+        return environ[name]
+    if value.startswith("file:"):
+        path = Path(value[5:])
+        try:
+            return path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{key}: cannot read secret file {path}: {exc.strerror}") from None
+    return value
+
+
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Load the TOML file (optional), apply environment overrides, and validate everything."""
+    environ = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    return config_from_dict(raw, environ)
+
+
+def config_from_dict(raw: dict[str, Any], environ: Mapping[str, str] | None = None) -> Config:
+    environ = os.environ if environ is None else environ
+    # Core sections are resolved now; channel and processor tables are resolved when their plugin
+    # builds them, because only the plugin knows which of its settings are secrets.
+    resolved = {k: v if k in ("channels", "processors") else resolve_reference(v, k, environ) for k, v in raw.items()}
+    try:
+        config = msgspec.convert(resolved, Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+    if bootstrap := environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        config.kafka.bootstrap_servers = bootstrap
+    if redis_url := environ.get("REDIS_URL"):
+        config.redis.url = redis_url
+    for name, settings in config.channels.items():
+        if not INSTANCE_NAME.match(name):
+            raise ConfigError(f"channels.{name}: instance names are 1-64 letters, digits, '.', '_' or '-'")
+        if not isinstance(settings.get("type", name), str):
+            raise ConfigError(f"channels.{name}.type: expected a string")
+    if not config.gateway.topic_prefix or not re.fullmatch(r"[A-Za-z0-9._-]+", config.gateway.topic_prefix):
+        raise ConfigError("gateway.topic_prefix: use letters, digits, '.', '_' or '-'")
+    return config
+
+
+def inline_secrets(raw: Mapping[str, Any], secret_keys: frozenset[str]) -> list[str]:
+    """Names the secret settings written inline in a channel table instead of as references."""
+    return sorted(
+        key for key in secret_keys if isinstance(raw.get(key), str) and not str(raw[key]).startswith(("env:", "file:"))
+    )

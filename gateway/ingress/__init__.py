@@ -1,0 +1,1 @@
+"""HTTP ingress: webhook endpoint, health, readiness and metrics."""

@@ -1,0 +1,50 @@
+"""The aiohttp application of `gateway serve`."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway.ingress.webhook import RUNTIME, WebhookHandler
+from gateway.runtime import Runtime
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the process answers. Dependencies are /readyz's business."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    kafka, redis = await asyncio.gather(runtime.publisher.ping(), runtime.store.ping())
+    # Without Redis we still accept (policy "accept"), so only Kafka decides readiness then.
+    redis_required = runtime.config.redis.on_failure == "reject"
+    ready = kafka and (redis or not redis_required)
+    return web.json_response(
+        {"status": "ready" if ready else "unavailable", "kafka": kafka, "redis": redis},
+        status=200 if ready else 503,
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[RUNTIME].metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def create_app(runtime: Runtime) -> web.Application:
+    """Build the app; the caller owns starting and stopping the runtime's connections."""
+    http = runtime.config.http
+    largest = max([http.max_body_bytes, *(c.settings.max_body_bytes or 0 for c in runtime.channels.values())])
+    app = web.Application(client_max_size=largest)
+    app[RUNTIME] = runtime
+    webhook = WebhookHandler(runtime)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_route("POST", "/webhooks/{instance}", webhook)
+    app.router.add_route("GET", "/webhooks/{instance}", webhook)
+    for route in runtime.registry.routes:
+        app.router.add_route(route.method, route.path, route.handler)
+    return app

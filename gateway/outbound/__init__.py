@@ -1,0 +1,1 @@
+"""Outbound delivery: the dispatcher that sends replies through channel adapters."""

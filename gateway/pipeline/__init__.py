@@ -1,0 +1,1 @@
+"""The processing pipeline: processor chain and the worker that runs it."""

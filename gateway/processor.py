@@ -1,0 +1,61 @@
+"""The processor contract: enrich a message, drop it with a reason, or fail (and be retried).
+
+Processors run in ``gateway worker`` in a chain whose order comes from each processor's
+``after``/``before`` declarations. They get a context instead of globals, so they can be tested
+with a real Redis and a plain list as the outbox.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, ClassVar
+
+import msgspec
+
+from gateway.model import DeliveryEvent, Message, utcnow
+
+if TYPE_CHECKING:
+    from gateway.store.redis import RedisStore
+
+
+class ProcessorSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    enabled: bool = True
+    instances: list[str] | None = None  # run only for these channel instances (None: all)
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    """Returned by a processor to stop a message on purpose (spam, test traffic...)."""
+
+    reason: str
+
+
+@dataclass(slots=True)
+class ProcessorContext:
+    store: RedisStore
+    emit: Callable[[Message], Awaitable[None]]  # queue an outbound message (e.g. an auto-reply)
+    emit_event: Callable[[DeliveryEvent], Awaitable[None]]
+    clock: Callable[[], datetime] = field(default=utcnow)
+
+
+class Processor:
+    """Base class of processors. Subclass, set ``name`` (and ``Settings``), override ``process``."""
+
+    name: ClassVar[str]
+    Settings: ClassVar[type[ProcessorSettings]] = ProcessorSettings
+    after: ClassVar[tuple[str, ...]] = ()
+    before: ClassVar[tuple[str, ...]] = ()
+    description: ClassVar[str] = ""
+
+    def __init__(self, settings: ProcessorSettings) -> None:
+        self.settings = settings
+
+    def applies_to(self, message: Message) -> bool:
+        return self.settings.enabled and (
+            self.settings.instances is None or message.instance in self.settings.instances
+        )
+
+    async def process(self, message: Message, ctx: ProcessorContext) -> Message | Drop:
+        raise NotImplementedError

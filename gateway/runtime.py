@@ -1,0 +1,129 @@
+"""The objects a gateway process shares: config, plugins, channel instances, Kafka, Redis, metrics."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import msgspec
+import structlog
+
+from gateway.bus.producer import Publisher, record_for
+from gateway.bus.topics import Topics, ensure_topics
+from gateway.channel import Channel, ChannelServices, ChannelSettings
+from gateway.config import Config, ConfigError, format_validation_error, inline_secrets, resolve_reference
+from gateway.metrics import Metrics
+from gateway.model import DlqRecord, DlqStage, raw_payload
+from gateway.plugins import PluginRegistry
+from gateway.store.redis import RedisStore
+from gateway.tracing import child_traceparent
+
+log = structlog.get_logger(__name__)
+
+
+def build_channels(
+    config: Config,
+    registry: PluginRegistry,
+    services: ChannelServices,
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, Channel]:
+    """Instantiate every configured channel instance, validating its settings against its adapter."""
+    environ = os.environ if environ is None else environ
+    channels: dict[str, Channel] = {}
+    for name, raw in config.channels.items():
+        type_name = raw.get("type", name)
+        adapter = registry.channels.get(type_name)
+        if adapter is None:
+            available = ", ".join(sorted(registry.channels)) or "none"
+            raise ConfigError(f"channels.{name}.type: unknown channel type {type_name!r} (available: {available})")
+        inline = inline_secrets(raw, adapter.secret_settings)
+        if inline:
+            keys = ", ".join(f"channels.{name}.{key}" for key in inline)
+            if config.gateway.environment == "production":
+                raise ConfigError(f"{keys}: secrets must be references (env:NAME or file:PATH) in production")
+            log.warning("inline_secret", keys=keys, hint="use env:NAME so the file holds no secret")
+        resolved = resolve_reference({**raw, "type": type_name}, f"channels.{name}", environ)
+        try:
+            settings: ChannelSettings = msgspec.convert(resolved, adapter.Settings)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, f"channels.{name}")) from None
+        if settings.enabled:
+            channels[name] = adapter(name, settings, services)
+    return channels
+
+
+@dataclass
+class Runtime:
+    config: Config
+    registry: PluginRegistry
+    publisher: Publisher
+    store: RedisStore
+    metrics: Metrics
+    topics: Topics
+    channels: dict[str, Channel] = field(default_factory=dict)
+    http: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def create(cls, config: Config, registry: PluginRegistry, metrics: Metrics | None = None) -> Runtime:
+        store = RedisStore(config.redis)
+        runtime = cls(
+            config=config,
+            registry=registry,
+            publisher=Publisher(config.kafka),
+            store=store,
+            metrics=metrics or Metrics(),
+            topics=Topics(config.gateway.topic_prefix),
+        )
+        runtime.channels = build_channels(config, registry, ChannelServices(store=store))
+        return runtime
+
+    async def open_http(self) -> aiohttp.ClientSession:
+        """One pooled client session for all outbound provider calls, with sane timeouts."""
+        if self.http is None:
+            self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30, connect=5))
+            for channel in self.channels.values():
+                channel.services.http = self.http
+        return self.http
+
+    async def ensure_topics(self) -> None:
+        if self.config.kafka.create_topics:
+            await ensure_topics(self.config.kafka, self.topics.all())
+
+    async def close(self) -> None:
+        await self.publisher.stop()
+        await self.store.close()
+        if self.http is not None:
+            await self.http.close()
+            self.http = None
+
+    async def quarantine(
+        self,
+        *,
+        stage: DlqStage,
+        reason: str,
+        payload: bytes,
+        channel: str | None = None,
+        instance: str | None = None,
+        traceparent: str | None = None,
+        **fields: Any,
+    ) -> DlqRecord:
+        """Publish a DLQ record and wait for the ack; raises BrokerUnavailable like any publish."""
+        text, encoding = raw_payload(payload)
+        record = DlqRecord(
+            stage=stage,
+            reason=reason,
+            channel=channel,
+            instance=instance,
+            payload=text,
+            payload_encoding=encoding,
+            **fields,
+        )
+        await self.publisher.send(
+            record_for(self.topics.dlq, record, traceparent=child_traceparent(traceparent), key=instance or channel)
+        )
+        self.metrics.dlq.labels(channel or "", instance or "", stage).inc()
+        log.warning("quarantined", stage=stage, channel=channel, instance=instance, reason=reason, dlq_id=record.id)
+        return record

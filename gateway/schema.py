@@ -1,0 +1,42 @@
+"""JSON Schemas of the topic records, generated from the msgspec models (the single source)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from gateway.model import RECORD_TYPES
+
+SCHEMA_FILES = {
+    "gateway.message/v1": "message.v1.json",
+    "gateway.event/v1": "event.v1.json",
+    "gateway.dlq/v1": "dlq.v1.json",
+}
+
+
+def schema_for(schema_id: str) -> dict[str, Any]:
+    record_type = RECORD_TYPES[schema_id]
+    schema: dict[str, Any] = msgspec.json.schema(record_type)
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"urn:message-gateway:schema:{SCHEMA_FILES[schema_id].removesuffix('.json')}",
+        "title": schema_id,
+        **schema,
+    }
+
+
+def render(schema_id: str) -> str:
+    return json.dumps(schema_for(schema_id), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def export(directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for schema_id, filename in SCHEMA_FILES.items():
+        path = directory / filename
+        path.write_text(render(schema_id), encoding="utf-8")
+        written.append(path)
+    return written

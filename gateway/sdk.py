@@ -1,0 +1,90 @@
+"""The public plugin API. Plugins import from here only; everything else is internal.
+
+Stable within a major ``API_VERSION``.
+"""
+
+from __future__ import annotations
+
+from gateway.channel import (
+    AuthenticationError,
+    Channel,
+    ChannelError,
+    ChannelServices,
+    ChannelSettings,
+    ForbiddenError,
+    HttpReply,
+    ParseResult,
+    PayloadError,
+    SendError,
+    SendResult,
+    WebhookRequest,
+)
+from gateway.hookspecs import hookimpl
+from gateway.model import (
+    Attachment,
+    Content,
+    DeliveryError,
+    DeliveryEvent,
+    Location,
+    Message,
+    Party,
+    Postback,
+    Reaction,
+    Routing,
+    Sentiment,
+    Tags,
+    encode,
+    utcnow,
+)
+from gateway.plugins import Route
+from gateway.processor import Drop, Processor, ProcessorContext, ProcessorSettings
+from gateway.signing import (
+    constant_time_equals,
+    hmac_sha1_b64,
+    hmac_sha256_b64,
+    hmac_sha256_hex,
+    verify_prefixed_hex,
+)
+
+API_VERSION = "1.0"
+
+__all__ = [
+    "API_VERSION",
+    "Attachment",
+    "AuthenticationError",
+    "Channel",
+    "ChannelError",
+    "ChannelServices",
+    "ChannelSettings",
+    "Content",
+    "DeliveryError",
+    "DeliveryEvent",
+    "Drop",
+    "ForbiddenError",
+    "HttpReply",
+    "Location",
+    "Message",
+    "ParseResult",
+    "Party",
+    "PayloadError",
+    "Postback",
+    "Processor",
+    "ProcessorContext",
+    "ProcessorSettings",
+    "Reaction",
+    "Route",
+    "Routing",
+    "SendError",
+    "SendResult",
+    "Sentiment",
+    "Tags",
+    "WebhookRequest",
+    "constant_time_equals",
+    "encode",
+    "hmac_sha1_b64",
+    "hmac_sha256_b64",
+    "hmac_sha256_hex",
+    "hookimpl",
+    "utcnow",
+    "verify_prefixed_hex",
+]

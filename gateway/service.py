@@ -1,0 +1,90 @@
+"""Running the long-lived roles (serve, worker, dispatch) in one event loop until told to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from gateway.ingress.app import create_app
+from gateway.outbound.dispatcher import Dispatcher
+from gateway.pipeline.chain import build_chain
+from gateway.pipeline.worker import Worker
+from gateway.runtime import Runtime
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Roles:
+    serve: bool = False
+    worker: bool = False
+    dispatch: bool = False
+
+
+async def _connect(runtime: Runtime) -> None:
+    """Connect the producer and create topics, retrying: a process may start before its broker."""
+    await runtime.publisher.connect_forever()
+    delay = 1.0
+    while True:
+        try:
+            await runtime.ensure_topics()
+            return
+        except Exception as exc:
+            log.warning("topic_bootstrap_failed", error=str(exc), retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30)
+
+
+async def run_roles(runtime: Runtime, roles: Roles, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+    """Start the roles, set ``ready`` once they listen/consume, and shut down cleanly on ``stop``."""
+    tasks: list[asyncio.Task[None]] = []
+    site_runner: web.AppRunner | None = None
+    consumers: list[Worker | Dispatcher] = []
+    connect = asyncio.create_task(_connect(runtime))
+    try:
+        if roles.serve:
+            http = runtime.config.http
+            site_runner = web.AppRunner(create_app(runtime), access_log=None, shutdown_timeout=10)
+            await site_runner.setup()
+            await web.TCPSite(site_runner, http.host, http.port).start()
+            log.info("http_listening", host=http.host, port=http.port, instances=sorted(runtime.channels))
+        if roles.worker or roles.dispatch:
+            await connect  # consumers need topics to exist before subscribing
+            if roles.worker:
+                consumers.append(Worker(runtime, build_chain(runtime.config, runtime.registry)))
+            if roles.dispatch:
+                consumers.append(Dispatcher(runtime))
+            for consumer in consumers:
+                tasks.append(asyncio.create_task(consumer.run()))
+            waiting: list[asyncio.Future[Any]] = [
+                asyncio.ensure_future(asyncio.gather(*(c.runner.started.wait() for c in consumers))),
+                asyncio.create_task(stop.wait()),
+            ]
+            await asyncio.wait([*waiting, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for future in waiting:
+                future.cancel()
+        if ready is not None:
+            ready.set()
+        waiters = [asyncio.create_task(stop.wait()), *tasks]
+        done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task in tasks and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+    finally:
+        log.info("shutting_down")
+        if site_runner is not None:
+            await site_runner.cleanup()  # stop accepting, let in-flight requests finish
+        for consumer in consumers:
+            consumer.stop()
+        if tasks:
+            await asyncio.wait(tasks, timeout=30)
+        connect.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await connect
+        await runtime.close()
+        log.info("stopped")

@@ -1,0 +1,1 @@
+"""Redis-backed state: dedup, rate limits, replay guards, conversation state."""
