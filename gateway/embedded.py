@@ -99,6 +99,13 @@ class EmbeddedServer:
                 self.process.wait()
         self.process = None
 
+    def kill(self) -> None:
+        """Simulate a crash: SIGKILL, no shutdown."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)

@@ -72,6 +72,7 @@ class ConsumerRunner:
         self._started = asyncio.Event()
         self._inflight: asyncio.Task[None] | None = None
         self._done: dict[TopicPartition, int] = {}  # next offset to commit, per partition
+        self.handled = 0  # records finished (handled or dead-lettered) by this runner
 
     @property
     def started(self) -> asyncio.Event:
@@ -80,6 +81,11 @@ class ConsumerRunner:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    def assignment(self) -> set[int]:
+        """Partition numbers currently owned (empty before joining or after stopping)."""
+        consumer = self._consumer
+        return {tp.partition for tp in consumer.assignment()} if consumer is not None else set()
 
     async def run(self) -> None:
         consumer = AIOKafkaConsumer(
@@ -140,6 +146,7 @@ class ConsumerRunner:
                     await asyncio.sleep(self.retry_backoff_s * 5 or 1)
                     return
                 self._done[tp] = record.offset + 1
+                self.handled += 1
 
     async def _handle(self, record: Record) -> None:
         for attempt in range(1, self.max_attempts + 1):

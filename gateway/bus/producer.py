@@ -13,7 +13,12 @@ from dataclasses import dataclass, field
 
 import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    UnknownProducerId,
+)
 
 from gateway.bus.init_producer_id import negotiate_init_producer_id
 from gateway.bus.kafka import client_options
@@ -21,6 +26,10 @@ from gateway.config import KafkaSection
 from gateway.model import DeliveryEvent, DlqRecord, Message, encode
 
 log = structlog.get_logger(__name__)
+
+# Errors after which an idempotent producer cannot continue (e.g. the broker lost its producer
+# state): the Java client resets its producer id; aiokafka does not, so we start a fresh producer.
+_FATAL_PRODUCER_ERRORS = (UnknownProducerId, OutOfOrderSequenceNumber, ProducerFenced)
 
 Headers = list[tuple[str, bytes]]
 
@@ -78,6 +87,7 @@ class Publisher:
         self._kafka = kafka
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
+        self._reconnect: asyncio.Task[None] | None = None
 
     @property
     def connected(self) -> bool:
@@ -125,6 +135,8 @@ class Publisher:
                 retry_s = min(retry_s * 2, 30.0)
 
     async def stop(self) -> None:
+        if self._reconnect is not None:
+            self._reconnect.cancel()
         async with self._lock:
             if self._producer is not None:
                 await self._producer.stop()
@@ -142,7 +154,24 @@ class Publisher:
                 futures = [await producer.send(r.topic, r.value, key=r.key, headers=r.headers) for r in records]
                 await asyncio.gather(*futures)
         except (KafkaError, TimeoutError) as exc:
+            if isinstance(exc, _FATAL_PRODUCER_ERRORS):
+                self._replace_producer(producer, exc)
             raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    def _replace_producer(self, broken: AIOKafkaProducer, exc: BaseException) -> None:
+        if self._producer is not broken or self._reconnect is not None:
+            return
+        log.warning("producer_reset", error=f"{type(exc).__name__}: {exc}")
+        self._producer = None
+
+        async def reconnect() -> None:
+            try:
+                await broken.stop()
+                await self.connect_forever()
+            finally:
+                self._reconnect = None
+
+        self._reconnect = asyncio.create_task(reconnect())
 
     async def send(self, record: OutgoingRecord) -> None:
         await self.send_many([record])

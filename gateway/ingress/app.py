@@ -43,8 +43,8 @@ def create_app(runtime: Runtime) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
-    app.router.add_route("POST", "/webhooks/{instance}", webhook)
-    app.router.add_route("GET", "/webhooks/{instance}", webhook)
+    app.router.add_route("POST", "/webhooks/{instance}", webhook.handle)
+    app.router.add_route("GET", "/webhooks/{instance}", webhook.handle)
     for route in runtime.registry.routes:
         app.router.add_route(route.method, route.path, route.handler)
     return app

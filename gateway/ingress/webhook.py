@@ -83,7 +83,7 @@ class WebhookHandler:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
-    async def __call__(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         runtime = self.runtime
         name = request.match_info["instance"]
         channel = runtime.channels.get(name)
