@@ -138,8 +138,13 @@ def format_validation_error(exc: msgspec.ValidationError, root: str = "") -> str
     match = re.search(r" - at `([^`]*)`$", text)
     if not match:
         return f"{root}: {text}" if root else text
-    key = ".".join(p for p in (root, _dotted(match.group(1))) if p)
-    return f"{key}: {text[: match.start()]}"
+    problem = text[: match.start()]
+    parts = [root, _dotted(match.group(1))]
+    unknown = re.match(r"Object contains unknown field `([^`]+)`", problem)
+    if unknown:  # point at the offending key itself, not its table
+        parts.append(unknown.group(1))
+    key = ".".join(p for p in parts if p)
+    return f"{key}: {problem}"
 
 
 def resolve_reference(value: Any, key: str, environ: Mapping[str, str]) -> Any:
@@ -175,6 +180,10 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
             raise ConfigError(f"config file {path} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not UTF-8 text") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     return config_from_dict(raw, environ)
 
 

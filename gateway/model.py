@@ -27,6 +27,18 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _require_utc(record: msgspec.Struct, *fields: str) -> None:
+    """Timestamps need an offset; topics carry UTC only, whatever offset the provider used."""
+    for field in fields:
+        value = getattr(record, field)
+        if value is None:
+            continue
+        if value.tzinfo is None:
+            raise ValueError(f"`{field}` must carry a UTC offset (RFC 3339)")
+        if value.utcoffset():
+            setattr(record, field, value.astimezone(UTC))
+
+
 class Party(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     """A sender or recipient as the channel knows it (phone number, user id, email address...)."""
 
@@ -119,6 +131,9 @@ class Routing(msgspec.Struct, kw_only=True):
     topic: str | None = None  # target topic when a rule names one other than processed
     reason: str | None = None
 
+    def __post_init__(self) -> None:
+        _require_utc(self, "sla_due_at")
+
 
 Direction = Literal["inbound", "outbound"]
 
@@ -146,10 +161,7 @@ class Message(msgspec.Struct, kw_only=True):
     raw: dict[str, Any] | None = None  # provider payload, kept only where the instance asks for it
 
     def __post_init__(self) -> None:
-        for field in ("sent_at", "received_at"):
-            value = getattr(self, field)
-            if value is not None and value.tzinfo is None:
-                raise ValueError(f"`{field}` must carry a UTC offset (RFC 3339)")
+        _require_utc(self, "sent_at", "received_at")
 
 
 DeliveryStatus = Literal["accepted", "sent", "delivered", "read", "failed"]
@@ -177,6 +189,9 @@ class DeliveryEvent(msgspec.Struct, kw_only=True):
     error: DeliveryError | None = None
     attempt: int = 1
 
+    def __post_init__(self) -> None:
+        _require_utc(self, "occurred_at")
+
 
 DlqStage = Literal["ingress", "normalize", "process", "dispatch"]
 
@@ -199,6 +214,9 @@ class DlqRecord(msgspec.Struct, kw_only=True):
     payload: str  # the raw bytes, as UTF-8 text when they decode, else base64 (see payload_encoding)
     payload_encoding: Literal["utf-8", "base64"] = "utf-8"
     headers: dict[str, str] = {}
+
+    def __post_init__(self) -> None:
+        _require_utc(self, "occurred_at")
 
 
 # Every record type that travels on a topic, keyed by the schema id carried in its header.

@@ -186,6 +186,9 @@ def load_plugins(
         try:
             plugin = load()
             pm.register(plugin, name=info.name)
+            unknown = [c.name for c in pm.get_hookcallers(plugin) or [] if c.name not in HOOKS]
+            if unknown:  # a typo such as register_channel would otherwise register nothing, silently
+                raise PluginError(f"unknown hook(s) {', '.join(sorted(unknown))}; known: {', '.join(HOOKS)}")
             _commit(registry, info, _collect(pm, plugin))
         except Exception as exc:
             info.error = f"{type(exc).__name__}: {exc}"

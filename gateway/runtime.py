@@ -34,6 +34,8 @@ def build_channels(
     environ = os.environ if environ is None else environ
     channels: dict[str, Channel] = {}
     for name, raw in config.channels.items():
+        if raw.get("enabled", True) is False:
+            continue  # a disabled instance needs neither its plugin nor its secrets
         type_name = raw.get("type", name)
         adapter = registry.channels.get(type_name)
         if adapter is None:
@@ -50,8 +52,7 @@ def build_channels(
             settings: ChannelSettings = msgspec.convert(resolved, adapter.Settings)
         except msgspec.ValidationError as exc:
             raise ConfigError(format_validation_error(exc, f"channels.{name}")) from None
-        if settings.enabled:
-            channels[name] = adapter(name, settings, services)
+        channels[name] = adapter(name, settings, services)
     return channels
 
 

@@ -188,7 +188,7 @@ def test_defaults_give_schema_id_fresh_ids_and_utc_received_at() -> None:
 
 
 def test_record_types_map_schema_ids_to_structs() -> None:
-    assert RECORD_TYPES == {MESSAGE_SCHEMA: Message, EVENT_SCHEMA: DeliveryEvent, DLQ_SCHEMA: DlqRecord}
+    assert {MESSAGE_SCHEMA: Message, EVENT_SCHEMA: DeliveryEvent, DLQ_SCHEMA: DlqRecord} == RECORD_TYPES
 
 
 # --- the JSON field names are a contract ------------------------------------------------------------
@@ -297,7 +297,7 @@ def test_naive_datetime_is_rejected_on_construction_too() -> None:
             conversation_id="c",
             sender=Party(id="u"),
             content=Content(text="x"),
-            sent_at=datetime(2024, 5, 1, 8, 30),  # noqa: DTZ001 - the point of the test
+            sent_at=datetime(2024, 5, 1, 8, 30),
         )
 
 
@@ -363,7 +363,11 @@ def test_unknown_extra_fields_are_tolerated_on_decode() -> None:
         future_field={"anything": [1, 2]},
         sender={"id": "u1", "avatar": "https://x/y.png"},
         content={"text": "hi", "buttons": ["a"], "attachments": [{"kind": "file", "url": "u", "pages": 3}]},
-        tags={"labels": {"x": 1}, "emotion": "joy", "sentiment": {"label": "neutral", "score": 0.5, "model": "m", "v": 2}},
+        tags={
+            "labels": {"x": 1},
+            "emotion": "joy",
+            "sentiment": {"label": "neutral", "score": 0.5, "model": "m", "v": 2},
+        },
         routing={"queue": "q", "team": "t"},
     )
     message = decode_message(json.dumps(record))
@@ -408,12 +412,41 @@ def test_dlq_record_carries_binary_payload_through_json() -> None:
     assert base64.b64decode(decoded.payload) == body
 
 
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG gateway/model.py Message.__post_init__: non-UTC offsets are kept, but DESIGN.md fixes "
-    "sent_at/received_at as RFC 3339 UTC on the topics; normalize with .astimezone(UTC)",
-)
 def test_timestamps_with_an_offset_are_normalized_to_utc_in_json() -> None:
     message = decode_message(json.dumps(minimal_message_json(sent_at="2024-05-01T10:30:15+02:00")))
     assert json.loads(encode(message))["sent_at"] == "2024-05-01T08:30:15Z"
+
+
+def test_event_occurred_at_needs_an_offset_and_is_normalized_to_utc() -> None:
+    with pytest.raises(msgspec.ValidationError, match="`occurred_at`"):
+        decode_event(
+            json.dumps({"status": "sent", "channel": "api", "instance": "api", "occurred_at": "2024-05-01T08:30:00"})
+        )
+    event = decode_event(
+        json.dumps({"status": "sent", "channel": "api", "instance": "api", "occurred_at": "2024-05-01T10:30:00+02:00"})
+    )
+    assert json.loads(encode(event))["occurred_at"] == "2024-05-01T08:30:00Z"
+
+
+def test_message_constructed_with_an_offset_is_normalized_to_utc() -> None:
+    message = Message(
+        direction="outbound",
+        channel="api",
+        instance="api",
+        conversation_id="c",
+        sender=Party(id="u"),
+        content=Content(text="x"),
+        sent_at=datetime(2024, 5, 1, 1, 30, tzinfo=timezone(timedelta(hours=-7))),
+    )
+    assert message.sent_at == datetime(2024, 5, 1, 8, 30, tzinfo=UTC)
+    assert message.sent_at is not None and message.sent_at.utcoffset() == timedelta(0)
+
+
+@pytest.mark.parametrize("which", ["sla_due_at", "dlq_occurred_at"])
+def test_other_timestamps_also_require_an_offset(which: str) -> None:
+    naive = "2024-05-01T09:30:00"
+    with pytest.raises(msgspec.ValidationError):
+        if which == "sla_due_at":
+            decode_message(json.dumps(minimal_message_json(routing={"sla_due_at": naive})))
+        else:
+            decode_dlq(json.dumps({"stage": "ingress", "reason": "r", "payload": "", "occurred_at": naive}))

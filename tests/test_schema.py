@@ -45,7 +45,10 @@ def full_message() -> Message:
             text="broken 😡",
             subject="s",
             html="<p>h</p>",
-            attachments=[Attachment(kind="image", url="https://x/a.jpg", size=1), Attachment(kind="file", media_id="m")],
+            attachments=[
+                Attachment(kind="image", url="https://x/a.jpg", size=1),
+                Attachment(kind="file", media_id="m"),
+            ],
             location=Location(latitude=1.5, longitude=-2.5),
             reaction=Reaction(emoji="👍", message_external_id="wamid.0"),
             postback=Postback(payload="P"),

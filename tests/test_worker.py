@@ -14,8 +14,8 @@ from gateway.pipeline.worker import Worker
 from gateway.plugins import PluginRegistry
 from gateway.processor import Drop, Processor, ProcessorContext, ProcessorSettings
 from gateway.runtime import Runtime
-from tests.conftest import api_body, headers_of, messages_of, produce_raw, read_records, sign, topic_size
 from plugins.passthrough import Passthrough
+from tests.conftest import api_body, headers_of, messages_of, produce_raw, read_records, sign, topic_size
 
 
 class Tagger(Processor):
@@ -89,7 +89,9 @@ async def test_failing_processor_goes_to_dlq_and_pipeline_continues(
     Exploding.attempts = 0
     worker = Worker(runtime, [Exploding(ProcessorSettings())])
     # Same conversation, so "after" sits behind the poison message in the same partition.
-    await post_all(client, [api_body("p-1", "boom", conversation_id="c"), api_body("p-2", "after", conversation_id="c")])
+    await post_all(
+        client, [api_body("p-1", "boom", conversation_id="c"), api_body("p-2", "after", conversation_id="c")]
+    )
     async with running(worker):
         [dlq] = await read_records(config.kafka.bootstrap_servers, runtime.topics.dlq, 1)
         [processed] = messages_of(await read_records(config.kafka.bootstrap_servers, runtime.topics.processed, 1))
@@ -141,17 +143,16 @@ async def test_two_workers_share_partitions_and_process_everything(
     second = Worker(second_runtime, [Passthrough(ProcessorSettings())])
     bodies = [api_body(f"s-{i}", conversation_id=f"conv-{i}") for i in range(30)]
     try:
-        async with running(first):
-            async with running(second):
-                # Wait until the group settled with both members holding partitions.
-                for _ in range(200):
-                    a, b = first.runner.assignment(), second.runner.assignment()
-                    if a and b and not (a & b) and len(a | b) == config.kafka.partitions:
-                        break
-                    await asyncio.sleep(0.05)
-                assert first.runner.assignment() and second.runner.assignment()
-                await post_all(client, bodies)
-                records = await read_records(bootstrap, runtime.topics.processed, 30)
+        async with running(first), running(second):
+            # Wait until the group settled with both members holding partitions.
+            for _ in range(200):
+                a, b = first.runner.assignment(), second.runner.assignment()
+                if a and b and not (a & b) and len(a | b) == config.kafka.partitions:
+                    break
+                await asyncio.sleep(0.05)
+            assert first.runner.assignment() and second.runner.assignment()
+            await post_all(client, bodies)
+            records = await read_records(bootstrap, runtime.topics.processed, 30)
     finally:
         await second_runtime.close()
     inbound_ids = {m.id for m in messages_of(await read_records(bootstrap, runtime.topics.inbound, 30))}

@@ -163,10 +163,11 @@ class Publisher:
             return
         log.warning("producer_reset", error=f"{type(exc).__name__}: {exc}")
         self._producer = None
+        old: AIOKafkaProducer = broken
 
         async def reconnect() -> None:
             try:
-                await broken.stop()
+                await old.stop()
                 await self.connect_forever()
             finally:
                 self._reconnect = None

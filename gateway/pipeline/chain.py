@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import heapq
 import os
 from collections.abc import Mapping
-from graphlib import CycleError, TopologicalSorter
 
 import msgspec
 
@@ -14,23 +14,32 @@ from gateway.processor import Processor
 
 
 def order_processors(classes: Mapping[str, type[Processor]]) -> list[str]:
-    """Topological order from ``after``/``before``; ties keep registration order for stability."""
-    sorter: TopologicalSorter[str] = TopologicalSorter()
+    """Topological order from ``after``/``before``: among processors whose constraints are met,
+    the earliest registered (or listed in ``worker.processors``) always goes next."""
+    successors: dict[str, set[str]] = {name: set() for name in classes}
     for name, cls in classes.items():
-        sorter.add(name, *(dep for dep in cls.after if dep in classes))
-        for later in cls.before:
-            if later in classes:
-                sorter.add(later, name)
+        for earlier in cls.after:
+            if earlier in classes:
+                successors[earlier].add(name)
+        successors[name].update(later for later in cls.before if later in classes)
+    blockers = {name: 0 for name in classes}
+    for targets in successors.values():
+        for target in targets:
+            blockers[target] += 1
     position = {name: i for i, name in enumerate(classes)}
-    try:
-        sorter.prepare()
-    except CycleError as exc:
-        raise ConfigError(f"processors: ordering cycle between {' -> '.join(exc.args[1])}") from None
+    ready = [(position[name], name) for name, count in blockers.items() if count == 0]
+    heapq.heapify(ready)
     ordered: list[str] = []
-    while sorter.is_active():
-        ready = sorted(sorter.get_ready(), key=position.__getitem__)
-        ordered.extend(ready)
-        sorter.done(*ready)
+    while ready:
+        _, name = heapq.heappop(ready)
+        ordered.append(name)
+        for target in successors[name]:
+            blockers[target] -= 1
+            if blockers[target] == 0:
+                heapq.heappush(ready, (position[target], target))
+    if len(ordered) < len(classes):
+        cycle = sorted((n for n, count in blockers.items() if count), key=position.__getitem__)
+        raise ConfigError(f"processors: ordering cycle between {', '.join(cycle)}")
     return ordered
 
 

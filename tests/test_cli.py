@@ -1,0 +1,113 @@
+"""The `gateway` command as a user runs it: real processes, real ports, real signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from gateway.embedded import free_port
+
+GATEWAY = str(Path(sys.executable).with_name("gateway"))
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [GATEWAY, *args], capture_output=True, text=True, timeout=timeout, env=env or dict(os.environ), check=False
+    )
+
+
+def test_plugins_lists_builtins_with_source_and_registrations() -> None:
+    result = run("plugins")
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^api \S+ \(built-in\) ok$", result.stdout, re.M)
+    assert "  channels: api" in result.stdout
+    assert "  processors: passthrough" in result.stdout
+    listed = json.loads(run("plugins", "--json").stdout)
+    assert {p["name"] for p in listed} >= {"api", "passthrough"}
+
+
+def test_schema_print_and_export_match_committed(tmp_path: Path) -> None:
+    printed = run("schema", "print", "gateway.event/v1")
+    assert printed.returncode == 0
+    assert json.loads(printed.stdout)["title"] == "gateway.event/v1"
+    assert run("schema", "export", str(tmp_path)).returncode == 0
+    for path in (ROOT / "schemas").glob("*.json"):
+        assert (tmp_path / path.name).read_text() == path.read_text(), f"{path.name} drifted: run gateway schema export"
+
+
+def test_invalid_config_fails_at_start_naming_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text('[kafka]\nlinger_ms = "soon"\n')
+    result = run("serve", "--config", str(config), timeout=30)
+    assert result.returncode == 2
+    assert "kafka.linger_ms" in result.stderr and "Expected `int`" in result.stderr
+
+    config.write_text('[channels.shop]\ntype = "api"\nsecret = "env:SHOP_SECRET_NOT_SET"\n')
+    result = run("serve", "--config", str(config), timeout=30)
+    assert result.returncode == 2
+    assert "channels.shop.secret: environment variable SHOP_SECRET_NOT_SET is not set" in result.stderr
+
+
+def test_dev_runs_everything_and_the_banner_example_works(tmp_path: Path) -> None:
+    """The README's first command: embedded broker and Redis, the example request, the tail command."""
+    env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL")}
+    port = free_port()
+    log = (tmp_path / "dev.log").open("w+")
+    process = subprocess.Popen([GATEWAY, "dev", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 90
+        banner = ""
+        while "Ctrl-C stops everything" not in banner:
+            assert process.poll() is None, f"gateway dev exited: {Path(log.name).read_text()}"
+            assert time.monotonic() < deadline, f"no banner: {banner}"
+            time.sleep(0.2)
+            banner = Path(log.name).read_text()
+        signature = re.search(r"X-Gateway-Signature: (sha256=[0-9a-f]{64})", banner)
+        body = re.search(r"--data '(.+)'", banner)
+        bootstrap = re.search(r"Kafka\s+(127\.0\.0\.1:\d+)\s+\(embedded Tansu", banner)
+        assert signature and body and bootstrap, banner
+        assert "embedded redis-server" in banner
+
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/webhooks/api",
+            data=body.group(1).encode(),
+            headers={"Content-Type": "application/json", "X-Gateway-Signature": signature.group(1)},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            accepted = json.loads(response.read())
+        message_id = accepted["messages"][0]["id"]
+
+        tail_env = {**env, "KAFKA_BOOTSTRAP_SERVERS": bootstrap.group(1)}
+        for topic in ("gateway.inbound.v1", "gateway.processed.v1"):
+            result = run("tail", topic, "--max", "1", "--timeout", "60", env=tail_env, timeout=90)
+            assert result.returncode == 0, result.stderr
+            [line] = result.stdout.splitlines()
+            record = json.loads(line)
+            assert record["value"]["id"] == message_id
+            assert record["headers"]["schema"] == "gateway.message/v1"
+        assert record["value"]["trace"]["processors"] == "passthrough"
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            code = process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            pytest.fail("gateway dev did not stop on SIGINT")
+        log.close()
+    assert code == 0, Path(log.name).read_text()
+    output = Path(log.name).read_text()
+    assert "stopped" in output
+    # The embedded broker is gone with it: nothing listens on its port any more.
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", int(bootstrap.group(1).split(":")[1])), timeout=5).close()
