@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 
 import msgspec
@@ -98,7 +99,8 @@ class Dispatcher:
             except SendError as exc:
                 error = DeliveryError(code=exc.code, message=exc.message, retryable=exc.retryable)
                 if not exc.retryable or attempt >= self.max_attempts:
-                    await runtime.store.release_delivery(CLAIM_NAMESPACE, message.id, message.id)
+                    with contextlib.suppress(StoreUnavailable):  # else the claim expires on its own
+                        await runtime.store.release_delivery(CLAIM_NAMESPACE, message.id, message.id)
                     await self._fail(message, record, error, attempt)
                     return
                 delay = random.uniform(0, self.backoff_s * 2 ** (attempt - 1))
@@ -120,7 +122,11 @@ class Dispatcher:
         await runtime.publisher.send(
             record_for(runtime.topics.events, event, traceparent=traceparent, key=message.conversation_id)
         )
-        await runtime.store.confirm_delivery(CLAIM_NAMESPACE, message.id, message.id)
+        try:
+            await runtime.store.confirm_delivery(CLAIM_NAMESPACE, message.id, message.id)
+        except StoreUnavailable as exc:
+            # Sent and recorded; only a redelivery after the pending claim expires could resend.
+            log.warning("send_claim_confirm_failed", message_id=message.id, error=str(exc))
         runtime.metrics.processed.labels("dispatch", "sent").inc()
         log.info("message_sent", message_id=message.id, instance=message.instance, attempts=attempt)
 
