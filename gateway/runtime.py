@@ -11,12 +11,13 @@ import aiohttp
 import msgspec
 import structlog
 
-from gateway.bus.producer import Publisher, record_for
+from gateway.bus.consumer import Record
+from gateway.bus.producer import Publisher, header, record_for
 from gateway.bus.topics import Topics, ensure_topics
 from gateway.channel import Channel, ChannelServices, ChannelSettings
 from gateway.config import Config, ConfigError, format_validation_error, inline_secrets, resolve_reference
 from gateway.metrics import Metrics
-from gateway.model import DlqRecord, DlqStage, raw_payload
+from gateway.model import DlqRecord, DlqStage, Message, decode_message, raw_payload
 from gateway.plugins import PluginRegistry
 from gateway.store.redis import RedisStore
 from gateway.tracing import child_traceparent
@@ -128,3 +129,30 @@ class Runtime:
         self.metrics.dlq.labels(channel or "", instance or "", stage).inc()
         log.warning("quarantined", stage=stage, channel=channel, instance=instance, reason=reason, dlq_id=record.id)
         return record
+
+    async def quarantine_record(
+        self, record: Record, *, stage: DlqStage, reason: str, error_type: str, component: str | None = None
+    ) -> None:
+        """Quarantine a consumed Kafka record, keeping its origin (topic, ids, trace) in the DLQ record."""
+        await self.quarantine(
+            stage=stage,
+            reason=reason,
+            payload=record.value or b"",
+            channel=header(record.headers, "channel"),
+            instance=header(record.headers, "instance"),
+            traceparent=header(record.headers, "traceparent"),
+            source_topic=record.topic,
+            message_id=header(record.headers, "record-id"),
+            component=component,
+            error_type=error_type,
+        )
+
+    async def decode_record(self, record: Record, stage: DlqStage) -> Message | None:
+        """Decode a consumed message; one that does not decode is quarantined at once (retrying cannot fix it)."""
+        try:
+            return decode_message(record.value or b"")
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            await self.quarantine_record(
+                record, stage=stage, reason=f"undecodable record: {exc}", error_type=type(exc).__name__
+            )
+            return None

@@ -13,13 +13,12 @@ import asyncio
 import contextlib
 import random
 
-import msgspec
 import structlog
 
 from gateway.bus.consumer import ConsumerRunner, Record
 from gateway.bus.producer import BrokerUnavailable, header, record_for
 from gateway.channel import SendError
-from gateway.model import DeliveryError, DeliveryEvent, Message, decode_message
+from gateway.model import DeliveryError, DeliveryEvent, Message
 from gateway.runtime import Runtime
 from gateway.store.redis import StoreUnavailable
 from gateway.tracing import child_traceparent
@@ -56,17 +55,8 @@ class Dispatcher:
     async def handle(self, record: Record) -> None:
         runtime = self.runtime
         traceparent = child_traceparent(header(record.headers, "traceparent"))
-        try:
-            message = decode_message(record.value)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            await runtime.quarantine(
-                stage="dispatch",
-                reason=f"undecodable outbound record: {exc}",
-                payload=record.value or b"",
-                traceparent=traceparent,
-                source_topic=record.topic,
-                error_type=type(exc).__name__,
-            )
+        message = await runtime.decode_record(record, "dispatch")
+        if message is None:
             return
         channel = runtime.channels.get(message.instance)
         if channel is None:
@@ -163,14 +153,9 @@ class Dispatcher:
         runtime.metrics.processed.labels("dispatch", "failed").inc()
 
     async def dead_letter(self, record: Record, exc: BaseException, attempts: int) -> None:
-        await self.runtime.quarantine(
+        await self.runtime.quarantine_record(
+            record,
             stage="dispatch",
             reason=f"dispatch crashed: {type(exc).__name__}: {exc}",
-            payload=record.value or b"",
-            channel=header(record.headers, "channel"),
-            instance=header(record.headers, "instance"),
-            traceparent=header(record.headers, "traceparent"),
-            source_topic=record.topic,
-            message_id=header(record.headers, "record-id"),
             error_type=type(exc).__name__,
         )

@@ -7,12 +7,11 @@ The processed record keeps the inbound message id, so downstream drops reprocess
 
 from __future__ import annotations
 
-import msgspec
 import structlog
 
 from gateway.bus.consumer import ConsumerRunner, Record
 from gateway.bus.producer import OutgoingRecord, header, record_for
-from gateway.model import DeliveryEvent, Message, decode_message
+from gateway.model import DeliveryEvent, Message
 from gateway.processor import Drop, Processor, ProcessorContext
 from gateway.runtime import Runtime
 from gateway.tracing import child_traceparent
@@ -53,22 +52,11 @@ class Worker:
     async def handle(self, record: Record) -> None:
         runtime = self.runtime
         traceparent = child_traceparent(header(record.headers, "traceparent"))
-        try:
-            message = decode_message(record.value)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            # Retrying cannot fix a record that does not decode: quarantine at once.
-            await runtime.quarantine(
-                stage="process",
-                reason=f"undecodable inbound record: {exc}",
-                payload=record.value or b"",
-                channel=header(record.headers, "channel"),
-                instance=header(record.headers, "instance"),
-                traceparent=traceparent,
-                source_topic=record.topic,
-                error_type=type(exc).__name__,
-            )
+        decoded = await runtime.decode_record(record, "process")
+        if decoded is None:
             runtime.metrics.processed.labels("worker", "quarantined").inc()
             return
+        message = decoded
 
         outputs: list[OutgoingRecord] = []
 
@@ -128,18 +116,12 @@ class Worker:
         log.debug("message_processed", message_id=message.id, outputs=len(outputs))
 
     async def dead_letter(self, record: Record, exc: BaseException, attempts: int) -> None:
-        processor = exc.processor if isinstance(exc, ProcessorFailed) else None
-        cause = exc.error if isinstance(exc, ProcessorFailed) else exc
-        await self.runtime.quarantine(
+        failed = exc if isinstance(exc, ProcessorFailed) else None
+        await self.runtime.quarantine_record(
+            record,
             stage="process",
             reason=f"processing failed after {attempts} attempts: {exc}",
-            payload=record.value or b"",
-            channel=header(record.headers, "channel"),
-            instance=header(record.headers, "instance"),
-            traceparent=header(record.headers, "traceparent"),
-            source_topic=record.topic,
-            message_id=header(record.headers, "record-id"),
-            component=processor,
-            error_type=type(cause).__name__,
+            component=failed.processor if failed else None,
+            error_type=type(failed.error if failed else exc).__name__,
         )
         self.runtime.metrics.processed.labels("worker", "failed").inc()
