@@ -11,13 +11,14 @@ import builtins
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from urllib.parse import parse_qsl
 
 import msgspec
 
 from gateway.config import RateLimit
 from gateway.model import Content, DeliveryEvent, Message, Party
+from gateway.routes import Route
 
 if TYPE_CHECKING:
     import aiohttp
@@ -47,6 +48,17 @@ class PayloadError(ChannelError):
     """Authenticated but unusable payload: quarantined to the DLQ and answered 2xx."""
 
     status = 200
+
+
+class IngestError(Exception):
+    """The message could not be stored (503: retry later), or the request is refused (413, 429...)."""
+
+    def __init__(self, status: int, reason: str, detail: str, retry_after: float | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.reason = reason  # metric label: broker_unavailable, rate_limited, too_large...
+        self.detail = detail
+        self.retry_after = retry_after
 
 
 class SendError(Exception):
@@ -113,6 +125,55 @@ class SendResult:
     external_id: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """What became of one parsed message: its gateway id, or the id of the first delivery."""
+
+    id: str | None
+    external_id: str | None
+    duplicate: bool = False
+    quarantined: bool = False
+
+
+@dataclass(slots=True)
+class IngestOutcome:
+    messages: list[Accepted] = field(default_factory=list)
+    events: int = 0
+    published: int = 0
+
+    @property
+    def duplicates(self) -> int:
+        return sum(1 for m in self.messages if m.duplicate)
+
+
+class Ingest(Protocol):
+    """How channels with their own transport (SMTP, WebSocket) store what they received, with the
+    same guarantees as webhooks: returns once the broker acknowledged, raises IngestError(503)."""
+
+    async def ingest(
+        self,
+        channel: Channel,
+        result: ParseResult,
+        *,
+        raw: bytes,
+        traceparent: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> IngestOutcome: ...
+
+    async def quarantine(
+        self,
+        channel: Channel,
+        raw: bytes,
+        reason: str,
+        *,
+        traceparent: str | None = None,
+        error_type: str = "PayloadError",
+        headers: Mapping[str, str] | None = None,
+    ) -> None: ...
+
+    async def check_rate(self, channel: Channel) -> None: ...
+
+
 class ChannelSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Settings every instance accepts; adapters subclass this with their own keys."""
 
@@ -126,10 +187,12 @@ class ChannelSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 @dataclass(slots=True)
 class ChannelServices:
-    """What the core lends an adapter: Redis helpers (replay protection) and an HTTP session."""
+    """What the core lends an adapter: Redis helpers (replay protection), an HTTP client session
+    for provider APIs (set in processes that send), and ingest for transports of its own."""
 
     store: RedisStore
     http: aiohttp.ClientSession | None = None
+    ingest: Ingest | None = None
 
 
 class Channel:
@@ -157,9 +220,23 @@ class Channel:
         """Turn a verified request into messages and events; raise PayloadError if unusable."""
         raise NotImplementedError
 
+    async def accepted(self, request: WebhookRequest) -> None:
+        """Called once the request's messages are stored (e.g. to remember a replay token only then,
+        so that a provider's retry after a 503 is not mistaken for a replay)."""
+
     async def send(self, message: Message) -> SendResult:
         """Deliver an outbound message; raise SendError on failure."""
         raise SendError("unsupported", f"channel type {self.type} cannot send", retryable=False)
+
+    def routes(self) -> list[Route]:
+        """Extra HTTP routes of this instance (e.g. a chat widget), served by `gateway serve`."""
+        return []
+
+    async def start(self) -> None:
+        """Start a transport of the channel's own (an SMTP listener...) in `gateway serve`."""
+
+    async def stop(self) -> None:
+        """Stop what ``start`` started; called on shutdown."""
 
     def message(
         self,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -17,11 +17,11 @@ from typing import Any
 import click
 import pluggy
 import structlog
-from aiohttp import web
 
 from gateway import hookspecs
 from gateway.channel import Channel
 from gateway.processor import Processor
+from gateway.routes import Route
 
 log = structlog.get_logger(__name__)
 
@@ -32,15 +32,6 @@ HOOKS = ("register_channels", "register_processors", "register_commands", "regis
 
 class PluginError(Exception):
     """A plugin could not be loaded or registered something invalid."""
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """An HTTP route a plugin adds to ``gateway serve``."""
-
-    method: str
-    path: str
-    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass(slots=True)

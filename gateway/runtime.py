@@ -16,6 +16,7 @@ from gateway.bus.producer import Publisher, header, record_for
 from gateway.bus.topics import Topics, ensure_topics
 from gateway.channel import Channel, ChannelServices, ChannelSettings
 from gateway.config import Config, ConfigError, format_validation_error, inline_secrets, resolve_reference
+from gateway.ingress.ingest import Ingestor
 from gateway.metrics import Metrics
 from gateway.model import DlqRecord, DlqStage, Message, decode_message, raw_payload
 from gateway.plugins import PluginRegistry
@@ -67,6 +68,7 @@ class Runtime:
     topics: Topics
     channels: dict[str, Channel] = field(default_factory=dict)
     http: aiohttp.ClientSession | None = None
+    ingestor: Ingestor | None = None
 
     @classmethod
     def create(cls, config: Config, registry: PluginRegistry, metrics: Metrics | None = None) -> Runtime:
@@ -79,7 +81,8 @@ class Runtime:
             metrics=metrics or Metrics(),
             topics=Topics(config.gateway.topic_prefix),
         )
-        runtime.channels = build_channels(config, registry, ChannelServices(store=store))
+        runtime.ingestor = Ingestor(runtime)
+        runtime.channels = build_channels(config, registry, ChannelServices(store=store, ingest=runtime.ingestor))
         return runtime
 
     async def open_http(self) -> aiohttp.ClientSession:

@@ -6,6 +6,7 @@ Stable within a major ``API_VERSION``.
 from __future__ import annotations
 
 from gateway.channel import (
+    Accepted,
     AuthenticationError,
     Channel,
     ChannelError,
@@ -13,6 +14,9 @@ from gateway.channel import (
     ChannelSettings,
     ForbiddenError,
     HttpReply,
+    Ingest,
+    IngestError,
+    IngestOutcome,
     ParseResult,
     PayloadError,
     SendError,
@@ -36,8 +40,8 @@ from gateway.model import (
     encode,
     utcnow,
 )
-from gateway.plugins import Route
 from gateway.processor import Drop, Processor, ProcessorContext, ProcessorSettings
+from gateway.routes import Route
 from gateway.signing import (
     constant_time_equals,
     hmac_sha1_b64,
@@ -50,6 +54,7 @@ API_VERSION = "1.0"
 
 __all__ = [
     "API_VERSION",
+    "Accepted",
     "Attachment",
     "AuthenticationError",
     "Channel",
@@ -62,6 +67,9 @@ __all__ = [
     "Drop",
     "ForbiddenError",
     "HttpReply",
+    "Ingest",
+    "IngestError",
+    "IngestOutcome",
     "Location",
     "Message",
     "ParseResult",

@@ -10,6 +10,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from gateway.channel import Channel
 from gateway.ingress.app import create_app
 from gateway.outbound.dispatcher import Dispatcher
 from gateway.pipeline.chain import build_chain
@@ -45,6 +46,7 @@ async def run_roles(runtime: Runtime, roles: Roles, stop: asyncio.Event, ready: 
     tasks: list[asyncio.Task[None]] = []
     site_runner: web.AppRunner | None = None
     consumers: list[Worker | Dispatcher] = []
+    started_channels: list[Channel] = []
     connect = asyncio.create_task(_connect(runtime))
     try:
         if roles.serve:
@@ -53,6 +55,9 @@ async def run_roles(runtime: Runtime, roles: Roles, stop: asyncio.Event, ready: 
             await site_runner.setup()
             await web.TCPSite(site_runner, http.host, http.port).start()
             log.info("http_listening", host=http.host, port=http.port, instances=sorted(runtime.channels))
+            for channel in runtime.channels.values():  # transports of their own (SMTP listener...)
+                await channel.start()
+                started_channels.append(channel)
         if roles.worker or roles.dispatch:
             await connect  # consumers need topics to exist before subscribing
             if roles.worker:
@@ -77,6 +82,8 @@ async def run_roles(runtime: Runtime, roles: Roles, stop: asyncio.Event, ready: 
                 raise task.exception()  # type: ignore[misc]
     finally:
         log.info("shutting_down")
+        for channel in started_channels:
+            await channel.stop()
         if site_runner is not None:
             await site_runner.cleanup()  # stop accepting, let in-flight requests finish
         for consumer in consumers:

@@ -39,12 +39,16 @@ def create_app(runtime: Runtime) -> web.Application:
     largest = max([http.max_body_bytes, *(c.settings.max_body_bytes or 0 for c in runtime.channels.values())])
     app = web.Application(client_max_size=largest)
     app[RUNTIME] = runtime
-    webhook = WebhookHandler(runtime)
+    assert runtime.ingestor is not None
+    webhook = WebhookHandler(runtime, runtime.ingestor)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_route("POST", "/webhooks/{instance}", webhook.handle)
     app.router.add_route("GET", "/webhooks/{instance}", webhook.handle)
-    for route in runtime.registry.routes:
+    routes = list(runtime.registry.routes)
+    for channel in runtime.channels.values():
+        routes.extend(channel.routes())
+    for route in routes:
         app.router.add_route(route.method, route.path, route.handler)
     return app

@@ -1,0 +1,219 @@
+"""Storing what a channel parsed: validate, dedup-claim, publish with acks=all, confirm.
+
+Shared by every ingress path (webhooks, the SMTP listener, web chat sockets), so the delivery
+guarantees of DESIGN.md hold the same way whatever the transport. Failures that the sender should
+retry raise ``IngestError`` with status 503; the transport maps that to its own "try later".
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import msgspec
+import structlog
+
+from gateway.bus.producer import BrokerUnavailable, OutgoingRecord, record_for
+from gateway.channel import Accepted, Channel, IngestError, IngestOutcome, ParseResult
+from gateway.model import DeliveryEvent, Message, decode_message, encode
+from gateway.store.redis import DedupClaim, StoreUnavailable
+from gateway.tracing import child_traceparent
+
+if TYPE_CHECKING:
+    from gateway.runtime import Runtime
+
+log = structlog.get_logger(__name__)
+
+# Headers never copied into DLQ records: credentials are not evidence.
+SECRET_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization", "x-api-key"})
+
+
+@dataclass(slots=True)
+class _Claimed:
+    """A record that is new to us and must be confirmed (or released) after publish."""
+
+    dedup_key: str | None
+    record_id: str
+    record: OutgoingRecord
+
+
+class Ingestor:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def _unavailable(self, reason: str, detail: str) -> IngestError:
+        return IngestError(503, reason, detail, self.runtime.config.http.retry_after_s)
+
+    async def check_rate(self, channel: Channel) -> None:
+        limit = channel.settings.rate_limit
+        if limit is None:
+            return
+        try:
+            decision = await self.runtime.store.take_token(f"ingress:{channel.name}", limit.rate, limit.burst)
+        except StoreUnavailable:
+            return  # rate limiting is protection, not correctness: fail open
+        if not decision.allowed:
+            raise IngestError(429, "rate_limited", "rate limit exceeded", decision.retry_after_s)
+
+    async def ingest(
+        self,
+        channel: Channel,
+        result: ParseResult,
+        *,
+        raw: bytes,
+        traceparent: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> IngestOutcome:
+        """Publish the parsed messages and events; returns only once the broker acknowledged them."""
+        runtime = self.runtime
+        traceparent = child_traceparent(traceparent)
+        outcome = IngestOutcome(events=len(result.events))
+        claimed: list[_Claimed] = []
+        try:
+            for message in result.messages:
+                item = await self._prepare_message(channel, message, traceparent, raw, headers)
+                if isinstance(item, Accepted):
+                    outcome.messages.append(item)
+                    continue
+                claimed.append(item)
+                outcome.messages.append(Accepted(id=item.record_id, external_id=message.external_id))
+            for event in result.events:
+                event_item = await self._prepare_event(channel, event, traceparent)
+                if event_item is not None:
+                    claimed.append(event_item)
+            await runtime.publisher.send_many([c.record for c in claimed])
+        except BrokerUnavailable as exc:
+            await self._release(channel, claimed)
+            log.warning("broker_unavailable", instance=channel.name, error=str(exc))
+            raise self._unavailable("broker_unavailable", "message store unavailable, retry later") from None
+        except IngestError:
+            await self._release(channel, claimed)
+            raise
+        await self._confirm(channel, claimed)
+        for item in claimed:
+            runtime.metrics.published.labels(channel.type, channel.name, item.record.topic).inc()
+        outcome.published = len(claimed)
+        log.info("ingested", instance=channel.name, published=outcome.published, duplicates=outcome.duplicates)
+        return outcome
+
+    async def quarantine(
+        self,
+        channel: Channel,
+        raw: bytes,
+        reason: str,
+        *,
+        traceparent: str | None = None,
+        error_type: str = "PayloadError",
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """Store an authenticated but unusable payload on the DLQ (503 if the broker is down)."""
+        kept = {k: v for k, v in (headers or {}).items() if k.lower() not in SECRET_HEADERS}
+        try:
+            await self.runtime.quarantine(
+                stage="normalize",
+                reason=reason,
+                payload=raw,
+                channel=channel.type,
+                instance=channel.name,
+                traceparent=traceparent,
+                component=channel.type,
+                error_type=error_type,
+                content_type=kept.get("Content-Type"),
+                headers=kept,
+            )
+        except BrokerUnavailable:
+            raise self._unavailable("broker_unavailable", "message store unavailable, retry later") from None
+
+    async def _prepare_message(
+        self,
+        channel: Channel,
+        message: Message,
+        traceparent: str,
+        raw: bytes,
+        headers: Mapping[str, str] | None,
+    ) -> _Claimed | Accepted:
+        """Validate, dedup-claim and encode one message; an Accepted means nothing to publish."""
+        runtime = self.runtime
+        payload = encode(message)
+        try:
+            decode_message(payload)  # adapters build structs directly; enforce the contract here
+        except msgspec.ValidationError as exc:
+            await self.quarantine(
+                channel,
+                raw,
+                f"adapter produced an invalid message: {exc}",
+                traceparent=traceparent,
+                error_type="ValidationError",
+                headers=headers,
+            )
+            return Accepted(id=None, external_id=message.external_id, quarantined=True)
+        extra: list[tuple[str, str]] = []
+        dedup_key = message.external_id
+        if dedup_key is not None:
+            claim = await self._claim(channel, dedup_key, message.id, extra)
+            if claim is not None and claim.status == "duplicate":
+                runtime.metrics.duplicates.labels(channel.type, channel.name).inc()
+                return Accepted(id=claim.message_id, external_id=dedup_key, duplicate=True)
+            if claim is None:
+                dedup_key = None
+        record = record_for(
+            runtime.topics.inbound,
+            message,
+            traceparent=traceparent,
+            key=message.conversation_id,
+            value=payload,
+            extra_headers=extra,
+        )
+        return _Claimed(dedup_key=dedup_key, record_id=message.id, record=record)
+
+    async def _prepare_event(self, channel: Channel, event: DeliveryEvent, traceparent: str) -> _Claimed | None:
+        extra: list[tuple[str, str]] = []
+        dedup_key = f"event:{event.external_id}:{event.status}" if event.external_id else None
+        if dedup_key is not None:
+            claim = await self._claim(channel, dedup_key, event.id, extra)
+            if claim is not None and claim.status == "duplicate":
+                self.runtime.metrics.duplicates.labels(channel.type, channel.name).inc()
+                return None
+            if claim is None:
+                dedup_key = None
+        key = event.conversation_id or event.external_id
+        record = record_for(self.runtime.topics.events, event, traceparent=traceparent, key=key, extra_headers=extra)
+        return _Claimed(dedup_key=dedup_key, record_id=event.id, record=record)
+
+    async def _claim(
+        self, channel: Channel, dedup_key: str, record_id: str, extra: list[tuple[str, str]]
+    ) -> DedupClaim | None:
+        """Claim a delivery; None when Redis is down and policy says publish without dedup."""
+        runtime = self.runtime
+        try:
+            claim = await runtime.store.claim_delivery(channel.name, dedup_key, record_id)
+        except StoreUnavailable as exc:
+            if runtime.config.redis.on_failure == "reject":
+                raise self._unavailable("store_unavailable", "dedup store unavailable, retry later") from exc
+            runtime.metrics.dedup_skipped.labels(channel.type, channel.name).inc()
+            log.warning("dedup_skipped", instance=channel.name, error=str(exc))
+            extra.append(("dedup", "skipped"))
+            return None
+        if claim.status == "in_flight":
+            raise IngestError(503, "in_flight", "the same delivery is being stored right now, retry later", 1)
+        return claim
+
+    async def _confirm(self, channel: Channel, claimed: list[_Claimed]) -> None:
+        for item in claimed:
+            if item.dedup_key is None:
+                continue
+            try:
+                await self.runtime.store.confirm_delivery(channel.name, item.dedup_key, item.record_id)
+            except StoreUnavailable as exc:
+                # Stored in Kafka already; the pending marker expires and a redelivery would
+                # then be published again (a duplicate, never a loss).
+                log.warning("dedup_confirm_failed", instance=channel.name, error=str(exc))
+
+    async def _release(self, channel: Channel, claimed: list[_Claimed]) -> None:
+        for item in claimed:
+            if item.dedup_key is None:
+                continue
+            with contextlib.suppress(StoreUnavailable):  # else the pending marker expires on its own
+                await self.runtime.store.release_delivery(channel.name, item.dedup_key, item.record_id)
