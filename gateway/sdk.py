@@ -41,7 +41,7 @@ from gateway.model import (
     utcnow,
 )
 from gateway.processor import Drop, Processor, ProcessorContext, ProcessorSettings
-from gateway.routes import Route
+from gateway.routes import Route, channel_instances
 from gateway.signing import (
     constant_time_equals,
     hmac_sha1_b64,
@@ -87,6 +87,7 @@ __all__ = [
     "Sentiment",
     "Tags",
     "WebhookRequest",
+    "channel_instances",
     "constant_time_equals",
     "encode",
     "hmac_sha1_b64",

@@ -8,6 +8,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.ingress.webhook import RUNTIME, WebhookHandler
+from gateway.routes import CHANNELS
 from gateway.runtime import Runtime
 
 
@@ -39,6 +40,7 @@ def create_app(runtime: Runtime) -> web.Application:
     largest = max([http.max_body_bytes, *(c.settings.max_body_bytes or 0 for c in runtime.channels.values())])
     app = web.Application(client_max_size=largest)
     app[RUNTIME] = runtime
+    app[CHANNELS] = runtime.channels
     assert runtime.ingestor is not None
     webhook = WebhookHandler(runtime, runtime.ingestor)
     app.router.add_get("/healthz", healthz)

@@ -1,0 +1,1 @@
+"""Email: mailgun (being written)."""

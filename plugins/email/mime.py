@@ -1,0 +1,1 @@
+"""Email: mime (being written)."""

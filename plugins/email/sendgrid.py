@@ -1,0 +1,1 @@
+"""Email: sendgrid (being written)."""

@@ -1,0 +1,1 @@
+"""Email: smtp (being written)."""

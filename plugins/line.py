@@ -1,0 +1,1 @@
+"""Channel plugin: line (being written)."""

@@ -1,0 +1,1 @@
+"""Channel plugin: meta (being written)."""

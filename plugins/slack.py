@@ -1,0 +1,1 @@
+"""Channel plugin: slack (being written)."""

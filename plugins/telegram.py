@@ -1,0 +1,1 @@
+"""Channel plugin: telegram (being written)."""

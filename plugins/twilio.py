@@ -1,0 +1,1 @@
+"""Channel plugin: twilio (being written)."""

@@ -1,0 +1,1 @@
+"""Web chat channel (being written)."""
