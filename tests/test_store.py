@@ -81,7 +81,9 @@ async def test_token_bucket_refills_over_time(store: RedisStore) -> None:
 
 
 async def test_replay_guard_and_first_contact(store: RedisStore) -> None:
+    assert await store.seen("mailgun", "token-1") is False
     assert await store.remember_once("mailgun", "token-1", 60) is True
+    assert await store.seen("mailgun", "token-1") is True
     assert await store.remember_once("mailgun", "token-1", 60) is False
     assert await store.remember_once("mailgun", "token-2", 60) is True
     assert await store.first_contact("conv-1", 3600) is True

@@ -146,6 +146,10 @@ class RedisStore:
         allowed, wait = await self._run(self._bucket(keys=[self.key("rate", bucket)], args=[rate, burst, cost]))
         return RateDecision(allowed=bool(allowed), retry_after_s=float(wait))
 
+    async def seen(self, namespace: str, token: str) -> bool:
+        """Whether ``remember_once`` recorded this token (a read-only replay check)."""
+        return bool(await self._run(self.client.exists(self.key("once", namespace, token))))
+
     async def remember_once(self, namespace: str, token: str, ttl_s: int) -> bool:
         """True the first time a token is seen within ``ttl_s``; for nonce/replay protection."""
         return bool(await self._run(self.client.set(self.key("once", namespace, token), b"1", nx=True, ex=ttl_s)))
