@@ -121,8 +121,12 @@ def api_body(message_id: str = "m-1", text: str = "hello", **extra: Any) -> byte
 
 
 async def topic_size(bootstrap: str, topic: str) -> int:
-    """Records on a topic, from the partitions' offsets: exact, no waiting involved."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    """Records on a topic, read up to the high watermarks taken first: exact, no waiting involved.
+
+    Counting records rather than subtracting offsets, because Tansu 0.6 reports a partition's end
+    offset as the last batch's base offset + 1, which undercounts multi-record batches.
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, fetch_max_wait_ms=50)
     await consumer.start()
     try:
         partitions = consumer.partitions_for_topic(topic)
@@ -133,8 +137,16 @@ async def topic_size(bootstrap: str, topic: str) -> int:
         if not tps:
             return 0
         end = await consumer.end_offsets(tps)
-        start = await consumer.beginning_offsets(tps)
-        return sum(end[tp] - start[tp] for tp in tps)
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        count = 0
+        pending = {tp for tp in tps if end[tp] > 0}
+        while pending:
+            batch = await consumer.getmany(*pending, timeout_ms=200)
+            for tp, records in batch.items():
+                count += len(records)
+            pending = {tp for tp in pending if await consumer.position(tp) < end[tp]}
+        return count
     finally:
         await consumer.stop()
 
