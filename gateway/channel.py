@@ -201,6 +201,8 @@ class Channel:
     type: ClassVar[str]
     Settings: ClassVar[builtins.type[ChannelSettings]] = ChannelSettings
     secret_settings: ClassVar[frozenset[str]] = frozenset()
+    # Request headers that carry credentials (static tokens, basic auth), never copied to the DLQ.
+    secret_headers: ClassVar[frozenset[str]] = frozenset()
     description: ClassVar[str] = ""
 
     def __init__(self, name: str, settings: ChannelSettings, services: ChannelServices) -> None:

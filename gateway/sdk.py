@@ -49,6 +49,7 @@ from gateway.signing import (
     hmac_sha256_hex,
     verify_prefixed_hex,
 )
+from gateway.store.redis import StoreUnavailable
 
 API_VERSION = "1.0"
 
@@ -85,6 +86,7 @@ __all__ = [
     "SendError",
     "SendResult",
     "Sentiment",
+    "StoreUnavailable",
     "Tags",
     "WebhookRequest",
     "channel_instances",

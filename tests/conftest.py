@@ -143,8 +143,7 @@ async def topic_size(bootstrap: str, topic: str) -> int:
         pending = {tp for tp in tps if end[tp] > 0}
         while pending:
             batch = await consumer.getmany(*pending, timeout_ms=200)
-            for tp, records in batch.items():
-                count += len(records)
+            count += sum(len(records) for records in batch.values())
             pending = {tp for tp in pending if await consumer.position(tp) < end[tp]}
         return count
     finally:

@@ -26,8 +26,20 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-# Headers never copied into DLQ records: credentials are not evidence.
+# Headers never copied into DLQ records: credentials are not evidence. Besides these and the ones a
+# channel declares, any header whose name suggests a credential is dropped too.
 SECRET_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization", "x-api-key"})
+_SECRET_WORDS = ("token", "secret", "password", "auth", "cookie", "api-key")
+
+
+def evidence_headers(channel: Channel, headers: Mapping[str, str] | None) -> dict[str, str]:
+    """The request headers worth keeping in a DLQ record, without credentials."""
+    drop = SECRET_HEADERS | {h.lower() for h in channel.secret_headers}
+    return {
+        k: v
+        for k, v in (headers or {}).items()
+        if k.lower() not in drop and not any(word in k.lower() for word in _SECRET_WORDS)
+    }
 
 
 @dataclass(slots=True)
@@ -109,7 +121,7 @@ class Ingestor:
         headers: Mapping[str, str] | None = None,
     ) -> None:
         """Store an authenticated but unusable payload on the DLQ (503 if the broker is down)."""
-        kept = {k: v for k, v in (headers or {}).items() if k.lower() not in SECRET_HEADERS}
+        kept = evidence_headers(channel, headers)
         try:
             await self.runtime.quarantine(
                 stage="normalize",

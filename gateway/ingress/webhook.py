@@ -108,6 +108,7 @@ class WebhookHandler:
             await self.ingestor.quarantine(
                 channel, body, str(exc), traceparent=traceparent, error_type=type(exc).__name__, headers=request.headers
             )
+            await channel.accepted(incoming)  # stored (on the DLQ): a replay must not store it twice
             return web.json_response({"status": "quarantined", "reason": str(exc)})
 
         outcome = await self.ingestor.ingest(

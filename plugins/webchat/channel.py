@@ -1,0 +1,561 @@
+"""The web chat channel: browsers running the widget talk to the gateway over a WebSocket (or REST).
+
+The transport lives in ``routes.py``; this module holds what both transports share: settings,
+sessions (stateless signed resume tokens plus an optional profile in Redis), turning a chat frame
+into a normalized message stored through ``services.ingest`` (same guarantees as webhooks: the ack
+is sent only after the broker acknowledged), uploads kept in Redis with a TTL, and typing presence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import json
+import mimetypes
+import secrets
+import time
+import unicodedata
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import quote, unquote, urlsplit
+
+import msgspec
+import structlog
+from redis.exceptions import RedisError
+
+from gateway.sdk import (
+    Attachment,
+    Channel,
+    ChannelServices,
+    ChannelSettings,
+    Content,
+    ForbiddenError,
+    IngestError,
+    ParseResult,
+    Party,
+    StoreUnavailable,
+    WebhookRequest,
+    utcnow,
+)
+from plugins.webchat.protocol import ChatMessage, VisitorInfo, error_frame
+from plugins.webchat.tokens import TokenError, issue_token, new_visitor_id, read_token
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+log = structlog.get_logger(__name__)
+
+_STORE_ERRORS = (RedisError, OSError)
+DAY = 86_400
+DEFAULT_UPLOAD_TYPES = [
+    "image/png",
+    "image/jpeg",
+    "image/gif",
+    "image/webp",
+    "application/pdf",
+    "text/plain",
+    "audio/*",
+    "video/*",
+]
+# Served inline by GET /chat/files/<id>; everything else is a download (no script can run).
+INLINE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp", "application/pdf", "text/plain"})
+
+
+class VisitorRateLimit(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Token bucket per visitor (messages, uploads), shared by all replicas through Redis."""
+
+    rate: Annotated[float, msgspec.Meta(gt=0)] = 1.0  # tokens per second
+    burst: Annotated[int, msgspec.Meta(ge=1)] = 20
+
+
+def normalize_origin(origin: str) -> str:
+    """``https://Shop.example.com:443/`` -> ``https://shop.example.com``, as browsers send it."""
+    if origin == "*":
+        return origin
+    parts = urlsplit(origin.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        raise ValueError(f"allowed_origins: {origin!r} is not an origin like https://shop.example.com")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError(f"allowed_origins: {origin!r} is not an origin like https://shop.example.com")
+    default_port = {"http": 80, "https": 443}[parts.scheme]
+    host = parts.hostname.lower()
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    port = "" if parts.port in (None, default_port) else f":{parts.port}"
+    return f"{parts.scheme}://{host}{port}"
+
+
+class WebchatSettings(ChannelSettings, kw_only=True, forbid_unknown_fields=True):
+    token_secret: Annotated[str, msgspec.Meta(min_length=16)]  # signs visitor resume tokens
+    # Pages that may embed the widget ("*": any, only if you mean it).
+    allowed_origins: list[str] = msgspec.field(default_factory=list)
+    session_ttl_s: Annotated[int, msgspec.Meta(ge=60)] = 7 * DAY
+    max_message_chars: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 4000
+    max_upload_bytes: Annotated[int, msgspec.Meta(ge=1, le=100 * 1024 * 1024)] = 10 * 1024 * 1024
+    upload_ttl_s: Annotated[int, msgspec.Meta(ge=60)] = 7 * DAY
+    upload_types: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_UPLOAD_TYPES))
+    visitor_rate_limit: VisitorRateLimit = msgspec.field(default_factory=VisitorRateLimit)
+    history_limit: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 50
+    heartbeat_s: Annotated[float, msgspec.Meta(ge=1)] = 25.0
+    title: Annotated[str, msgspec.Meta(max_length=200)] = "Chat with us"
+    welcome_text: Annotated[str, msgspec.Meta(max_length=2000)] = "Hi! How can we help you today?"
+    public_url: str | None = None  # e.g. https://chat.example.com: makes attachment URLs absolute
+    demo_page: bool = True  # serve GET /chat/ (a page embedding the widget)
+
+    def __post_init__(self) -> None:
+        self.allowed_origins = [normalize_origin(o) for o in self.allowed_origins]
+
+
+@dataclass(slots=True)
+class Session:
+    """One visitor as a transport sees it after hello / token check."""
+
+    visitor_id: str
+    conversation_id: str
+    token: str
+    transport: str  # "websocket" | "rest"
+    resumed: bool = False
+    name: str | None = None
+    email: str | None = None
+    page: str | None = None
+    origin: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredUpload:
+    upload_id: str
+    visitor_id: str
+    filename: str
+    mime_type: str
+    size: int
+    kind: str
+    data: bytes = b""
+
+
+class UploadRejected(Exception):
+    def __init__(self, status: int, code: str, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+
+@dataclass(slots=True)
+class _Limits:
+    last_typing: dict[str, float] = field(default_factory=dict)
+
+
+def attachment_kind(mime_type: str) -> str:
+    major = mime_type.split("/", 1)[0]
+    if major in ("image", "audio", "video"):
+        return major
+    if mime_type in ("application/pdf", "application/msword", "text/plain", "text/csv") or mime_type.startswith(
+        "application/vnd.openxmlformats-officedocument."
+    ):
+        return "document"
+    return "file"
+
+
+def clean_filename(name: str | None) -> str:
+    """Keep the base name, printable characters only, at most 200 characters. Some clients
+    percent-encode non-ASCII names (aiohttp does); browsers send UTF-8: accept both."""
+    name = name or ""
+    if name.isascii() and "%" in name:
+        with contextlib.suppress(UnicodeDecodeError):
+            decoded = unquote(name, errors="strict")
+            name = decoded if not decoded.isascii() else name
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    base = "".join(ch for ch in base if unicodedata.category(ch)[0] != "C").strip(" .")
+    return base[:200] or "upload"
+
+
+def _text(value: bytes | str | None) -> str | None:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+class WebchatChannel(Channel):
+    type = "webchat"
+    Settings = WebchatSettings
+    secret_settings = frozenset({"token_secret"})
+    description = "Web chat widget: WebSocket (REST fallback) at /chat/, signed visitor resume tokens."
+
+    settings: WebchatSettings
+
+    def __init__(self, name: str, settings: ChannelSettings, services: ChannelServices) -> None:
+        super().__init__(name, settings, services)
+        self.sockets: set[web.WebSocketResponse] = set()
+        self._limits = _Limits()
+
+    # --- webhooks: not this channel's transport ---------------------------------------------
+
+    async def verify(self, request: WebhookRequest) -> None:
+        raise ForbiddenError("web chat takes no webhooks: the widget connects to /chat/ws")
+
+    def parse(self, request: WebhookRequest) -> ParseResult:
+        raise ForbiddenError("web chat takes no webhooks: the widget connects to /chat/ws")
+
+    async def stop(self) -> None:
+        """Close open sockets ("going away") so shutdown does not wait for idle visitors."""
+        for ws in list(self.sockets):
+            with contextlib.suppress(Exception):
+                await ws.close(code=1001, message=b"server shutting down")
+        self.sockets.clear()
+
+    # --- limits and origins ------------------------------------------------------------------
+
+    @property
+    def max_frame_bytes(self) -> int:
+        """Largest frame a valid message can need: UTF-8 text (control characters escaped) + JSON."""
+        return self.settings.max_message_chars * 6 + 16_384
+
+    def origin_allowed(self, origin: str, host: str | None) -> bool:
+        """Allowed: configured origins ("*" = any), and the gateway's own pages (the demo page)."""
+        allowed = self.settings.allowed_origins
+        if "*" in allowed:
+            return True
+        try:
+            normalized = normalize_origin(origin)
+        except ValueError:
+            return False  # "null" (sandboxed frames, file://) and anything odd
+        if normalized in allowed:
+            return True
+        return host is not None and urlsplit(normalized).netloc == host.lower()
+
+    def _key(self, *parts: str) -> str:
+        return self.services.store.key("webchat", self.name, *parts)
+
+    # --- sessions ------------------------------------------------------------------------------
+
+    def _issue(self, visitor_id: str) -> str:
+        expires_at = int(time.time()) + self.settings.session_ttl_s
+        return issue_token(self.settings.token_secret, visitor_id, self.name, expires_at)
+
+    async def open_session(
+        self,
+        token: str | None,
+        visitor: VisitorInfo | None,
+        *,
+        page: str | None,
+        origin: str | None,
+        transport: str,
+    ) -> Session:
+        """Resume the visitor of a valid token, else start a new one; always a fresh token (sliding expiry)."""
+        resumed = False
+        visitor_id: str | None = None
+        if token:
+            try:
+                visitor_id = read_token(self.settings.token_secret, token, self.name, time.time())
+                resumed = True
+            except TokenError as exc:
+                log.info("webchat_token_refused", instance=self.name, reason=str(exc))
+        if visitor_id is None:
+            visitor_id = new_visitor_id()
+        session = Session(
+            visitor_id=visitor_id,
+            conversation_id=f"{self.name}:{visitor_id}",
+            token=self._issue(visitor_id),
+            transport=transport,
+            resumed=resumed,
+            page=page,
+            origin=origin,
+        )
+        await self._profile(session, visitor)
+        return session
+
+    def session_from_token(self, token: str | None, *, transport: str, origin: str | None) -> Session:
+        """REST calls after the session call carry the token; raises TokenError when it is not valid."""
+        if not token:
+            raise TokenError("missing token")
+        visitor_id = read_token(self.settings.token_secret, token, self.name, time.time())
+        return Session(
+            visitor_id=visitor_id,
+            conversation_id=f"{self.name}:{visitor_id}",
+            token=token,
+            transport=transport,
+            resumed=True,
+            origin=origin,
+        )
+
+    async def load_profile(self, session: Session) -> None:
+        with contextlib.suppress(*_STORE_ERRORS):
+            name, email = await self.services.store.client.hmget(self._key("visitor", session.visitor_id), "n", "e")
+            session.name, session.email = _text(name), _text(email)
+
+    async def _profile(self, session: Session, visitor: VisitorInfo | None) -> None:
+        """Remember what the visitor told about themselves; a profile is a nicety, so Redis may fail."""
+        key = self._key("visitor", session.visitor_id)
+        client = self.services.store.client
+        given = {
+            k: v.strip()
+            for k, v in (("n", visitor.name if visitor else None), ("e", visitor.email if visitor else None))
+            if v and v.strip()
+        }
+        try:
+            if given:
+                async with client.pipeline(transaction=True) as pipe:
+                    pipe.hset(key, mapping=given)  # type: ignore[arg-type]  # redis' Mapping key is invariant
+                    pipe.expire(key, self.settings.session_ttl_s)
+                    await pipe.execute()
+            elif session.resumed:
+                await client.expire(key, self.settings.session_ttl_s)
+        except _STORE_ERRORS as exc:
+            log.warning("webchat_profile_unavailable", instance=self.name, error=type(exc).__name__)
+        if session.resumed and len(given) < 2:
+            await self.load_profile(session)
+        session.name = given.get("n", session.name)
+        session.email = given.get("e", session.email)
+
+    def client_settings(self) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "title": s.title,
+            "welcome_text": s.welcome_text,
+            "max_message_chars": s.max_message_chars,
+            "max_upload_bytes": s.max_upload_bytes,
+            "upload_types": s.upload_types,
+        }
+
+    async def welcome(self, session: Session) -> dict[str, Any]:
+        return {
+            "type": "welcome",
+            "visitor_id": session.visitor_id,
+            "token": session.token,
+            "conversation_id": session.conversation_id,
+            "resumed": session.resumed,
+            "history": await self.history(session),
+            "settings": self.client_settings(),
+        }
+
+    # --- history (the visitor's own acknowledged messages; outbound ones in a later issue) -----
+
+    async def history(self, session: Session) -> list[Any]:
+        if self.settings.history_limit == 0:
+            return []
+        try:
+            items = await self.services.store.client.lrange(
+                self._key("history", session.visitor_id), -self.settings.history_limit, -1
+            )
+        except _STORE_ERRORS:
+            return []
+        return [json.loads(item) for item in items]
+
+    async def outbound_after(self, session: Session, cursor: str | None) -> list[Any]:
+        """Messages for the visitor newer than ``cursor`` (ids are time-ordered UUIDv7). Empty until
+        outbound delivery appends agent replies to the history (a later issue)."""
+        return [
+            item
+            for item in await self.history(session)
+            if item.get("direction") == "outbound" and (cursor is None or str(item.get("id", "")) > cursor)
+        ]
+
+    async def _remember(self, session: Session, entry: dict[str, Any]) -> None:
+        if self.settings.history_limit == 0:
+            return
+        key = self._key("history", session.visitor_id)
+        try:
+            async with self.services.store.client.pipeline(transaction=True) as pipe:
+                pipe.rpush(key, json.dumps(entry, ensure_ascii=False))
+                pipe.ltrim(key, -self.settings.history_limit, -1)
+                pipe.expire(key, self.settings.session_ttl_s)
+                await pipe.execute()
+        except _STORE_ERRORS as exc:  # stored in Kafka already; only the replay on reload misses it
+            log.warning("webchat_history_unavailable", instance=self.name, error=type(exc).__name__)
+
+    # --- rate limits ---------------------------------------------------------------------------
+
+    async def visitor_rate(self, session: Session, cost: int = 1) -> float | None:
+        """Seconds to wait when the visitor's bucket is empty, else None. Fails open: protection only."""
+        limit = self.settings.visitor_rate_limit
+        try:
+            decision = await self.services.store.take_token(
+                f"webchat:{self.name}:{session.visitor_id}", limit.rate, limit.burst, cost
+            )
+        except StoreUnavailable as exc:
+            log.warning("webchat_rate_unavailable", instance=self.name, error=type(exc).__name__)
+            return None
+        return None if decision.allowed else max(decision.retry_after_s, 0.001)
+
+    # --- inbound messages ----------------------------------------------------------------------
+
+    async def receive(self, session: Session, frame: ChatMessage, raw: bytes) -> dict[str, Any]:
+        """Store one chat message; the answer is an ack frame (after the broker ack) or an error frame."""
+        client_id = frame.client_id
+        text = frame.text.strip()
+        if len(text) > self.settings.max_message_chars:
+            return error_frame(
+                "too_large", f"text longer than {self.settings.max_message_chars} characters", client_id=client_id
+            )
+        if not text and not frame.attachments:
+            return error_frame("invalid", "a message needs text or attachments", client_id=client_id)
+        ingest = self.services.ingest
+        if ingest is None:
+            return error_frame("unavailable", "this process does not store messages", client_id=client_id)
+        try:
+            await ingest.check_rate(self)  # the instance-wide rate_limit, if configured
+        except IngestError as exc:
+            return error_frame("rate_limited", exc.detail, client_id=client_id, retry_after=exc.retry_after)
+        wait = await self.visitor_rate(session)
+        if wait is not None:
+            return error_frame("rate_limited", "too many messages, slow down", client_id=client_id, retry_after=wait)
+
+        attachments: list[Attachment] = []
+        for ref in frame.attachments:
+            try:
+                upload = await self.load_upload(session, ref.upload_id, with_data=False)
+            except UploadRejected as exc:
+                return error_frame(exc.code, exc.message, client_id=client_id, retry_after=exc.retry_after)
+            if upload is None:
+                return error_frame("unknown_upload", f"no upload {ref.upload_id} for this visitor", client_id=client_id)
+            attachments.append(
+                Attachment(
+                    kind=upload.kind,  # type: ignore[arg-type]  # attachment_kind yields model kinds only
+                    media_id=upload.upload_id,
+                    url=self.file_url(upload.upload_id),
+                    mime_type=upload.mime_type,
+                    filename=upload.filename,
+                    size=upload.size,
+                )
+            )
+
+        now = utcnow()
+        message = self.message(
+            external_id=f"{session.visitor_id}:{client_id}",  # a resend after reconnect is a duplicate
+            conversation_id=session.conversation_id,
+            sender=Party(id=session.visitor_id, name=session.name, handle=session.email),
+            recipient=Party(id=self.name, name=self.settings.title),
+            content=Content(type="media" if attachments else "text", text=text or None, attachments=attachments),
+            sent_at=now,  # the gateway's clock: a browser's clock is not evidence
+            raw=json.loads(raw) if self.settings.keep_raw else None,
+        )
+        labels: dict[str, Any] = {"client_id": client_id, "transport": session.transport}
+        if session.page:
+            labels["page"] = session.page
+        if session.origin:
+            labels["origin"] = session.origin
+        message.tags.labels["webchat"] = labels
+
+        try:
+            outcome = await ingest.ingest(
+                self,
+                ParseResult(messages=[message]),
+                raw=raw,
+                headers={"Content-Type": "application/json", **({"Origin": session.origin} if session.origin else {})},
+            )
+        except IngestError as exc:
+            code = {503: "unavailable", 429: "rate_limited", 413: "too_large"}.get(exc.status, exc.reason)
+            retry = exc.retry_after if exc.status in (429, 503) else None
+            log.info("webchat_rejected", instance=self.name, status=exc.status, reason=exc.reason)
+            return error_frame(code, exc.detail, client_id=client_id, retry_after=retry)
+        [accepted] = outcome.messages
+        if accepted.quarantined or accepted.id is None:
+            return error_frame("invalid", "the message could not be normalized", client_id=client_id)
+        if not accepted.duplicate:
+            await self._remember(
+                session,
+                {
+                    "id": accepted.id,
+                    "client_id": client_id,
+                    "direction": "inbound",
+                    "text": message.content.text,
+                    "attachments": [msgspec.to_builtins(a) for a in attachments],
+                    "sent_at": now.isoformat(),
+                },
+            )
+        return {"type": "ack", "client_id": client_id, "id": accepted.id, "duplicate": accepted.duplicate}
+
+    # --- typing presence -------------------------------------------------------------------------
+
+    async def typing(self, session: Session, state: bool) -> bool:
+        """Record that the visitor types (expires by itself); False when throttled or Redis failed.
+        Not a message: later issues forward it to agents."""
+        now = time.monotonic()
+        last = self._limits.last_typing.get(session.visitor_id, 0.0)
+        if state and now - last < 1.0:
+            return False
+        self._limits.last_typing[session.visitor_id] = now
+        if len(self._limits.last_typing) > 10_000:
+            self._limits.last_typing.clear()
+        key = self._key("typing", session.visitor_id)
+        try:
+            if state:
+                await self.services.store.client.set(key, b"1", ex=10)
+            else:
+                await self.services.store.client.delete(key)
+        except _STORE_ERRORS:
+            return False
+        return True
+
+    async def is_typing(self, visitor_id: str) -> bool:
+        with contextlib.suppress(*_STORE_ERRORS):
+            return bool(await self.services.store.client.exists(self._key("typing", visitor_id)))
+        return False
+
+    # --- uploads -----------------------------------------------------------------------------------
+
+    def file_url(self, upload_id: str) -> str:
+        base = (self.settings.public_url or "").rstrip("/")
+        return f"{base}/chat/files/{upload_id}?instance={quote(self.name, safe='')}"
+
+    def upload_type(self, filename: str, declared: str | None) -> str:
+        """The declared type, or a guess from the name; UploadRejected (415) unless allowed."""
+        mime = (declared or "").split(";", 1)[0].strip().lower()
+        if not mime or mime == "application/octet-stream":
+            mime = mimetypes.guess_type(filename)[0] or "application/octet-stream"
+        if not any(fnmatch.fnmatchcase(mime, pattern.lower()) for pattern in self.settings.upload_types):
+            raise UploadRejected(415, "unsupported_type", f"files of type {mime} are not accepted")
+        return mime
+
+    async def save_upload(self, session: Session, filename: str, mime_type: str, data: bytes) -> dict[str, Any]:
+        if len(data) > self.settings.max_upload_bytes:
+            raise UploadRejected(413, "too_large", f"file larger than {self.settings.max_upload_bytes} bytes")
+        if not data:
+            raise UploadRejected(400, "invalid", "empty file")
+        upload_id = secrets.token_urlsafe(18)
+        kind = attachment_kind(mime_type)
+        key = self._key("upload", upload_id)
+        fields: dict[str, str | bytes] = {
+            "visitor": session.visitor_id,
+            "filename": filename,
+            "mime": mime_type,
+            "size": str(len(data)),
+            "kind": kind,
+            "data": data,
+        }
+        try:
+            async with self.services.store.client.pipeline(transaction=True) as pipe:
+                pipe.hset(key, mapping=fields)  # type: ignore[arg-type]  # redis accepts bytes values
+                pipe.expire(key, self.settings.upload_ttl_s)
+                await pipe.execute()
+        except _STORE_ERRORS as exc:
+            raise UploadRejected(503, "unavailable", "file store unavailable, retry later", 5) from exc
+        log.info("webchat_upload", instance=self.name, size=len(data), kind=kind)
+        return {
+            "upload_id": upload_id,
+            "url": self.file_url(upload_id),
+            "filename": filename,
+            "mime_type": mime_type,
+            "size": len(data),
+            "kind": kind,
+        }
+
+    async def load_upload(self, session: Session, upload_id: str, *, with_data: bool) -> StoredUpload | None:
+        """An upload of this visitor (None for unknown, expired, or somebody else's)."""
+        names = ["visitor", "filename", "mime", "size", "kind", *(["data"] if with_data else [])]
+        try:
+            values = await self.services.store.client.hmget(self._key("upload", upload_id), names)
+        except _STORE_ERRORS as exc:
+            raise UploadRejected(503, "unavailable", "file store unavailable, retry later", 5) from exc
+        raw = [v.encode() if isinstance(v, str) else v for v in values]
+        if raw[0] is None or raw[0].decode() != session.visitor_id or any(v is None for v in raw):
+            return None  # unknown, expired, somebody else's, or half-written
+        fields = [v or b"" for v in raw]
+        return StoredUpload(
+            upload_id=upload_id,
+            visitor_id=session.visitor_id,
+            filename=fields[1].decode("utf-8", "replace"),
+            mime_type=fields[2].decode(),
+            size=int(fields[3]),
+            kind=fields[4].decode(),
+            data=fields[5] if with_data else b"",
+        )

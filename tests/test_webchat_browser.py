@@ -1,0 +1,177 @@
+"""The widget in a real headless Chromium against the real gateway app, broker and Redis.
+
+Uses Debian's /usr/bin/chromium through Playwright (no browser downloads). Skipped, with the
+reason, only when that binary is absent.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from gateway.embedded import free_port
+from gateway.ingress.app import create_app
+from gateway.plugins import PluginRegistry, load_plugins
+from gateway.runtime import Runtime
+from tests.conftest import make_config, messages_of, read_records, topic_size
+from tests.test_webchat import SECRET, png
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOT = Path("/tmp/webchat.png")  # noqa: S108  # a fixed place for a human to look at the widget
+LAUNCH_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's Chromium is not installed at /usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def registry() -> PluginRegistry:
+    others = {ep.name for ep in importlib.metadata.entry_points(group="gateway")} - {"webchat"}
+    return load_plugins(fail_fast=True, disabled=others)
+
+
+@pytest.fixture
+async def served(kafka_bootstrap: str, redis_url: str, registry: PluginRegistry) -> AsyncIterator[tuple[str, Runtime]]:
+    """The gateway app on a real loopback port, as `gateway serve` runs it."""
+    config = make_config(
+        kafka_bootstrap,
+        redis_url,
+        channels={"support": {"type": "webchat", "token_secret": SECRET, "title": "Acme Support"}},
+    )
+    runtime = Runtime.create(config, registry)
+    await runtime.publisher.start()
+    await runtime.ensure_topics()
+    runner = web.AppRunner(create_app(runtime), access_log=None, shutdown_timeout=2)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}", runtime
+    finally:
+        for channel in runtime.channels.values():
+            await channel.stop()
+        await runner.cleanup()
+        await runtime.close()
+
+
+async def test_widget_sends_acknowledged_messages_and_resumes_after_reload(
+    served: tuple[str, Runtime], kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    from playwright.async_api import async_playwright, expect
+
+    base, runtime = served
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS, headless=True)
+        try:
+            page = await browser.new_page(viewport={"width": 1100, "height": 720})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            await page.goto(f"{base}/chat/")
+
+            await page.locator(".btn").click()  # Playwright's CSS engine pierces the open shadow root
+            await expect(page.locator(".head b")).to_have_text("Acme Support")
+            await expect(page.locator(".welcome")).to_be_visible()
+            await page.locator("textarea.input").fill("Hello from the browser 👋 我的订单")
+            await page.locator("button.send").click()
+
+            acked = page.locator('.msg.in[data-status="acked"]')
+            await expect(acked).to_have_count(1, timeout=15_000)
+            await expect(acked.locator(".st")).to_have_text("Sent ✓")
+            [record] = await read_records(kafka_bootstrap, runtime.topics.inbound, 1)
+            [first] = messages_of([record])
+            assert first.content.text == "Hello from the browser 👋 我的订单"
+            assert first.channel == "webchat" and first.instance == "support"
+            assert await acked.get_attribute("data-id") == first.id  # the widget shows the stored message's ack
+            assert first.tags.labels["webchat"]["page"] == f"{base}/chat/"
+            state: dict[str, Any] = await page.evaluate("GatewayChat.state()")
+            assert state["conversation_id"] == first.conversation_id and state["unacked"] == 0
+
+            await page.locator("textarea.input").fill("Where is my parcel?")  # a second, so the list shows a thread
+            await page.locator("button.send").click()
+            await expect(acked).to_have_count(2, timeout=15_000)
+
+            # Reload: the stored token resumes the visitor; history comes back; same conversation continues.
+            await page.reload()
+            await page.locator(".btn").click()
+            await expect(page.locator('.msg.in[data-status="acked"]')).to_have_count(2, timeout=15_000)
+            image = tmp_path / "receipt.png"
+            image.write_bytes(png(4, 4))
+            await page.locator('input[type="file"]').set_input_files(str(image))
+            await expect(page.locator(".chip")).to_have_text("receipt.png", timeout=15_000)
+            await page.locator("textarea.input").fill("After reload, with the receipt")
+            await page.locator("button.send").click()
+            await expect(page.locator('.msg.in[data-status="acked"]')).to_have_count(3, timeout=15_000)
+            await page.screenshot(path=str(SCREENSHOT))
+
+            records = await read_records(kafka_bootstrap, runtime.topics.inbound, 3)
+            messages = {m.content.text: m for m in messages_of(records)}
+            third = messages["After reload, with the receipt"]
+            assert third.conversation_id == first.conversation_id
+            assert third.sender.id == first.sender.id
+            [attachment] = third.content.attachments
+            assert attachment.kind == "image" and attachment.filename == "receipt.png"
+            assert attachment.size == len(png(4, 4))
+            assert errors == []
+        finally:
+            await browser.close()
+
+
+async def test_widget_resends_an_unacknowledged_message_after_reconnect(
+    served: tuple[str, Runtime], kafka_bootstrap: str
+) -> None:
+    """The connection drops after the gateway stored a message but before the ack reached the page:
+    the widget resends it on reconnect and the gateway's dedup keeps it one record."""
+    from playwright.async_api import WebSocketRoute, async_playwright, expect
+
+    base, runtime = served
+    dropped: list[dict[str, Any]] = []
+
+    async def drop_first_ack(page_side: WebSocketRoute) -> None:
+        server_side = page_side.connect_to_server()
+
+        async def from_server(message: str | bytes) -> None:
+            frame = json.loads(message)
+            if frame.get("type") == "ack" and not dropped:
+                dropped.append(frame)
+                await page_side.close(code=1011, reason="simulated network drop")
+                return
+            page_side.send(message)
+
+        server_side.on_message(from_server)
+
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS, headless=True)
+        try:
+            page = await browser.new_page()
+            await page.route_web_socket(re.compile(r".*/chat/ws.*"), drop_first_ack)
+            await page.goto(f"{base}/chat/")
+            await page.locator(".btn").click()
+            await page.locator("textarea.input").fill("Is anyone there?")
+            await page.locator("button.send").click()
+
+            acked = page.locator('.msg.in[data-status="acked"]')
+            await expect(acked).to_have_count(1, timeout=20_000)
+            await page.wait_for_function("GatewayChat.state().unacked === 0", timeout=20_000)
+            [record] = await read_records(kafka_bootstrap, runtime.topics.inbound, 1)
+            [message] = messages_of([record])
+            assert dropped and dropped[0]["id"] == message.id  # the lost ack was for the stored record
+            assert await acked.get_attribute("data-id") == message.id  # the resend was acked with the same id
+            assert await topic_size(kafka_bootstrap, runtime.topics.inbound) == 1
+            assert await page.locator(".msg.in").count() == 1  # shown once, not duplicated by the history
+        finally:
+            await browser.close()
