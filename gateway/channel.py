@@ -180,7 +180,8 @@ class ChannelSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     type: str
     enabled: bool = True
     max_body_bytes: int | None = None  # overrides http.max_body_bytes for this instance
-    rate_limit: RateLimit | None = None
+    rate_limit: RateLimit | None = None  # inbound requests (ingress answers 429 beyond it)
+    send_rate_limit: RateLimit | None = None  # outbound sends, shared by all dispatchers through Redis
     keep_raw: bool = False  # keep the provider payload on the message (may contain personal data)
     base_url: str | None = None  # provider API base for sending; tests point it at a local server
 

@@ -90,6 +90,15 @@ class WorkerSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     processors: list[str] | None = None  # None: every discovered processor, in declared order
 
 
+class ApiSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """`POST /api/v1/messages` for services that would rather not produce to Kafka."""
+
+    # Accepted API keys (use env:NAME references); the endpoint answers 403 while none is configured.
+    keys: list[Annotated[str, msgspec.Meta(min_length=16)]] = []
+    max_body_bytes: Positive = 256 * 1024
+    idempotency_ttl_s: Positive = 24 * 3600
+
+
 class DispatchSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     group_id: str = "gateway-dispatch"
     concurrency: Positive = 8
@@ -115,6 +124,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     http: HttpSection = msgspec.field(default_factory=HttpSection)
     worker: WorkerSection = msgspec.field(default_factory=WorkerSection)
     dispatch: DispatchSection = msgspec.field(default_factory=DispatchSection)
+    api: ApiSection = msgspec.field(default_factory=ApiSection)
     plugins: PluginsSection = msgspec.field(default_factory=PluginsSection)
     logging: LoggingSection = msgspec.field(default_factory=LoggingSection)
     channels: dict[str, dict[str, Any]] = {}

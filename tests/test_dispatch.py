@@ -38,12 +38,18 @@ class Provider:
 
 @contextlib.asynccontextmanager
 async def dispatching(
-    provider: Provider, kafka_bootstrap: str, redis_url: str, registry: PluginRegistry, aiohttp_server: Any
+    provider: Provider,
+    kafka_bootstrap: str,
+    redis_url: str,
+    registry: PluginRegistry,
+    aiohttp_server: Any,
+    channels: dict[str, Any] | None = None,
 ) -> AsyncIterator[Runtime]:
-    app = web.Application()
-    app.router.add_post("/callback", provider.handle)
-    server = await aiohttp_server(app)
-    channels = {"api": {"type": "api", "secret": API_SECRET, "callback_url": str(server.make_url("/callback"))}}
+    if channels is None:
+        app = web.Application()
+        app.router.add_post("/callback", provider.handle)
+        server = await aiohttp_server(app)
+        channels = {"api": {"type": "api", "secret": API_SECRET, "callback_url": str(server.make_url("/callback"))}}
     config = make_config(kafka_bootstrap, redis_url, channels=channels, dispatch={"max_attempts": 3})
     runtime = Runtime.create(config, registry)
     await runtime.publisher.start()

@@ -182,6 +182,10 @@ class Ingestor:
 
     async def _prepare_event(self, channel: Channel, event: DeliveryEvent, traceparent: str) -> _Claimed | None:
         extra: list[tuple[str, str]] = []
+        if event.message_id is None and event.external_id:
+            # Link a provider status (delivered, read...) to the outbound message it is about.
+            with contextlib.suppress(StoreUnavailable):
+                event.message_id = await self.runtime.store.outbound_for(channel.name, event.external_id)
         dedup_key = f"event:{event.external_id}:{event.status}" if event.external_id else None
         if dedup_key is not None:
             claim = await self._claim(channel, dedup_key, event.id, extra)

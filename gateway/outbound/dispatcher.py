@@ -17,7 +17,7 @@ import structlog
 
 from gateway.bus.consumer import ConsumerRunner, Record
 from gateway.bus.producer import BrokerUnavailable, header, record_for
-from gateway.channel import SendError
+from gateway.channel import Channel, SendError
 from gateway.model import DeliveryError, DeliveryEvent, Message
 from gateway.runtime import Runtime
 from gateway.store.redis import StoreUnavailable
@@ -26,6 +26,17 @@ from gateway.tracing import child_traceparent
 log = structlog.get_logger(__name__)
 
 CLAIM_NAMESPACE = "outbound"
+LINK_TTL_S = 7 * 24 * 3600  # providers report delivered/read within days
+
+
+def _undeliverable(message: Message, channel: Channel | None) -> DeliveryError | None:
+    if channel is None:
+        return DeliveryError(code="unknown_instance", message=f"no channel instance named {message.instance!r}")
+    if message.direction != "outbound":
+        return DeliveryError(code="not_outbound", message="only outbound messages are sent")
+    if channel.type != message.channel:
+        return DeliveryError(code="channel_mismatch", message=f"instance {message.instance!r} is a {channel.type}")
+    return None
 
 
 class Dispatcher:
@@ -59,13 +70,9 @@ class Dispatcher:
         if message is None:
             return
         channel = runtime.channels.get(message.instance)
-        if channel is None:
-            await self._fail(
-                message,
-                record,
-                DeliveryError(code="unknown_instance", message=f"no channel instance named {message.instance!r}"),
-                0,
-            )
+        problem = _undeliverable(message, channel)
+        if problem is not None or channel is None:
+            await self._fail(message, record, problem or DeliveryError(code="unknown_instance", message=""), 0)
             return
 
         try:
@@ -83,6 +90,7 @@ class Dispatcher:
         attempt = 0
         while True:
             attempt += 1
+            await self._send_slot(channel)
             try:
                 result = await channel.send(message)
                 break
@@ -114,11 +122,25 @@ class Dispatcher:
         )
         try:
             await runtime.store.confirm_delivery(CLAIM_NAMESPACE, message.id, message.id)
+            if result.external_id:
+                await runtime.store.link_outbound(message.instance, result.external_id, message.id, LINK_TTL_S)
         except StoreUnavailable as exc:
             # Sent and recorded; only a redelivery after the pending claim expires could resend.
             log.warning("send_claim_confirm_failed", message_id=message.id, error=str(exc))
         runtime.metrics.processed.labels("dispatch", "sent").inc()
         log.info("message_sent", message_id=message.id, instance=message.instance, attempts=attempt)
+
+    async def _send_slot(self, channel: Channel) -> None:
+        """Wait for the instance's outbound token bucket (shared by every dispatcher via Redis)."""
+        limit = channel.settings.send_rate_limit
+        while limit is not None:
+            try:
+                decision = await self.runtime.store.take_token(f"send:{channel.name}", limit.rate, limit.burst)
+            except StoreUnavailable:
+                return  # the provider's own limits still apply; do not stall delivery on Redis
+            if decision.allowed:
+                return
+            await asyncio.sleep(decision.retry_after_s)
 
     async def _fail(self, message: Message, record: Record, error: DeliveryError, attempts: int) -> None:
         runtime = self.runtime

@@ -130,15 +130,25 @@ class RedisStore:
         stored = stored.decode() if isinstance(stored, bytes) else stored
         return DedupClaim(status=cast(DedupStatus, status), message_id=stored or message_id)
 
-    async def confirm_delivery(self, instance: str, external_id: str, message_id: str) -> None:
-        await self._run(
-            self.client.set(
-                self.key("dedup", instance, external_id), f"done:{message_id}", ex=self.settings.dedup_ttl_s
-            )
-        )
+    async def confirm_delivery(
+        self, instance: str, external_id: str, message_id: str, ttl_s: int | None = None
+    ) -> None:
+        ttl = ttl_s or self.settings.dedup_ttl_s
+        await self._run(self.client.set(self.key("dedup", instance, external_id), f"done:{message_id}", ex=ttl))
 
     async def release_delivery(self, instance: str, external_id: str, message_id: str) -> None:
         await self._run(self._release(keys=[self.key("dedup", instance, external_id)], args=[message_id]))
+
+    # --- outbound message ids -----------------------------------------------------------------
+
+    async def link_outbound(self, instance: str, external_id: str, message_id: str, ttl_s: int) -> None:
+        """Remember which gateway message a provider id belongs to, so later status webhooks
+        (delivered, read) can name the outbound message they are about."""
+        await self._run(self.client.set(self.key("outmap", instance, external_id), message_id, ex=ttl_s))
+
+    async def outbound_for(self, instance: str, external_id: str) -> str | None:
+        value = await self._run(self.client.get(self.key("outmap", instance, external_id)))
+        return None if value is None else value.decode() if isinstance(value, bytes) else str(value)
 
     # --- rate limits and replay guards ------------------------------------------------------
 
