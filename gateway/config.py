@@ -40,6 +40,7 @@ class KafkaSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     partitions: Positive = 6
     replication_factor: Positive = 1
     create_topics: bool = True
+    extra_topics: list[str] = []  # created at start too, e.g. the topics routing rules name
     # Idempotent producing needs InitProducerId; see gateway/bus/producer.py for the Tansu caveat.
     enable_idempotence: bool = True
     linger_ms: NonNegative = 5

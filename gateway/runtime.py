@@ -95,7 +95,7 @@ class Runtime:
 
     async def ensure_topics(self) -> None:
         if self.config.kafka.create_topics:
-            await ensure_topics(self.config.kafka, self.topics.all())
+            await ensure_topics(self.config.kafka, [*self.topics.all(), *self.config.kafka.extra_topics])
 
     async def close(self) -> None:
         await self.publisher.stop()

@@ -96,7 +96,10 @@ def test_dev_runs_everything_and_the_banner_example_works(tmp_path: Path) -> Non
             record = json.loads(line)
             assert record["value"]["id"] == message_id
             assert record["headers"]["schema"] == "gateway.message/v1"
-        assert record["value"]["trace"]["processors"] == "passthrough"
+        processors = record["value"]["trace"]["processors"].split(",")
+        assert {"passthrough", "escalation", "routing"} <= set(processors)
+        assert processors.index("escalation") < processors.index("routing")
+        assert record["value"]["routing"]["rule"] == "default" and record["value"]["routing"]["queue"] == "general"
     finally:
         process.send_signal(signal.SIGINT)
         try:

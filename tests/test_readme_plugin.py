@@ -30,7 +30,12 @@ def readme_plugin() -> types.ModuleType:
 async def test_readme_plugin_example(kafka_bootstrap: str, redis_url: str, aiohttp_client: Any) -> None:
     registry = load_plugins(fail_fast=True, extra=[("acme", readme_plugin())])
     assert "acme" in registry.channels and "shout" in registry.processors
-    config = make_config(kafka_bootstrap, redis_url, channels={"acme": {"token": "tok-123"}})
+    config = make_config(
+        kafka_bootstrap,
+        redis_url,
+        channels={"acme": {"token": "tok-123"}},
+        worker={"processors": ["shout", "passthrough"]},  # listed out of order: `after` decides
+    )
     runtime = Runtime.create(config, registry)
     await runtime.publisher.start()
     await runtime.ensure_topics()

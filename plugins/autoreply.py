@@ -1,0 +1,571 @@
+"""Auto-replies: FAQ answers, out-of-hours notices and first-contact acknowledgements.
+
+Why it is built this way:
+
+- At most one reply per inbound message, picked by a configurable priority (FAQ > out of hours >
+  acknowledgement by default), rendered from per-language templates with plain ``{name}``
+  placeholders only, so an operator's template can never reach into objects.
+- Loop guards come first (bots, bounces, auto-submitted mail, mailing lists, our own account,
+  empty or non-message content): an auto-reply must never answer another machine.
+- Rate guards (a per-conversation cooldown and daily caps per conversation and per instance) and
+  the decision itself are taken in ONE Redis script, keyed by the inbound message id. A message
+  processed again (the worker crashed before committing, a rebalance) finds its stored decision and
+  re-emits the very same reply, same outbound id, so the dispatcher's dedup on that id delivers it
+  once; the guards are applied to new decisions only and never block the re-emission.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import string
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, cast
+from zoneinfo import ZoneInfo
+
+import msgspec
+import structlog
+from redis.exceptions import RedisError
+
+from gateway.sdk import (
+    Content,
+    Message,
+    Party,
+    Processor,
+    ProcessorContext,
+    ProcessorSettings,
+    StoreUnavailable,
+    Tags,
+    hookimpl,
+)
+from plugins.business_hours import BusinessHours, load_calendars
+
+log = structlog.get_logger(__name__)
+
+Kind = Literal["faq", "out_of_hours", "acknowledgement"]
+PLACEHOLDERS = ("name", "queue", "next_open", "ticket")
+DEFAULT = "default"
+DAY_S = 86400
+EMAIL_CHANNELS = ("smtp", "mailgun", "sendgrid")
+# Content that is not something a person wrote to us (reactions, joins, follows, read receipts).
+NON_MESSAGE_CONTENT = frozenset({"reaction", "event"})
+_REPLY_PREFIX = re.compile(r"^\s*(re|aw|sv|antw|回复|回覆|答复)\s*[:\uff1a]", re.IGNORECASE)  # incl. full-width colon
+
+Seconds = Annotated[int, msgspec.Meta(ge=0)]
+Count = Annotated[int, msgspec.Meta(ge=0)]
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+Templates = dict[str, str]
+
+
+# --- templates -----------------------------------------------------------------------------------------
+
+
+def check_templates(templates: Templates, what: str = "templates") -> Templates:
+    """Validate at start-up (so a typo fails the config, not a customer's reply) and normalize
+    language keys to lower case. Only plain ``{identifier}`` placeholders are allowed."""
+    normalized = {key.strip().lower().replace("_", "-"): value for key, value in templates.items()}
+    if DEFAULT not in normalized:
+        raise ValueError(f"{what} need a `default` entry (used when the message's language has none)")
+    formatter = string.Formatter()
+    for language, template in normalized.items():
+        try:
+            fields = [(f, spec, conv) for _, f, spec, conv in formatter.parse(template) if f is not None]
+        except ValueError as exc:  # unbalanced braces
+            raise ValueError(f"{what}.{language}: {exc} (write {{{{ and }}}} for literal braces)") from None
+        for field, spec, conversion in fields:
+            if not field.isidentifier() or spec or conversion:
+                raise ValueError(
+                    f"{what}.{language}: placeholder {{{field}{'!' + conversion if conversion else ''}"
+                    f"{':' + spec if spec else ''}}} must be a plain name such as {{name}}"
+                    " (no attribute, index, conversion or format spec)"
+                )
+    return normalized
+
+
+def pick_language(templates: Mapping[str, str], language: str | None) -> tuple[str, str]:
+    """The template for ``language`` ("zh-Hant-TW" tries zh-hant-tw, zh-hant, zh), else default."""
+    tag = (language or "").strip().lower().replace("_", "-")
+    while tag:
+        if tag in templates:
+            return tag, templates[tag]
+        tag = tag.rpartition("-")[0]
+    return DEFAULT, templates[DEFAULT]
+
+
+class _Values(dict[str, str]):
+    """Unknown placeholders stay as written, so a template can mention ``{order}`` literally."""
+
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
+def render(template: str, values: Mapping[str, str]) -> str:
+    """Safe by construction: templates were validated to hold plain names only, and substituted
+    values are never re-interpreted (a customer called "{queue}" stays "{queue}")."""
+    return template.format_map(_Values(values))
+
+
+def ticket_of(conversation_id: str) -> str:
+    """A short, stable reference for a conversation (first 8 hex digits of its SHA-256)."""
+    return hashlib.sha256(conversation_id.encode()).hexdigest()[:8].upper()
+
+
+def reply_subject(subject: str | None) -> str | None:
+    if not subject or not subject.strip():
+        return None
+    subject = subject.strip()
+    return subject if _REPLY_PREFIX.match(subject) else f"Re: {subject}"
+
+
+# --- keyword matching ------------------------------------------------------------------------------------
+
+# Scripts written without spaces between words: a keyword there matches as a substring.
+_UNSPACED = ("CJK", "HIRAGANA", "KATAKANA", "HANGUL", "THAI", "LAO", "KHMER", "MYANMAR", "TIBETAN", "HALFWIDTH")
+
+
+def normalize_text(text: str) -> str:
+    """NFKC folds full-width forms and compatibility characters; casefold handles ß, Σ, etc."""
+    return unicodedata.normalize("NFKC", text).casefold()
+
+
+def _unspaced(keyword: str) -> bool:
+    return any(unicodedata.name(ch, "").startswith(_UNSPACED) for ch in keyword)
+
+
+def keyword_pattern(keywords: list[str]) -> re.Pattern[str] | None:
+    """One alternation for all keywords of an entry: whole words for spaced scripts (so "price"
+    does not fire on "priceless"), substrings for CJK and other unspaced scripts."""
+    parts = []
+    for raw in keywords:
+        keyword = normalize_text(raw).strip()
+        if not keyword:
+            continue
+        escaped = re.escape(keyword)
+        parts.append(escaped if _unspaced(keyword) else rf"(?<!\w){escaped}(?!\w)")
+    return re.compile("|".join(parts)) if parts else None
+
+
+# --- settings --------------------------------------------------------------------------------------------
+
+
+class FaqEntry(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One FAQ answer; it matches when any keyword or the regex is found in the subject or text."""
+
+    id: Annotated[str, msgspec.Meta(min_length=1)]
+    templates: Templates
+    keywords: list[str] = []
+    regex: str | None = None  # searched case-insensitively in the NFKC-normalized text
+
+    def __post_init__(self) -> None:
+        if not any(k.strip() for k in self.keywords) and not self.regex:
+            raise ValueError(f"faq entry {self.id!r} needs `keywords` or `regex`")
+        if self.regex:
+            try:
+                re.compile(self.regex)
+            except re.error as exc:
+                raise ValueError(f"faq entry {self.id!r}: invalid regex: {exc}") from None
+        self.templates = check_templates(self.templates)
+
+
+class AcknowledgementSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    templates: Templates
+    window_s: Positive = DAY_S  # first contact = no message in this conversation for this long
+
+    def __post_init__(self) -> None:
+        self.templates = check_templates(self.templates)
+
+
+class OutOfHoursSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    templates: Templates
+    calendar: str  # a name in `calendars`
+    by_instance: dict[str, str] = {}  # instance -> calendar name, overriding `calendar`
+    once_per_closure: bool = True  # one notice per conversation per closed period
+    # strftime formats of {next_open} per language, in the calendar's time zone
+    next_open_format: Templates = msgspec.field(default_factory=lambda: {DEFAULT: "%A %d %B %H:%M %Z"})
+
+    def __post_init__(self) -> None:
+        self.templates = check_templates(self.templates)
+        self.next_open_format = {
+            key.strip().lower().replace("_", "-"): value for key, value in self.next_open_format.items()
+        }
+        if DEFAULT not in self.next_open_format:
+            raise ValueError("next_open_format needs a `default` entry")
+
+
+class AutoreplySettings(ProcessorSettings, kw_only=True, forbid_unknown_fields=True):
+    # first applicable kind wins; a kind not listed is never sent
+    order: list[Kind] = msgspec.field(default_factory=lambda: ["faq", "out_of_hours", "acknowledgement"])
+    faq: list[FaqEntry] = msgspec.field(default_factory=list)
+    acknowledgement: AcknowledgementSettings | None = None
+    out_of_hours: OutOfHoursSettings | None = None
+    # name -> BusinessHours table; validated by business_hours.load_calendars so errors name the calendar
+    calendars: dict[str, Any] = msgspec.field(default_factory=dict)
+    cooldown_s: Seconds = 600  # no second auto-reply in a conversation for this long (0: off)
+    max_per_conversation_per_day: Count = 3  # per UTC day (0: unlimited)
+    max_per_instance_per_day: Count = 5000  # per UTC day (0: unlimited)
+    channels: list[str] | None = None  # channel types that may get auto-replies (None: all)
+    exclude_channels: list[str] = msgspec.field(default_factory=list)  # channel types that never do
+    own_ids: list[str] = msgspec.field(default_factory=list)  # our sender ids/handles (no-reply, bots)
+    email_channels: list[str] = msgspec.field(default_factory=lambda: list(EMAIL_CHANNELS))  # Re:, threading
+    name_fallback: Templates = msgspec.field(default_factory=lambda: {DEFAULT: ""})  # {name} without a name
+    max_scan_chars: Positive = 10000  # FAQ matching looks at this much of subject + text
+    decision_ttl_s: Positive = 3 * DAY_S  # how long a decision is kept for reprocessing
+    on_store_error: Literal["skip", "fail"] = "skip"  # Redis down: no reply, or fail the message
+
+    def __post_init__(self) -> None:
+        self.calendars = load_calendars(self.calendars, "calendars")
+        if len(set(self.order)) != len(self.order):
+            raise ValueError("`order` lists a kind twice")
+        ooh = self.out_of_hours
+        if ooh is not None:
+            for where, name in [("out_of_hours.calendar", ooh.calendar), *ooh.by_instance.items()]:
+                if name not in self.calendars:
+                    known = ", ".join(sorted(self.calendars)) or "none"
+                    raise ValueError(f"{where}: no calendar named {name!r} in `calendars` (known: {known})")
+        self.name_fallback = check_templates(self.name_fallback, "name_fallback")
+        ids = {entry.id for entry in self.faq}
+        if len(ids) != len(self.faq):
+            raise ValueError("faq entries need distinct `id`s")
+
+
+# --- decisions -------------------------------------------------------------------------------------------
+
+
+class Decision(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What was decided for one inbound message; stored in Redis under its id."""
+
+    kind: Kind
+    template: str
+    language: str | None = None
+    reply: Message | None = None
+    skipped: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    kind: Kind
+    template: str  # the FAQ entry id, or the kind's name
+    templates: Templates
+
+
+# Atomically: an existing decision wins; else cooldown and caps decide between the reply and a skip;
+# a reply takes the cooldown, counts against both caps and, for an out-of-hours notice, marks the
+# closed period as notified. All or nothing, so a crash in between
+# cannot leave a half-taken cooldown or a counted reply that was never decided.
+_DECIDE = """
+local existing = redis.call('GET', KEYS[1])
+if existing then return existing end
+local cooldown = tonumber(ARGV[5])
+local conv_cap = tonumber(ARGV[6])
+local inst_cap = tonumber(ARGV[7])
+local decision = ARGV[1]
+local holder = redis.call('GET', KEYS[2])
+if cooldown > 0 and holder and holder ~= ARGV[8] then
+  decision = ARGV[2]
+elseif conv_cap > 0 and (tonumber(redis.call('GET', KEYS[3])) or 0) >= conv_cap then
+  decision = ARGV[3]
+elseif inst_cap > 0 and (tonumber(redis.call('GET', KEYS[4])) or 0) >= inst_cap then
+  decision = ARGV[4]
+else
+  if cooldown > 0 then redis.call('SET', KEYS[2], ARGV[8], 'EX', cooldown) end
+  if ARGV[11] ~= '' then redis.call('SET', KEYS[5], ARGV[11], 'EX', ARGV[12]) end
+  for i = 3, 4 do
+    if redis.call('INCR', KEYS[i]) == 1 then redis.call('EXPIRE', KEYS[i], ARGV[9]) end
+  end
+end
+redis.call('SET', KEYS[1], decision, 'EX', ARGV[10])
+return decision
+"""
+
+_decision_decoder = msgspec.json.Decoder(Decision)
+
+
+def _copy_party(party: Party) -> Party:
+    return Party(id=party.id, name=party.name, handle=party.handle, attributes=dict(party.attributes))
+
+
+# --- the processor ---------------------------------------------------------------------------------------
+
+
+class AutoReply(Processor):
+    name = "autoreply"
+    after = ("language", "routing")
+    Settings = AutoreplySettings
+    description = "FAQ answers, out-of-hours notices and first-contact acknowledgements, loop- and flood-safe."
+
+    def __init__(self, settings: ProcessorSettings) -> None:
+        super().__init__(settings)
+        self.config = cast(AutoreplySettings, settings)
+        self._faq = [
+            (
+                entry,
+                keyword_pattern(entry.keywords),
+                re.compile(entry.regex, re.IGNORECASE) if entry.regex else None,
+            )
+            for entry in self.config.faq
+        ]
+        self._script_client: Any = None  # the Redis client the decision script is registered with
+        self._script: Any = None
+
+    # -- entry point
+
+    async def process(self, message: Message, ctx: ProcessorContext) -> Message:
+        reason = self.loop_guard(message)
+        if reason is not None:
+            message.tags.labels["auto_reply"] = {"skipped": reason}
+            return message
+        try:
+            decision = await self._decision(message, ctx)
+        except (StoreUnavailable, RedisError, OSError) as exc:
+            if self.config.on_store_error == "fail":  # the worker retries, then dead-letters
+                raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            log.warning("autoreply_store_unavailable", message_id=message.id, error=type(exc).__name__)
+            message.tags.labels["auto_reply"] = {"skipped": "store_unavailable"}
+            return message
+        if decision is None:
+            return message
+        label: dict[str, Any] = {"kind": decision.kind, "template": decision.template}
+        if decision.language:
+            label["language"] = decision.language
+        if decision.reply is not None:
+            message.tags.labels["auto_reply"] = {"id": decision.reply.id, **label}
+            await ctx.emit(decision.reply)
+            log.info("autoreply_emitted", message_id=message.id, reply_id=decision.reply.id, **label)
+        else:
+            message.tags.labels["auto_reply"] = {"skipped": decision.skipped, **label}
+            log.info("autoreply_suppressed", message_id=message.id, reason=decision.skipped, **label)
+        return message
+
+    # -- guards
+
+    def loop_guard(self, message: Message) -> str | None:
+        """Why this message must not be answered automatically, or None."""
+        settings = self.config
+        if message.direction != "inbound":
+            return "outbound"
+        labels = message.tags.labels
+        if labels.get("no_auto_reply"):
+            return "no_auto_reply"
+        if labels.get("from_bot"):
+            return "from_bot"
+        email = labels.get("email")
+        if isinstance(email, dict):
+            for flag in ("bounce", "auto_submitted", "mailing_list", "bulk"):
+                if email.get(flag):
+                    return flag
+        if message.channel in settings.exclude_channels or (
+            settings.channels is not None and message.channel not in settings.channels
+        ):
+            return "channel"
+        own = {i.casefold() for i in settings.own_ids}
+        sender = message.sender
+        if (
+            (message.recipient is not None and sender.id == message.recipient.id)
+            or sender.id == message.instance
+            or sender.id.casefold() in own
+            or (sender.handle is not None and sender.handle.casefold() in own)
+        ):
+            return "own_message"
+        if message.content.type in NON_MESSAGE_CONTENT:
+            return "not_a_message"
+        if not (message.content.text or "").strip():
+            return "empty"
+        return None
+
+    # -- deciding
+
+    async def _decision(self, message: Message, ctx: ProcessorContext) -> Decision | None:
+        store = ctx.store
+        key = store.key("autoreply", "decision", message.id)
+        stored = await store.client.get(key)
+        if stored is not None:  # reprocessing: the same reply again, or the same skip
+            return _decision_decoder.decode(stored)
+        now = ctx.clock()
+        first = await self._first_contact(message, ctx)
+        closure = self.closure(message, now)
+        closure_key = store.key("autoreply", "notified", message.conversation_id)
+        notified = closure is not None and await store.client.get(closure_key) == closure.encode()
+        candidate = self.choose(message, now, first, closure_notified=notified)
+        if candidate is None:
+            return None
+        mark = closure if candidate.kind == "out_of_hours" and closure is not None else ""
+        reply, language = self.build_reply(message, candidate, now)
+
+        def decided(reply: Message | None = None, skipped: str | None = None) -> bytes:
+            decision = Decision(
+                kind=candidate.kind, template=candidate.template, language=language, reply=reply, skipped=skipped
+            )
+            return msgspec.json.encode(decision)
+
+        day = now.astimezone(UTC).date().isoformat()
+        settings = self.config
+        raw = await self._decide_script(ctx)(
+            keys=[
+                key,
+                store.key("autoreply", "cooldown", message.conversation_id),
+                store.key("autoreply", "day", day, "conversation", message.conversation_id),
+                store.key("autoreply", "day", day, "instance", message.instance),
+                closure_key,
+            ],
+            args=[
+                decided(reply=reply),
+                decided(skipped="cooldown"),
+                decided(skipped="conversation_cap"),
+                decided(skipped="instance_cap"),
+                settings.cooldown_s,
+                settings.max_per_conversation_per_day,
+                settings.max_per_instance_per_day,
+                message.id,
+                2 * DAY_S,
+                settings.decision_ttl_s,
+                mark,
+                30 * DAY_S,
+            ],
+        )
+        return _decision_decoder.decode(raw)
+
+    def _decide_script(self, ctx: ProcessorContext) -> Any:
+        client = ctx.store.client
+        if self._script_client is not client:
+            self._script_client, self._script = client, client.register_script(_DECIDE)
+        return self._script
+
+    async def _first_contact(self, message: Message, ctx: ProcessorContext) -> bool:
+        """First message of the conversation within the window (sliding: every message renews it).
+
+        The marker holds the id of the last message, so the same message processed again after a
+        crash still counts as the first contact it was."""
+        ack = self.config.acknowledgement
+        if ack is None:
+            return False
+        key = ctx.store.key("autoreply", "seen", message.conversation_id)
+        previous = await ctx.store.client.set(key, message.id, ex=ack.window_s, get=True)
+        return previous is None or previous == message.id.encode()
+
+    def closure(self, message: Message, now: datetime) -> str | None:
+        """Identifies the closed period ``now`` falls in (by when it ends), or None when open.
+
+        With ``once_per_closure``, a conversation gets one out-of-hours notice per closed period."""
+        ooh = self.config.out_of_hours
+        calendar = self.calendar_for(message)
+        if ooh is None or not ooh.once_per_closure or calendar is None or calendar.is_open(now):
+            return None
+        opens = calendar.next_open(now)
+        return opens.astimezone(UTC).isoformat() if opens is not None else "never"
+
+    def choose(
+        self, message: Message, now: datetime, first_contact: bool, *, closure_notified: bool = False
+    ) -> Candidate | None:
+        """The first applicable kind in the configured order (no I/O: the caller looked up state)."""
+        for kind in self.config.order:
+            if kind == "out_of_hours" and closure_notified:
+                continue
+            candidate = self._candidate(kind, message, now, first_contact)
+            if candidate is not None:
+                return candidate
+        return None
+
+    def _candidate(self, kind: Kind, message: Message, now: datetime, first_contact: bool) -> Candidate | None:
+        settings = self.config
+        if kind == "faq":
+            entry = self.match_faq(message)
+            return Candidate("faq", entry.id, entry.templates) if entry else None
+        if kind == "out_of_hours":
+            calendar = self.calendar_for(message)
+            if settings.out_of_hours is None or calendar is None or calendar.is_open(now):
+                return None
+            return Candidate("out_of_hours", "out_of_hours", settings.out_of_hours.templates)
+        if settings.acknowledgement is None or not first_contact:
+            return None
+        return Candidate("acknowledgement", "acknowledgement", settings.acknowledgement.templates)
+
+    def match_faq(self, message: Message) -> FaqEntry | None:
+        if not self._faq:
+            return None
+        limit = self.config.max_scan_chars
+        text = "\n".join(p for p in (message.content.subject, message.content.text) if p)[:limit]
+        nfkc = unicodedata.normalize("NFKC", text)
+        folded = nfkc.casefold()
+        for entry, keywords, regex in self._faq:
+            if (keywords is not None and keywords.search(folded)) or (regex is not None and regex.search(nfkc)):
+                return entry
+        return None
+
+    def calendar_for(self, message: Message) -> BusinessHours | None:
+        ooh = self.config.out_of_hours
+        if ooh is None:
+            return None
+        calendar: BusinessHours = self.config.calendars[ooh.by_instance.get(message.instance, ooh.calendar)]
+        return calendar
+
+    # -- the reply
+
+    def placeholders(self, message: Message, now: datetime) -> dict[str, str]:
+        settings = self.config
+        name = message.sender.name
+        if not (name and name.strip()):
+            name = pick_language(settings.name_fallback, message.language)[1]
+        values = {
+            "name": name.strip(),
+            "queue": (message.routing.queue if message.routing else None) or "",
+            "ticket": ticket_of(message.conversation_id),
+            "next_open": "",
+        }
+        calendar = self.calendar_for(message)
+        if calendar is not None and settings.out_of_hours is not None:
+            opens = calendar.next_open(now)
+            if opens is not None:
+                fmt = pick_language(settings.out_of_hours.next_open_format, message.language)[1]
+                values["next_open"] = opens.astimezone(ZoneInfo(calendar.timezone)).strftime(fmt)
+        return values
+
+    def build_reply(self, message: Message, candidate: Candidate, now: datetime) -> tuple[Message, str | None]:
+        """The outbound message answering ``message`` on its own conversation and instance."""
+        language, template = pick_language(candidate.templates, message.language)
+        business = message.recipient or Party(id=message.instance)
+        reply = Message(
+            direction="outbound",
+            channel=message.channel,
+            instance=message.instance,
+            conversation_id=message.conversation_id,
+            sender=_copy_party(business),
+            recipient=_copy_party(message.sender),
+            received_at=now,
+            content=Content(text=render(template, self.placeholders(message, now))),
+            language=None if language == DEFAULT else language,
+            in_reply_to=message.id,
+            tags=Tags(labels={"auto_reply": {"kind": candidate.kind, "template": candidate.template}}),
+        )
+        if self.is_email(message):
+            self._thread_email(message, reply)
+        return reply, reply.language
+
+    def is_email(self, message: Message) -> bool:
+        return message.channel in self.config.email_channels or message.content.type == "email"
+
+    @staticmethod
+    def _thread_email(message: Message, reply: Message) -> None:
+        """Subject and the ids an email sender needs for In-Reply-To/References, and RFC 3834's
+        Auto-Submitted marker so other autoresponders do not answer us."""
+        reply.content.type = "email"
+        reply.content.subject = reply_subject(message.content.subject)
+        email = message.tags.labels.get("email")
+        email = email if isinstance(email, dict) else {}
+        message_id = email.get("message_id") if email else message.external_id
+        references = [r for r in email.get("references") or [] if isinstance(r, str)]
+        if message_id and message_id not in references:
+            references.append(message_id)
+        reply.content.reply_to = message_id
+        reply.tags.labels["email"] = {
+            "in_reply_to": message_id,
+            "references": references,
+            "auto_submitted": "auto-replied",
+        }
+
+
+@hookimpl
+def register_processors(register: Any) -> None:
+    register(AutoReply)
