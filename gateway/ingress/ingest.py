@@ -107,7 +107,7 @@ class Ingestor:
         for item in claimed:
             runtime.metrics.published.labels(channel.type, channel.name, item.record.topic).inc()
         outcome.published = len(claimed)
-        log.info("ingested", instance=channel.name, published=outcome.published, duplicates=outcome.duplicates)
+        log.debug("ingested", instance=channel.name, published=outcome.published, duplicates=outcome.duplicates)
         return outcome
 
     async def quarantine(
