@@ -41,6 +41,7 @@ from gateway.model import (
     utcnow,
 )
 from gateway.processor import Drop, Processor, ProcessorContext, ProcessorSettings
+from gateway.provider_http import ProviderResponse, basic_auth, call_provider, raise_for_response, retry_after_seconds
 from gateway.routes import Route, channel_instances
 from gateway.signing import (
     constant_time_equals,
@@ -80,6 +81,7 @@ __all__ = [
     "Processor",
     "ProcessorContext",
     "ProcessorSettings",
+    "ProviderResponse",
     "Reaction",
     "Route",
     "Routing",
@@ -89,6 +91,8 @@ __all__ = [
     "StoreUnavailable",
     "Tags",
     "WebhookRequest",
+    "basic_auth",
+    "call_provider",
     "channel_instances",
     "constant_time_equals",
     "encode",
@@ -96,6 +100,8 @@ __all__ = [
     "hmac_sha256_b64",
     "hmac_sha256_hex",
     "hookimpl",
+    "raise_for_response",
+    "retry_after_seconds",
     "utcnow",
     "verify_prefixed_hex",
 ]
