@@ -9,15 +9,24 @@ download media or quote a message) and the short-lived ``replyToken`` (needed fo
 
 Events are parsed one by one: an event this adapter cannot read (a malformed or future shape) becomes
 an ``unsupported`` message with the reason, so it never takes the rest of its batch down with it.
+
+Sending prefers the reply API, which is free but needs the event's reply token: once a webhook is
+stored, the newest reply token of each conversation is kept in Redis for ``reply_token_ttl_s``, and an
+outbound reply on that conversation claims it once (tokens are single-use). Without a usable token it
+pushes, with an ``X-Line-Retry-Key`` derived from the gateway message id so that LINE accepts a
+retried push only once.
 """
 
 from __future__ import annotations
 
 import mimetypes
+import re
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import msgspec
+import structlog
 
 from gateway.sdk import (
     Attachment,
@@ -31,13 +40,29 @@ from gateway.sdk import (
     Party,
     PayloadError,
     Postback,
+    ProviderResponse,
+    SendError,
+    SendResult,
+    StoreUnavailable,
     WebhookRequest,
+    call_provider,
     constant_time_equals,
     hmac_sha256_b64,
     hookimpl,
 )
 
+log = structlog.get_logger(__name__)
+
 SIGNATURE_HEADER = "X-Line-Signature"
+DEFAULT_API_URL = "https://api.line.me"
+RETRY_KEY_HEADER = "X-Line-Retry-Key"
+ACCEPTED_REQUEST_HEADER = "x-line-accepted-request-id"
+# Retry keys are uuid5(this, gateway message id): stable across attempts and dispatcher restarts.
+RETRY_KEY_NAMESPACE = uuid.UUID("6f0b7d52-2a49-4d55-9c43-5a7b0e1c8d21")
+REPLY_STATE = "line-reply"  # Redis conversation-state key prefix of the latest reply token
+REPLY_CLAIMS = "line-reply-token"  # remember_once namespace: a reply token is used at most once
+MAX_MESSAGES = 5  # message objects per reply/push request
+_LINE_ID = re.compile(r"[UCR][0-9a-f]{32}")  # user, group (C...) and room (R...) ids
 
 # Non-message event types that are normalized as content.type "event" (labels["event"] = the type).
 LIFECYCLE_EVENTS = frozenset(
@@ -71,7 +96,9 @@ _MEDIA_KINDS: dict[str, Literal["image", "video", "audio"]] = {"image": "image",
 
 class LineSettings(ChannelSettings, kw_only=True, forbid_unknown_fields=True):
     channel_secret: Annotated[str, msgspec.Meta(min_length=16)]  # Basic settings tab of the channel
-    channel_access_token: str | None = None  # only needed for replies and content downloads (later)
+    channel_access_token: str | None = None  # needed to send (reply and push)
+    # How long after a webhook its reply token is used for a reply (LINE: about a minute); 0: always push.
+    reply_token_ttl_s: Annotated[int, msgspec.Meta(ge=0, le=600)] = 50
 
 
 class _Struct(msgspec.Struct, kw_only=True, rename="camel"):
@@ -145,6 +172,129 @@ class LineWebhook(msgspec.Struct, kw_only=True):
     events: list[Any]
 
 
+# -- sending: message objects and API answers -----------------------------------------------------
+
+
+class _Out(msgspec.Struct, kw_only=True, omit_defaults=True, rename="camel", tag_field="type"):
+    """A message object of the reply/push APIs; ``type`` is its tag."""
+
+
+class LineTextOut(_Out, kw_only=True, tag="text"):
+    text: str
+    quote_token: str | None = None
+
+
+class LineImageOut(_Out, kw_only=True, tag="image"):
+    original_content_url: str
+    preview_image_url: str
+
+
+class LineVideoOut(_Out, kw_only=True, tag="video"):
+    original_content_url: str
+    preview_image_url: str
+
+
+class LineAudioOut(_Out, kw_only=True, tag="audio"):
+    original_content_url: str
+    duration: int  # milliseconds
+
+
+class LineLocationOut(_Out, kw_only=True, tag="location"):
+    title: str
+    address: str
+    latitude: float
+    longitude: float
+
+
+class LineStickerOut(_Out, kw_only=True, tag="sticker"):
+    package_id: str
+    sticker_id: str
+    quote_token: str | None = None
+
+
+LineOut = LineTextOut | LineImageOut | LineVideoOut | LineAudioOut | LineLocationOut | LineStickerOut
+
+
+class LineReplyRequest(msgspec.Struct, kw_only=True, rename="camel"):
+    reply_token: str
+    messages: list[LineOut]
+
+
+class LinePushRequest(msgspec.Struct, kw_only=True, rename="camel"):
+    to: str
+    messages: list[LineOut]
+
+
+class LineSentMessage(_Struct):
+    id: str
+    quote_token: str | None = None
+
+
+class LineErrorDetail(_Struct):
+    message: str | None = None
+    property: str | None = None
+
+
+class LineAnswer(_Struct):
+    """A reply/push answer: ``sentMessages`` on success (and on a 409 for an accepted retry key),
+    ``message`` and ``details`` on errors."""
+
+    message: str | None = None
+    details: list[LineErrorDetail] = []
+    sent_messages: list[LineSentMessage] = []
+
+
+class ReplyHandle(msgspec.Struct, kw_only=True):
+    """The newest reply token of a conversation, kept in Redis, and the message it came with."""
+
+    token: str
+    message_id: str | None = None
+    quote_token: str | None = None
+
+
+def retry_key(message_id: str) -> str:
+    """The ``X-Line-Retry-Key`` of an outbound message: the same UUID on every attempt."""
+    return str(uuid.uuid5(RETRY_KEY_NAMESPACE, message_id))
+
+
+def _answer(body: Any) -> LineAnswer | None:
+    try:
+        return msgspec.convert(body, LineAnswer) if isinstance(body, dict) else None
+    except msgspec.ValidationError:
+        return None
+
+
+def _describe(status: int, body: Any) -> tuple[str, str, bool | None] | None:
+    """LINE's ``{"message", "details": [{"message", "property"}]}`` as a delivery error."""
+    answer = _answer(body)
+    if answer is None or not answer.message:
+        return None  # not a LINE error body (a proxy's page): the status decides
+    details = "; ".join(f"{d.property}: {d.message}" if d.property else d.message for d in answer.details if d.message)
+    text = f"{answer.message} ({details})" if details else answer.message
+    lowered = answer.message.lower()
+    if status == 400 and "reply token" in lowered:
+        return "invalid_reply_token", text, False
+    if status == 401:
+        return "invalid_token", f"LINE rejected the channel access token ({text})", False
+    if status == 403:
+        return "forbidden", text, False
+    if status == 429:
+        if "monthly limit" in lowered:  # the plan's message quota: retrying this month cannot help
+            return "quota_exceeded", text, False
+        return "rate_limited", text, True
+    if status == 400:
+        return "bad_request", text, False
+    return f"line_{status}", text, None  # 5xx and the like: the default retry policy
+
+
+def _header(headers: Any, name: str) -> str | None:
+    return next((str(v) for k, v in headers.items() if str(k).lower() == name), None)
+
+
+def _string(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
 class _Unusable(Exception):
     """An event (or its message) that cannot be normalized; becomes an ``unsupported`` message."""
 
@@ -186,6 +336,214 @@ class LineChannel(Channel):
             raise PayloadError(f"body is not valid JSON: {exc}") from None
         # An empty list is LINE's connectivity check (the console's "Verify" button): 200, nothing stored.
         return ParseResult(messages=[self._event_message(webhook.destination, item) for item in webhook.events])
+
+    # -- sending ---------------------------------------------------------------------------------
+
+    async def accepted(self, request: WebhookRequest) -> None:
+        """Keep each conversation's newest reply token once its events are stored, for replies."""
+        ttl = self.settings.reply_token_ttl_s
+        if ttl <= 0:
+            return
+        try:
+            webhook = _envelope.decode(request.body)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return  # quarantined: nothing to answer
+        handles: dict[str, ReplyHandle] = {}
+        for item in webhook.events:
+            try:
+                event = msgspec.convert(item, LineEvent)
+            except msgspec.ValidationError:
+                continue
+            # A redelivered event's reply token cannot be used (LINE documents it as invalid).
+            if not event.reply_token or (event.delivery_context and event.delivery_context.is_redelivery):
+                continue
+            _, thread, _ = self._source(webhook.destination, event)
+            message = event.message
+            handles[f"{self.name}:{webhook.destination}:{thread}"] = ReplyHandle(
+                token=event.reply_token,
+                message_id=message.id if message else None,
+                quote_token=message.quote_token if message else None,
+            )
+        for conversation, handle in handles.items():
+            try:
+                await self.services.store.set_state(
+                    f"{REPLY_STATE}:{conversation}", "reply", msgspec.to_builtins(handle), ttl
+                )
+            except StoreUnavailable as exc:  # replies then go out as pushes
+                log.warning("line_reply_token_not_kept", instance=self.name, error=str(exc))
+                return
+
+    async def send(self, message: Message) -> SendResult:
+        token = self.settings.channel_access_token
+        if not token:
+            raise SendError(
+                "no_access_token", f"instance {self.name} has no channel_access_token to send with", retryable=False
+            )
+        labels = message.tags.labels.get("line")
+        labels = labels if isinstance(labels, dict) else {}
+        quote = _string(labels.get("quote_token"))
+        messages = self.build_messages(message, quote)  # before claiming a reply token: may refuse
+        handle = await self._reply_handle(message, labels)
+        if handle is not None:
+            if quote is None and handle.quote_token and message.content.reply_to == handle.message_id:
+                messages = self.build_messages(message, handle.quote_token)
+            try:
+                response = await self._call(
+                    token, "reply", LineReplyRequest(reply_token=handle.token, messages=messages)
+                )
+                return SendResult(external_id=self._sent_id(response.body))
+            except SendError as exc:
+                if exc.code != "invalid_reply_token":
+                    raise
+                log.info("line_reply_token_expired", message_id=message.id, instance=self.name)
+        to = self.push_target(message)
+        response = await self._call(
+            token,
+            "push",
+            LinePushRequest(to=to, messages=messages),
+            headers={RETRY_KEY_HEADER: retry_key(message.id)},
+            accept=(409,),
+        )
+        if response.status == 409:  # an earlier attempt's push was accepted: sent, not again
+            log.info(
+                "line_push_already_accepted",
+                message_id=message.id,
+                accepted_request_id=_header(response.headers, ACCEPTED_REQUEST_HEADER),
+            )
+        return SendResult(external_id=self._sent_id(response.body))
+
+    def push_target(self, message: Message) -> str:
+        """The user, group or room of the conversation (as the parser keyed it), else the recipient."""
+        prefix = f"{self.name}:"
+        candidates = []
+        if message.conversation_id.startswith(prefix):
+            _, _, thread = message.conversation_id.removeprefix(prefix).partition(":")
+            candidates.append(thread.removeprefix("group:").removeprefix("room:"))
+        if message.recipient is not None:
+            candidates.append(message.recipient.id)
+        for candidate in candidates:
+            if _LINE_ID.fullmatch(candidate):
+                return candidate
+        raise SendError(
+            "no_recipient",
+            f"no LINE user, group or room id in conversation {message.conversation_id!r} or the recipient",
+            retryable=False,
+        )
+
+    def build_messages(self, message: Message, quote_token: str | None = None) -> list[LineOut]:
+        """LINE message objects for the content: its text first, then each attachment or the
+        location; at most five, as one request (so a retry never delivers half of it twice)."""
+        content = message.content
+        labels = message.tags.labels.get("line")
+        labels = labels if isinstance(labels, dict) else {}
+        quote = quote_token
+        out: list[LineOut] = []
+        if content.text and content.type != "location":
+            out.append(LineTextOut(text=content.text, quote_token=quote))
+            quote = None  # one quote per message
+        for attachment in content.attachments:
+            out.append(self._attachment(attachment, labels, quote))
+            quote = None
+        if content.location is not None:
+            point = content.location
+            out.append(
+                LineLocationOut(
+                    title=(point.name or content.text or "Location")[:100],
+                    address=(point.address or f"{point.latitude}, {point.longitude}")[:100],
+                    latitude=point.latitude,
+                    longitude=point.longitude,
+                )
+            )
+        if not out:
+            raise SendError("unsupported_content", f"LINE cannot send {content.type} content", retryable=False)
+        if len(out) > MAX_MESSAGES:
+            raise SendError(
+                "unsupported_content", f"LINE takes at most {MAX_MESSAGES} messages per request", retryable=False
+            )
+        return out
+
+    @staticmethod
+    def _attachment(attachment: Attachment, labels: dict[str, Any], quote: str | None) -> LineOut:
+        kind = attachment.kind
+        if kind == "sticker":
+            package, _, sticker = (attachment.media_id or "").partition("/")
+            if not package or not sticker:
+                raise SendError(
+                    "unsupported_content", "a LINE sticker needs media_id '<packageId>/<stickerId>'", retryable=False
+                )
+            return LineStickerOut(package_id=package, sticker_id=sticker, quote_token=quote)
+        if kind not in ("image", "video", "audio"):
+            raise SendError("unsupported_content", f"LINE cannot send {kind} attachments", retryable=False)
+        url = attachment.url
+        if not url:  # content ids of received messages cannot be sent back: LINE needs a URL
+            raise SendError("unsupported_content", f"a LINE {kind} needs an HTTPS url", retryable=False)
+        preview = _string(labels.get("preview_image_url"))
+        if kind == "image":
+            return LineImageOut(original_content_url=url, preview_image_url=preview or url)
+        if kind == "video":
+            if preview is None:
+                raise SendError(
+                    "unsupported_content",
+                    "a LINE video needs a preview image: tags.labels.line.preview_image_url",
+                    retryable=False,
+                )
+            return LineVideoOut(original_content_url=url, preview_image_url=preview)
+        duration = labels.get("duration_ms")
+        if not isinstance(duration, int) or isinstance(duration, bool) or duration <= 0:
+            raise SendError(
+                "unsupported_content", "a LINE audio needs its length: tags.labels.line.duration_ms", retryable=False
+            )
+        return LineAudioOut(original_content_url=url, duration=duration)
+
+    async def _reply_handle(self, message: Message, labels: dict[str, Any]) -> ReplyHandle | None:
+        """A reply token this message may use, claimed so that no other message uses it too."""
+        explicit = _string(labels.get("reply_token"))
+        store = self.services.store
+        handle = None
+        try:
+            if explicit is not None:
+                handle = ReplyHandle(token=explicit)
+            elif self.settings.reply_token_ttl_s > 0 and (message.in_reply_to or message.content.reply_to):
+                state = await store.get_state(f"{REPLY_STATE}:{message.conversation_id}", "reply")
+                handle = msgspec.convert(state, ReplyHandle) if state is not None else None
+            if handle is None:
+                return None
+            # Tokens are single-use: of two replies racing for one, the second pushes.
+            fresh = await store.remember_once(REPLY_CLAIMS, handle.token, 3600)
+        except StoreUnavailable:
+            return None  # cannot claim the token safely: push
+        except msgspec.ValidationError:
+            return None
+        return handle if fresh else None
+
+    async def _call(
+        self,
+        token: str,
+        api: Literal["reply", "push"],
+        payload: LineReplyRequest | LinePushRequest,
+        headers: dict[str, str] | None = None,
+        accept: tuple[int, ...] = (),
+    ) -> ProviderResponse:
+        base = (self.settings.base_url or DEFAULT_API_URL).rstrip("/")
+        return await call_provider(
+            self.services.http,
+            "POST",
+            f"{base}/v2/bot/message/{api}",
+            provider="line",
+            json=payload,
+            headers={"Authorization": f"Bearer {token}", **(headers or {})},
+            describe=_describe,
+            accept=accept,
+        )
+
+    @staticmethod
+    def _sent_id(body: bytes) -> str | None:
+        """The id of the first message sent (``sentMessages[0].id``)."""
+        try:
+            answer = msgspec.json.decode(body, type=LineAnswer) if body else None
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return None
+        return answer.sent_messages[0].id if answer and answer.sent_messages else None
 
     # -- one event -------------------------------------------------------------------------------
 

@@ -25,6 +25,11 @@ Identity and threading rules:
 Only people's messages are normalized: bot messages (``bot_id`` or ``subtype = "bot_message"``),
 our own bot user, and housekeeping subtypes (edits, deletions, joins...) are acknowledged and
 dropped; an unknown new subtype becomes an ``unsupported`` message so it is seen, not lost.
+
+Sending (``send``): ``chat.postMessage`` with the bot token. The channel and thread come from the
+conversation id, so a reply lands in the thread (or DM) the customer wrote in. Slack answers most
+failures with HTTP 200 and ``{"ok": false, "error": "..."}``; those are classified like HTTP errors
+(rate limits and Slack-side outages retryable, auth and addressing errors permanent).
 """
 
 from __future__ import annotations
@@ -47,8 +52,12 @@ from gateway.sdk import (
     ParseResult,
     Party,
     PayloadError,
+    SendError,
+    SendResult,
     WebhookRequest,
+    call_provider,
     hookimpl,
+    retry_after_seconds,
     verify_prefixed_hex,
 )
 
@@ -112,9 +121,13 @@ class SlackSettings(ChannelSettings, kw_only=True, forbid_unknown_fields=True):
     """One Slack app installation (a workspace): Basic Information -> App Credentials."""
 
     signing_secret: Annotated[str, msgspec.Meta(min_length=16)]
-    bot_token: str | None = None  # xoxb-...: only needed to send and download files (later)
+    bot_token: str | None = None  # xoxb-... with chat:write: needed to send replies
     bot_user_id: str | None = None  # U...: our bot user; its messages are never customer messages
     replay_window_s: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 300
+    # chat.postMessage link previews: off for plain links (agents paste order-tracking URLs),
+    # on for media (an image link shows the image).
+    unfurl_links: bool = False
+    unfurl_media: bool = True
 
 
 class _Struct(msgspec.Struct, kw_only=True):
@@ -184,6 +197,82 @@ class SlackMessageEvent(_Struct, kw_only=True):
 
 
 _envelope = msgspec.json.Decoder(SlackEnvelope)
+
+
+# -- sending: chat.postMessage ---------------------------------------------------------------------
+
+POST_MESSAGE_PATH = "/api/chat.postMessage"
+DEFAULT_BASE_URL = "https://slack.com"
+
+# Slack Web API ``error`` values worth retrying: rate limits and trouble on Slack's side. Every other
+# error (invalid_auth, not_authed, token_revoked, account_inactive, channel_not_found,
+# not_in_channel, is_archived, msg_too_long, ...) is permanent: the same request fails again.
+RETRYABLE_ERRORS = frozenset(
+    {
+        "ratelimited",
+        "rate_limited",
+        "internal_error",
+        "fatal_error",
+        "service_unavailable",
+        "request_timeout",
+        "team_added_to_org",  # workspace migrating into an Enterprise Grid org: temporary
+    }
+)
+
+
+class SlackPostMessage(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The chat.postMessage JSON body we send."""
+
+    channel: str
+    text: str
+    unfurl_links: bool
+    unfurl_media: bool
+    thread_ts: str | None = None
+
+
+class SlackApiResponse(_Struct, kw_only=True):
+    """Every Web API answer: ``ok`` plus ``error`` on failure; chat.postMessage adds ``ts``."""
+
+    ok: bool = False
+    error: str | None = None
+    warning: str | None = None
+    channel: str | None = None
+    ts: str | None = None
+
+
+_api_response = msgspec.json.Decoder(SlackApiResponse)
+
+
+def slack_error(error: str, retry_after_s: float | None = None) -> SendError:
+    """A SendError for a Web API ``error`` value, retryable or not by Slack's documented meaning."""
+    return SendError(
+        error,
+        f"Slack chat.postMessage failed: {error}",
+        retryable=error in RETRYABLE_ERRORS,
+        retry_after_s=retry_after_s,
+    )
+
+
+def _describe(status: int, body: Any) -> tuple[str, str, bool | None] | None:
+    """Non-2xx answers (429, 5xx): Slack's ``error`` when the body has one, else rate limit / HTTP."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, str) and error:
+        retryable = True if status == 429 or status >= 500 else error in RETRYABLE_ERRORS
+        return error, f"Slack chat.postMessage failed: {error} (HTTP {status})", retryable
+    if status == 429:
+        return "ratelimited", "Slack chat.postMessage failed: ratelimited (HTTP 429)", True
+    return None
+
+
+def escape_text(text: str) -> str:
+    """Slack's three control characters, so customer-facing text is shown as written."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _link(url: str, label: str | None) -> str:
+    # ``<``, ``>`` and ``|`` end or split a Slack link; percent-encoding keeps the URL equivalent.
+    target = url.replace("<", "%3C").replace(">", "%3E").replace("|", "%7C")
+    return f"<{target}|{escape_text(label)}>" if label else f"<{target}>"
 
 
 def slack_ts(ts: str) -> datetime | None:
@@ -405,6 +494,85 @@ class SlackChannel(Channel):
             size=file.size,
             caption=caption,
         )
+
+    # -- send --------------------------------------------------------------------------------------
+
+    def reply_target(self, message: Message) -> tuple[str, str | None]:
+        """(channel, thread_ts) of an outbound message, recovered from its conversation id.
+
+        ``<instance>:<team>:<channel>:<root ts>`` replies in that thread. A DM conversation,
+        ``<instance>:<team>:<channel>``, replies at the top level of the DM, or in the thread of
+        ``content.reply_to`` when that names a message of this DM (``<team>:<channel>:<ts>``).
+        """
+        prefix = f"{self.name}:"
+        parts = message.conversation_id.removeprefix(prefix).split(":")
+        if not message.conversation_id.startswith(prefix) or len(parts) not in (2, 3) or not all(parts):
+            raise SendError(
+                "invalid_conversation",
+                f"conversation id {message.conversation_id!r} is not a Slack conversation of instance {self.name}"
+                " (<instance>:<team>:<channel>[:<thread ts>])",
+                retryable=False,
+            )
+        channel = parts[1]
+        if len(parts) == 3:
+            return channel, parts[2]
+        reply_to = (message.content.reply_to or "").split(":")
+        if len(reply_to) == 3 and reply_to[1] == channel and reply_to[2]:
+            return channel, reply_to[2]
+        return channel, None
+
+    @staticmethod
+    def reply_text(content: Content) -> str:
+        """The text, escaped, then one link per attachment (files.upload is not used)."""
+        lines = [escape_text(content.text)] if content.text else []
+        for index, attachment in enumerate(content.attachments):
+            if not attachment.url:
+                raise SendError(
+                    "unsupported_attachment",
+                    f"attachment {index} has no url: Slack replies carry attachments as links",
+                    retryable=False,
+                )
+            lines.append(_link(attachment.url, attachment.caption or attachment.filename))
+        if not lines:
+            raise SendError("empty_message", "a Slack reply needs text or attachments with a url", retryable=False)
+        return "\n".join(lines)
+
+    async def send(self, message: Message) -> SendResult:
+        """Post the reply with chat.postMessage; the message's ``ts`` is the external id."""
+        token = self.settings.bot_token
+        if not token:
+            raise SendError("not_authed", f"instance {self.name} has no bot_token to send with", retryable=False)
+        channel, thread_ts = self.reply_target(message)
+        body = SlackPostMessage(
+            channel=channel,
+            text=self.reply_text(message.content),
+            thread_ts=thread_ts,
+            unfurl_links=self.settings.unfurl_links,
+            unfurl_media=self.settings.unfurl_media,
+        )
+        url = (self.settings.base_url or DEFAULT_BASE_URL).rstrip("/") + POST_MESSAGE_PATH
+        response = await call_provider(
+            self.services.http,
+            "POST",
+            url,
+            provider="Slack",
+            data=msgspec.json.encode(body),
+            # Without the charset Slack answers with warning "missing_charset".
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json; charset=utf-8"},
+            describe=_describe,
+        )
+        try:
+            answer = _api_response.decode(response.body)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            # Slack may have posted it: retrying could post twice, so this is not retried.
+            raise SendError(
+                "invalid_response", "Slack answered chat.postMessage with a body that is not its JSON", retryable=False
+            ) from None
+        if not answer.ok:
+            raise slack_error(answer.error or "unknown_error", retry_after_seconds(response.headers.get("Retry-After")))
+        if answer.warning:
+            log.debug("slack_send_warning", instance=self.name, warning=answer.warning)
+        return SendResult(external_id=answer.ts)
 
 
 @hookimpl

@@ -21,6 +21,12 @@ name this instance's account (403 otherwise), so one sub-account's webhook URL c
 
 Inbound messages are answered with an empty TwiML ``<Response/>`` (Twilio sends no auto-reply and logs
 no warning); status callbacks become ``DeliveryEvent``s and are answered 204.
+
+Sending (``send``): the Messages resource of the REST API, form-encoded, with basic auth
+(Account SID, Auth Token). The conversation id names the business address and the customer address
+in the form the inbound webhook used (``whatsapp:+49...`` stays a WhatsApp address), so replies
+leave from the number the customer wrote to. The returned ``sid`` is the external id that later
+status callbacks carry, which links them to the outbound message.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from __future__ import annotations
 import hashlib
 from typing import Annotated, Any, Literal
 from urllib.parse import ParseResult as UrlParts
-from urllib.parse import parse_qs, parse_qsl, urlparse
+from urllib.parse import parse_qs, parse_qsl, quote, urlencode, urlparse
 
 import msgspec
 
@@ -48,7 +54,11 @@ from gateway.sdk import (
     Party,
     PayloadError,
     Postback,
+    SendError,
+    SendResult,
     WebhookRequest,
+    basic_auth,
+    call_provider,
     constant_time_equals,
     hmac_sha1_b64,
     hmac_sha256_b64,
@@ -100,6 +110,12 @@ class TwilioSettings(ChannelSettings, kw_only=True, forbid_unknown_fields=True):
     auth_token: Annotated[str, msgspec.Meta(min_length=16)]  # Console > Account info (the sub-account's own)
     account_sid: Annotated[str, msgspec.Meta(pattern=r"^AC[0-9a-fA-F]{32}$")]
     shared_key: str | None = None  # secret of a webhook SharedKey, when Twilio signs with one instead
+    # Sending: let this Messaging Service pick the sender (sticky sender, sender pool) instead of
+    # sending From the business address of the conversation.
+    messaging_service_sid: Annotated[str, msgspec.Meta(pattern=r"^MG[0-9a-fA-F]{32}$")] | None = None
+    # Sending: StatusCallback of each message, normally this instance's public webhook URL. Without
+    # it Twilio uses the callback configured on the Messaging Service or sender, if any.
+    status_callback: Annotated[str, msgspec.Meta(pattern=r"^https?://")] | None = None
 
 
 Latitude = Annotated[float, msgspec.Meta(ge=-90, le=90)]
@@ -141,6 +157,67 @@ class TwilioParams(msgspec.Struct, kw_only=True, rename="pascal"):
     original_replied_message_sender: str | None = None
     channel_prefix: str | None = None
     event_type: str | None = None
+
+
+# -- sending ----------------------------------------------------------------------------------------
+
+DEFAULT_BASE_URL = "https://api.twilio.com"
+MAX_MEDIA = 10  # MediaUrl values Twilio accepts per message
+# Twilio error codes worth retrying whatever the HTTP status says (429, 5xx are retried anyway).
+RETRYABLE_CODES = frozenset({20429, 20500, 20503})
+
+
+class TwilioError(msgspec.Struct, kw_only=True):
+    """Twilio's REST error body: ``{"code": 21211, "message": ..., "more_info": ..., "status": 400}``."""
+
+    code: int | None = None
+    message: str | None = None
+    more_info: str | None = None
+    status: int | None = None
+
+
+class TwilioMessageResource(msgspec.Struct, kw_only=True):
+    """The fields of the created Message resource we use (201 Created)."""
+
+    sid: str
+    status: str | None = None
+
+
+_message_resource = msgspec.json.Decoder(TwilioMessageResource)
+
+
+def describe_error(status: int, body: Any) -> tuple[str, str, bool | None] | None:
+    """Twilio's numeric error code and message; 20429 (too many requests) is always retryable."""
+    try:
+        error = msgspec.convert(body, TwilioError) if isinstance(body, dict) else None
+    except msgspec.ValidationError:
+        error = None
+    if error is None or error.code is None:
+        return None
+    text = f"Twilio answered HTTP {status}, error {error.code}: {error.message or 'no message'}"
+    if error.more_info:
+        text += f" ({error.more_info})"
+    return str(error.code), text, True if error.code in RETRYABLE_CODES else None
+
+
+def conversation_addresses(instance: str, conversation_id: str) -> tuple[str, str] | None:
+    """(business address, customer address) of ``<instance>:<business>:<customer>``.
+
+    Addresses are bare (``+14155550100``, a short code) or carry a channel prefix
+    (``whatsapp:+14155238886``); both sides of a Twilio conversation have the same form, so the
+    rest splits into 2 or 4 colon-separated parts.
+    """
+    prefix = f"{instance}:"
+    if not conversation_id.startswith(prefix):
+        return None
+    parts = conversation_id[len(prefix) :].split(":")
+    if not all(parts):
+        return None
+    if len(parts) == 2:
+        return parts[0], parts[1]
+    if len(parts) == 4 and parts[0].isalpha() and parts[2].isalpha():
+        return f"{parts[0]}:{parts[1]}", f"{parts[2]}:{parts[3]}"
+    return None
 
 
 # -- signature -----------------------------------------------------------------------------------
@@ -426,6 +503,67 @@ class TwilioChannel(Channel):
             mime = fields.get(f"MediaContentType{index}") or None
             attachments.append(Attachment(kind=attachment_kind(mime), url=url, media_id=_media_id(url), mime_type=mime))
         return attachments
+
+    # -- send --------------------------------------------------------------------------------------
+
+    def send_form(self, message: Message) -> list[tuple[str, str]]:
+        """The Messages resource parameters, in order; ``MediaUrl`` repeats once per attachment."""
+        addresses = conversation_addresses(self.name, message.conversation_id)
+        if addresses is None:
+            raise SendError(
+                "invalid_conversation",
+                f"conversation id {message.conversation_id!r} is not <instance>:<business address>:<customer"
+                f" address> of instance {self.name}",
+                retryable=False,
+            )
+        business, customer = addresses
+        form = [("To", customer)]
+        if self.settings.messaging_service_sid:
+            form.append(("MessagingServiceSid", self.settings.messaging_service_sid))
+        else:
+            form.append(("From", business))
+        content = message.content
+        if content.text:
+            form.append(("Body", content.text))
+        for index, attachment in enumerate(content.attachments):
+            if not attachment.url:
+                raise SendError(
+                    "unsupported_attachment",
+                    f"attachment {index} has no url: Twilio fetches media from a public URL",
+                    retryable=False,
+                )
+            form.append(("MediaUrl", attachment.url))
+        media = len(content.attachments)
+        if media > MAX_MEDIA:
+            raise SendError("too_many_media", f"{media} attachments, Twilio takes at most {MAX_MEDIA}", retryable=False)
+        if not content.text and not media:
+            raise SendError("empty_message", "a Twilio message needs text or attachments with a url", retryable=False)
+        if self.settings.status_callback:
+            form.append(("StatusCallback", self.settings.status_callback))
+        return form
+
+    async def send(self, message: Message) -> SendResult:
+        """Create a Message resource; its ``sid`` is what status callbacks report later."""
+        form = self.send_form(message)
+        account = self.settings.account_sid
+        base = (self.settings.base_url or DEFAULT_BASE_URL).rstrip("/")
+        response = await call_provider(
+            self.services.http,
+            "POST",
+            f"{base}/2010-04-01/Accounts/{quote(account)}/Messages.json",
+            provider="Twilio",
+            data=urlencode(form).encode("ascii"),
+            headers={"Authorization": basic_auth(account, self.settings.auth_token), "Content-Type": FORM},
+            describe=describe_error,
+        )
+        try:
+            created = _message_resource.decode(response.body)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            # The message may exist: retrying could send it twice, so this is not retried.
+            raise SendError(
+                "invalid_response", "Twilio answered without the created message's sid", retryable=False
+            ) from None
+        return SendResult(external_id=created.sid)
 
 
 @hookimpl

@@ -6,6 +6,8 @@ reason, only when that binary is absent.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib.metadata
 import json
 import re
@@ -16,10 +18,14 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from gateway.bus.producer import record_for
 from gateway.embedded import free_port
 from gateway.ingress.app import create_app
+from gateway.model import Attachment, Content, Message, Party, decode_event
+from gateway.outbound.dispatcher import Dispatcher
 from gateway.plugins import PluginRegistry, load_plugins
 from gateway.runtime import Runtime
+from gateway.tracing import child_traceparent
 from tests.conftest import make_config, messages_of, read_records, topic_size
 from tests.test_webchat import SECRET, png
 
@@ -56,6 +62,8 @@ async def served(kafka_bootstrap: str, redis_url: str, registry: PluginRegistry)
     runtime = Runtime.create(config, registry)
     await runtime.publisher.start()
     await runtime.ensure_topics()
+    for channel in runtime.channels.values():  # as `gateway serve` does: listen for replies
+        await channel.start()
     runner = web.AppRunner(create_app(runtime), access_log=None, shutdown_timeout=2)
     await runner.setup()
     port = free_port()
@@ -173,5 +181,95 @@ async def test_widget_resends_an_unacknowledged_message_after_reconnect(
             assert await acked.get_attribute("data-id") == message.id  # the resend was acked with the same id
             assert await topic_size(kafka_bootstrap, runtime.topics.inbound) == 1
             assert await page.locator(".msg.in").count() == 1  # shown once, not duplicated by the history
+        finally:
+            await browser.close()
+
+
+@contextlib.asynccontextmanager
+async def dispatch_process(config: Any, registry: PluginRegistry) -> AsyncIterator[Runtime]:
+    """`gateway dispatch` beside the served app: its own Runtime and channel objects, same config."""
+    runtime = Runtime.create(config, registry)
+    await runtime.publisher.start()
+    dispatcher = Dispatcher(runtime)
+    task = asyncio.create_task(dispatcher.run())
+    started = asyncio.create_task(dispatcher.runner.started.wait())
+    done, _ = await asyncio.wait([task, started], timeout=60, return_when=asyncio.FIRST_COMPLETED)
+    assert started in done
+    try:
+        yield runtime
+    finally:
+        dispatcher.stop()
+        await asyncio.wait_for(task, 30)
+        await runtime.close()
+
+
+async def enqueue_reply(runtime: Runtime, conversation_id: str, content: Content) -> Message:
+    message = Message(
+        direction="outbound",
+        channel="webchat",
+        instance="support",
+        conversation_id=conversation_id,
+        sender=Party(id="agent-7", name="Sam"),
+        recipient=Party(id=conversation_id.split(":", 1)[1]),
+        content=content,
+    )
+    record = record_for(runtime.topics.outbound, message, traceparent=child_traceparent(None), key=conversation_id)
+    await runtime.publisher.send(record)
+    return message
+
+
+async def test_agent_replies_and_typing_appear_in_the_open_page(
+    served: tuple[str, Runtime], registry: PluginRegistry, kafka_bootstrap: str
+) -> None:
+    """Replies go through the outbound topic and a separate dispatcher; the page shows them live,
+    counts them while closed, and shows each once after a reload."""
+    from playwright.async_api import async_playwright, expect
+
+    base, runtime = served
+    async with dispatch_process(runtime.config, registry) as dispatch, async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS, headless=True)
+        try:
+            page = await browser.new_page(viewport={"width": 1100, "height": 720})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            await page.goto(f"{base}/chat/")
+            await page.locator(".btn").click()
+            await page.locator("textarea.input").fill("Do you ship to Norway?")
+            await page.locator("button.send").click()
+            await expect(page.locator('.msg.in[data-status="acked"]')).to_have_count(1, timeout=15_000)
+            conversation: str = (await page.evaluate("GatewayChat.state()"))["conversation_id"]
+
+            await enqueue_reply(dispatch, conversation, Content(type="event", text="typing_on"))
+            await expect(page.locator(".typing span")).to_be_visible(timeout=20_000)
+            answer = await enqueue_reply(dispatch, conversation, Content(text="Yes, we ship to Norway 🇳🇴"))
+            replies = page.locator(".msg.out")
+            await expect(replies).to_have_count(1, timeout=20_000)
+            await expect(replies.locator(".text")).to_have_text("Yes, we ship to Norway 🇳🇴")
+            await expect(replies.locator(".who")).to_have_text("Sam")
+            assert await replies.get_attribute("data-id") == answer.id
+            await expect(page.locator(".typing span")).to_be_hidden()  # a reply ends the agent's typing
+
+            await page.locator(".x").click()  # closed panel: the next reply shows as unread
+            link = Attachment(kind="document", url="https://shop.example.com/rates.pdf", filename="rates.pdf")
+            await enqueue_reply(dispatch, conversation, Content(type="media", text="Our rates:", attachments=[link]))
+            await expect(page.locator(".badge")).to_have_text("1", timeout=20_000)
+            await page.locator(".btn").click()
+            await expect(page.locator(".badge")).to_be_hidden()
+            await expect(replies).to_have_count(2)
+            anchor = replies.nth(1).locator("a.file")
+            await expect(anchor).to_have_text("rates.pdf")
+            assert await anchor.get_attribute("href") == "https://shop.example.com/rates.pdf"
+            assert await anchor.get_attribute("rel") == "noopener noreferrer"
+            await page.screenshot(path=str(SCREENSHOT.with_name("webchat-replies.png")))
+
+            sent = [decode_event(r.value) for r in await read_records(kafka_bootstrap, dispatch.topics.events, 3)]
+            assert [e.status for e in sent] == ["sent"] * 3
+
+            await page.reload()  # the conversation comes back from the mailbox, each message once
+            await page.locator(".btn").click()
+            await expect(page.locator(".msg.out")).to_have_count(2, timeout=15_000)
+            await expect(page.locator(".msg.in")).to_have_count(1)
+            await expect(page.locator(".badge")).to_be_hidden()
+            assert errors == []
         finally:
             await browser.close()

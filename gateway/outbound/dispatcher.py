@@ -107,6 +107,13 @@ class Dispatcher:
                 log.info("send_retry", message_id=message.id, attempt=attempt, code=exc.code, delay_s=round(delay, 3))
                 await asyncio.sleep(delay)
 
+        if result.external_id:
+            # Linked before the `sent` event goes out: a provider's status callback can arrive as
+            # soon as it answered, and whoever saw `sent` may expect later statuses to name it.
+            try:
+                await runtime.store.link_outbound(message.instance, result.external_id, message.id, LINK_TTL_S)
+            except StoreUnavailable as exc:
+                log.warning("outbound_link_failed", message_id=message.id, error=str(exc))
         event = DeliveryEvent(
             status="sent",
             channel=message.channel,
@@ -122,8 +129,6 @@ class Dispatcher:
         )
         try:
             await runtime.store.confirm_delivery(CLAIM_NAMESPACE, message.id, message.id)
-            if result.external_id:
-                await runtime.store.link_outbound(message.instance, result.external_id, message.id, LINK_TTL_S)
         except StoreUnavailable as exc:
             # Sent and recorded; only a redelivery after the pending claim expires could resend.
             log.warning("send_claim_confirm_failed", message_id=message.id, error=str(exc))

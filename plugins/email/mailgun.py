@@ -19,11 +19,11 @@ import structlog
 from gateway.sdk import (
     AuthenticationError,
     Channel,
-    ChannelSettings,
     IngestError,
     Message,
     ParseResult,
     PayloadError,
+    SendResult,
     StoreUnavailable,
     WebhookRequest,
     constant_time_equals,
@@ -31,6 +31,7 @@ from gateway.sdk import (
     hookimpl,
 )
 from plugins.email.mime import message_from_mime
+from plugins.email.outbound import EmailChannelSettings, remember_thread, send_email
 from plugins.email.webforms import (
     Form,
     FormPart,
@@ -48,7 +49,7 @@ REPLAY_NAMESPACE = "mailgun"
 _SIGNATURE_FIELDS = ("signature", "token", "timestamp")
 
 
-class MailgunSettings(ChannelSettings, kw_only=True, forbid_unknown_fields=True):
+class MailgunSettings(EmailChannelSettings, kw_only=True, forbid_unknown_fields=True):
     signing_key: Annotated[str, msgspec.Meta(min_length=1)]  # "HTTP webhook signing key" in Mailgun
     # How far the timestamp may be from now. Mailgun's retries (10 min to ~8 h later) repeat the original
     # timestamp and signature, so a shorter window would refuse the retry of a post we answered 503.
@@ -58,8 +59,10 @@ class MailgunSettings(ChannelSettings, kw_only=True, forbid_unknown_fields=True)
 class MailgunChannel(Channel):
     type = "mailgun"
     Settings = MailgunSettings
-    secret_settings = frozenset({"signing_key"})
-    description = "Mailgun inbound routes (forward action): parsed fields or raw MIME, signed timestamp+token."
+    secret_settings = frozenset({"signing_key", "smtp.password"})
+    description = (
+        "Mailgun inbound routes (forward action): parsed fields or raw MIME, signed timestamp+token; replies by SMTP."
+    )
 
     settings: MailgunSettings
 
@@ -103,6 +106,15 @@ class MailgunChannel(Channel):
                 await self.services.store.remember_once(REPLAY_NAMESPACE, token, self.settings.replay_window_s * 2)
         except StoreUnavailable as exc:  # the message is stored; failing the request now would only cause a retry
             log.warning("replay_token_not_recorded", instance=self.name, error=type(exc).__name__)
+        if self.settings.smtp is not None:  # threading details for replies (parsing is pure: parse again)
+            try:
+                messages = self.parse(request).messages
+            except PayloadError:
+                return  # quarantined: nothing to answer
+            await remember_thread(self, self.settings, messages)
+
+    async def send(self, message: Message) -> SendResult:
+        return await send_email(self, self.settings, message)
 
     def parse(self, request: WebhookRequest) -> ParseResult:
         form = parse_form(request)

@@ -17,15 +17,16 @@ from typing import Any
 from gateway.sdk import (
     AuthenticationError,
     Channel,
-    ChannelSettings,
     Message,
     ParseResult,
     PayloadError,
+    SendResult,
     WebhookRequest,
     constant_time_equals,
     hookimpl,
 )
 from plugins.email.mime import message_from_mime
+from plugins.email.outbound import EmailChannelSettings, remember_thread, send_email
 from plugins.email.webforms import (
     Form,
     FormPart,
@@ -41,12 +42,13 @@ from plugins.email.webforms import (
 _CHARSET_FIELDS = ("from", "to", "cc", "subject", "text", "html")
 
 
-class SendGridSettings(ChannelSettings, kw_only=True, forbid_unknown_fields=True):
+class SendGridSettings(EmailChannelSettings, kw_only=True, forbid_unknown_fields=True):
     url_secret: str | None = None  # required as ?key=... in the Inbound Parse destination URL
     basic_auth_username: str | None = None
     basic_auth_password: str | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if bool(self.basic_auth_username) != bool(self.basic_auth_password):
             raise ValueError("basic_auth_username and basic_auth_password go together")
         if not self.url_secret and not self.basic_auth_username:
@@ -61,8 +63,10 @@ class SendGridSettings(ChannelSettings, kw_only=True, forbid_unknown_fields=True
 class SendGridChannel(Channel):
     type = "sendgrid"
     Settings = SendGridSettings
-    secret_settings = frozenset({"url_secret", "basic_auth_password"})
-    description = "SendGrid Inbound Parse (parsed fields or raw MIME), protected by a URL key and/or basic auth."
+    secret_settings = frozenset({"url_secret", "basic_auth_password", "smtp.password"})
+    description = (
+        "SendGrid Inbound Parse (parsed fields or raw MIME), protected by a URL key and/or basic auth; replies by SMTP."
+    )
 
     settings: SendGridSettings
 
@@ -80,6 +84,20 @@ class SendGridChannel(Channel):
             password_ok = constant_time_equals(password, settings.basic_auth_password)
             if not (user_ok and password_ok):
                 raise AuthenticationError("missing or wrong basic auth credentials")
+
+    async def accepted(self, request: WebhookRequest) -> None:
+        """Remember the stored mail's threading details for replies (parsed again: ``accepted``
+        receives the request, and parsing is pure)."""
+        if self.settings.smtp is None:
+            return
+        try:
+            messages = self.parse(request).messages
+        except PayloadError:
+            return  # quarantined: nothing to answer
+        await remember_thread(self, self.settings, messages)
+
+    async def send(self, message: Message) -> SendResult:
+        return await send_email(self, self.settings, message)
 
     def parse(self, request: WebhookRequest) -> ParseResult:
         form = parse_form(request)

@@ -32,12 +32,15 @@ from gateway.sdk import (
     ChannelSettings,
     ForbiddenError,
     IngestError,
+    Message,
     ParseResult,
     PayloadError,
+    SendResult,
     WebhookRequest,
     hookimpl,
 )
 from plugins.email.mime import message_from_mime
+from plugins.email.outbound import EmailChannelSettings, remember_thread, send_email
 
 log = structlog.get_logger(__name__)
 
@@ -45,7 +48,7 @@ OFFLOAD_BYTES = 256 * 1024  # mail larger than this is normalized in a worker th
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]  # 0: any free port (tests)
 
 
-class SmtpSettings(ChannelSettings, kw_only=True, forbid_unknown_fields=True):
+class SmtpSettings(EmailChannelSettings, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: Port = 2525
     domains: list[str] = msgspec.field(default_factory=list)  # accepted recipient domains (RCPT TO <anything@domain>)
@@ -60,6 +63,7 @@ class SmtpSettings(ChannelSettings, kw_only=True, forbid_unknown_fields=True):
     shutdown_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 10.0  # let in-flight DATA finish on stop
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.domains = [d.strip().lower().lstrip("@").rstrip(".") for d in self.domains if d.strip()]
         self.addresses = [a.strip().lower().strip("<>") for a in self.addresses if a.strip()]
         if not self.domains and not self.addresses:
@@ -95,7 +99,8 @@ class _Session(SMTP):
 class SmtpChannel(Channel):
     type = "smtp"
     Settings = SmtpSettings
-    description = "SMTP listener (MX or relay target): MIME mail in, 250 only after the broker ack."
+    secret_settings = frozenset({"smtp.password"})
+    description = "SMTP listener (MX or relay target): MIME mail in, 250 only after the broker ack; replies by SMTP."
 
     settings: SmtpSettings
 
@@ -112,6 +117,10 @@ class SmtpChannel(Channel):
 
     def parse(self, request: WebhookRequest) -> ParseResult:
         raise PayloadError("smtp instances receive mail over SMTP, not webhooks")
+
+    async def send(self, message: Message) -> SendResult:
+        """Replies leave through the ``smtp`` submission server, not through this listener."""
+        return await send_email(self, self.settings, message)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -227,6 +236,7 @@ class SmtpChannel(Channel):
         accepted = outcome.messages[0] if outcome.messages else None
         if accepted is None or accepted.id is None:
             return "250 2.0.0 Accepted (quarantined for review)"
+        await remember_thread(self, self.settings, [message])
         if accepted.duplicate:
             return f"250 2.0.0 Already queued as {accepted.id}"
         return f"250 2.0.0 Queued as {accepted.id}"

@@ -8,6 +8,7 @@ is sent only after the broker acknowledged), uploads kept in Redis with a TTL, a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fnmatch
 import json
@@ -31,14 +32,19 @@ from gateway.sdk import (
     Content,
     ForbiddenError,
     IngestError,
+    Message,
     ParseResult,
     Party,
+    SendError,
+    SendResult,
     StoreUnavailable,
     WebhookRequest,
     utcnow,
 )
-from plugins.webchat.protocol import ChatMessage, VisitorInfo, error_frame
-from plugins.webchat.tokens import TokenError, issue_token, new_visitor_id, read_token
+from plugins.webchat.live import Listener, Subscriber, doorbell
+from plugins.webchat.mailbox import Mailbox, valid_seq
+from plugins.webchat.protocol import UPLOAD_ID, ChatMessage, VisitorInfo, error_frame
+from plugins.webchat.tokens import VISITOR_ID, TokenError, issue_token, new_visitor_id, read_token
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -96,6 +102,8 @@ class WebchatSettings(ChannelSettings, kw_only=True, forbid_unknown_fields=True)
     upload_types: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_UPLOAD_TYPES))
     visitor_rate_limit: VisitorRateLimit = msgspec.field(default_factory=VisitorRateLimit)
     history_limit: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 50
+    # Entries (both directions) kept per visitor: replies wait here until the widget fetches them.
+    mailbox_limit: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 200
     heartbeat_s: Annotated[float, msgspec.Meta(ge=1)] = 25.0
     title: Annotated[str, msgspec.Meta(max_length=200)] = "Chat with us"
     welcome_text: Annotated[str, msgspec.Meta(max_length=2000)] = "Hi! How can we help you today?"
@@ -104,6 +112,8 @@ class WebchatSettings(ChannelSettings, kw_only=True, forbid_unknown_fields=True)
 
     def __post_init__(self) -> None:
         self.allowed_origins = [normalize_origin(o) for o in self.allowed_origins]
+        if self.mailbox_limit < self.history_limit:
+            raise ValueError("mailbox_limit must be at least history_limit")
 
 
 @dataclass(slots=True)
@@ -186,6 +196,16 @@ class WebchatChannel(Channel):
         super().__init__(name, settings, services)
         self.sockets: set[web.WebSocketResponse] = set()
         self._limits = _Limits()
+        self.mailbox = Mailbox(
+            services.store.client,
+            lambda visitor_id: self._key("log", visitor_id),
+            lambda message_id: self._key("sent", message_id),
+            limit=self.settings.mailbox_limit,
+            ttl_s=self.settings.session_ttl_s,
+        )
+        self._listeners: dict[str, set[Listener]] = {}
+        self._subscriber: Subscriber | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # --- webhooks: not this channel's transport ---------------------------------------------
 
@@ -195,8 +215,21 @@ class WebchatChannel(Channel):
     def parse(self, request: WebhookRequest) -> ParseResult:
         raise ForbiddenError("web chat takes no webhooks: the widget connects to /chat/ws")
 
+    async def start(self) -> None:
+        """In `gateway serve`: listen for the doorbells of replies, to push them to open sockets."""
+        self._subscriber = Subscriber(
+            self.services.store.client, self.notify_channel, self._on_doorbell, self._catch_up_all
+        )
+        await self._subscriber.start()
+
     async def stop(self) -> None:
-        """Close open sockets ("going away") so shutdown does not wait for idle visitors."""
+        """Stop listening and close open sockets ("going away") so shutdown does not wait for idle
+        visitors; they reconnect to another replica and fetch what they missed."""
+        if self._subscriber is not None:
+            await self._subscriber.stop()
+            self._subscriber = None
+        for task in list(self._tasks):
+            task.cancel()
         for ws in list(self.sockets):
             with contextlib.suppress(Exception):
                 await ws.close(code=1001, message=b"server shutting down")
@@ -261,6 +294,9 @@ class WebchatChannel(Channel):
             origin=origin,
         )
         await self._profile(session, visitor)
+        if resumed:
+            with contextlib.suppress(*_STORE_ERRORS):
+                await self.mailbox.touch(visitor_id)
         return session
 
     def session_from_token(self, token: str | None, *, transport: str, origin: str | None) -> Session:
@@ -316,51 +352,182 @@ class WebchatChannel(Channel):
             "upload_types": s.upload_types,
         }
 
-    async def welcome(self, session: Session) -> dict[str, Any]:
+    async def welcome(self, session: Session, after: str | None = None) -> dict[str, Any]:
+        history, cursor = await self.conversation(session.visitor_id, after)
         return {
             "type": "welcome",
             "visitor_id": session.visitor_id,
             "token": session.token,
             "conversation_id": session.conversation_id,
             "resumed": session.resumed,
-            "history": await self.history(session),
+            "history": history,
+            "cursor": cursor,
             "settings": self.client_settings(),
         }
 
-    # --- history (the visitor's own acknowledged messages; outbound ones in a later issue) -----
+    # --- the conversation log: the visitor's acknowledged messages and the replies to them -------
 
-    async def history(self, session: Session) -> list[Any]:
-        if self.settings.history_limit == 0:
-            return []
+    async def conversation(self, visitor_id: str, after: str | None) -> tuple[list[dict[str, Any]], str | None]:
+        """What a widget shows on hello, and the cursor for what follows. A page that has shown
+        entries up to ``after`` (a reconnect) gets only the newer ones, however many; a fresh page
+        gets the last ``history_limit``. Redis down: nothing, and the cursor stays."""
+        after = valid_seq(after)
         try:
-            items = await self.services.store.client.lrange(
-                self._key("history", session.visitor_id), -self.settings.history_limit, -1
-            )
-        except _STORE_ERRORS:
-            return []
-        return [json.loads(item) for item in items]
+            if after is not None:
+                entries = await self.mailbox.after(visitor_id, after)
+                return entries, entries[-1]["seq"] if entries else after
+            return await self.mailbox.recent(visitor_id, self.settings.history_limit)
+        except _STORE_ERRORS as exc:
+            log.warning("webchat_history_unavailable", instance=self.name, error=type(exc).__name__)
+            return [], after
 
-    async def outbound_after(self, session: Session, cursor: str | None) -> list[Any]:
-        """Messages for the visitor newer than ``cursor`` (ids are time-ordered UUIDv7). Empty until
-        outbound delivery appends agent replies to the history (a later issue)."""
-        return [
-            item
-            for item in await self.history(session)
-            if item.get("direction") == "outbound" and (cursor is None or str(item.get("id", "")) > cursor)
-        ]
+    async def outbound_after(self, session: Session, cursor: str | None) -> list[dict[str, Any]]:
+        """Replies to the visitor newer than ``cursor`` (a mailbox seq), oldest first: the REST poll."""
+        entries = await self.mailbox.after(session.visitor_id, valid_seq(cursor))
+        return [entry for entry in entries if entry.get("direction") == "outbound"]
 
     async def _remember(self, session: Session, entry: dict[str, Any]) -> None:
         if self.settings.history_limit == 0:
             return
-        key = self._key("history", session.visitor_id)
         try:
-            async with self.services.store.client.pipeline(transaction=True) as pipe:
-                pipe.rpush(key, json.dumps(entry, ensure_ascii=False))
-                pipe.ltrim(key, -self.settings.history_limit, -1)
-                pipe.expire(key, self.settings.session_ttl_s)
-                await pipe.execute()
+            await self.mailbox.append(session.visitor_id, entry)
         except _STORE_ERRORS as exc:  # stored in Kafka already; only the replay on reload misses it
             log.warning("webchat_history_unavailable", instance=self.name, error=type(exc).__name__)
+
+    # --- replies (`gateway dispatch`) and their live delivery (`gateway serve`) -------------------
+
+    @property
+    def notify_channel(self) -> str:
+        return self._key("notify")
+
+    def _visitor_of(self, message: Message) -> str:
+        """The visitor a reply is for: its conversation is ``<instance>:<visitor_id>``, as inbound."""
+        prefix = f"{self.name}:"
+        conversation = message.conversation_id
+        visitor_id = conversation[len(prefix) :] if conversation.startswith(prefix) else ""
+        if not VISITOR_ID.match(visitor_id):
+            raise SendError(
+                "unknown_conversation",
+                f"conversation {conversation!r} is not a visitor of {self.name} (expected {prefix}<visitor_id>)",
+                retryable=False,
+            )
+        recipient = message.recipient.id if message.recipient is not None else visitor_id
+        if recipient != visitor_id:
+            raise SendError("recipient_mismatch", "recipient.id is not the conversation's visitor", retryable=False)
+        return visitor_id
+
+    @staticmethod
+    def _reply_attachment(attachment: Attachment) -> dict[str, Any]:
+        """Links the widget can open: an http(s) URL, or an upload of the visitor (by its id)."""
+        url = attachment.url if attachment.url and urlsplit(attachment.url).scheme in ("http", "https") else None
+        upload_id = attachment.media_id if attachment.media_id and UPLOAD_ID.match(attachment.media_id) else None
+        if url is None and upload_id is None:
+            raise SendError(
+                "unsupported_attachment",
+                "web chat attachments need an http(s) url or the media_id of the visitor's upload",
+                retryable=False,
+            )
+        item: dict[str, Any] = {"kind": attachment.kind, "filename": attachment.filename or attachment.caption}
+        if url is not None:
+            item["url"] = url
+        else:
+            item["upload_id"] = upload_id
+        if attachment.mime_type:
+            item["mime_type"] = attachment.mime_type
+        if attachment.size is not None:
+            item["size"] = attachment.size
+        return item
+
+    async def send(self, message: Message) -> SendResult:
+        """Put the reply in the visitor's mailbox and ring the serve replicas' doorbell.
+
+        The external id is the gateway message id: the widget shows the reply under that id. A
+        retried or redelivered reply is stored once. ``event`` content ``typing_on``/``typing_off``
+        is presence: pushed to open sockets, never stored (external id None)."""
+        visitor_id = self._visitor_of(message)
+        content = message.content
+        try:
+            if content.type == "event":
+                if content.text not in ("typing_on", "typing_off"):
+                    raise SendError("unsupported_content", "events other than typing_on/off", retryable=False)
+                notification = doorbell(visitor_id, typing=content.text == "typing_on")
+                await self.services.store.client.publish(self.notify_channel, notification)
+                return SendResult(external_id=None)
+            if content.type not in ("text", "media", "email"):
+                raise SendError("unsupported_content", f"{content.type} content cannot be shown", retryable=False)
+            attachments = [self._reply_attachment(a) for a in content.attachments]
+            text = (content.text or "").strip() or None
+            if text is None and not attachments:
+                raise SendError("empty_message", "a web chat reply needs text or attachments", retryable=False)
+            entry: dict[str, Any] = {
+                "id": message.id,
+                "direction": "outbound",
+                "text": text,
+                "attachments": attachments,
+                "sent_at": utcnow().isoformat(),
+            }
+            if message.sender.name:
+                entry["sender"] = {"name": message.sender.name}
+            if message.in_reply_to:
+                entry["in_reply_to"] = message.in_reply_to
+            seq, added = await self.mailbox.append(
+                visitor_id, entry, once=message.id, notify=(self.notify_channel, doorbell(visitor_id))
+            )
+        except _STORE_ERRORS as exc:
+            raise SendError("store_unavailable", f"Redis: {type(exc).__name__}", retryable=True) from exc
+        log.info("webchat_reply_stored", instance=self.name, message_id=message.id, seq=seq, duplicate=not added)
+        return SendResult(external_id=message.id)
+
+    async def open_feed(self, listener: Listener, session: Session, after: str | None) -> None:
+        """Answer a hello and start pushing replies to the socket: registered before the mailbox is
+        read, and under the socket's lock, so a reply stored meanwhile comes once, right after."""
+        async with listener.lock:
+            self._listeners.setdefault(listener.visitor_id, set()).add(listener)
+            welcome = await self.welcome(session, after)
+            listener.cursor = welcome["cursor"]
+            await listener.send(welcome)
+
+    def close_feed(self, listener: Listener) -> None:
+        listeners = self._listeners.get(listener.visitor_id)
+        if listeners is not None:
+            listeners.discard(listener)
+            if not listeners:
+                del self._listeners[listener.visitor_id]
+
+    async def catch_up(self, listener: Listener) -> None:
+        """Send the socket the replies after its cursor (nothing when it has them all)."""
+        async with listener.lock:
+            try:
+                entries = await self.mailbox.after(listener.visitor_id, listener.cursor)
+            except _STORE_ERRORS as exc:  # the next doorbell or the widget's reconnect catches up
+                log.warning("webchat_catch_up_failed", instance=self.name, error=type(exc).__name__)
+                return
+            for entry in entries:
+                if entry.get("direction") == "outbound":
+                    await listener.send({"type": "message", **entry})
+                listener.cursor = entry["seq"]
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_doorbell(self, data: bytes) -> None:
+        try:
+            note = json.loads(data)
+            visitor_id = note["v"]
+        except (ValueError, TypeError, KeyError):
+            return
+        for listener in list(self._listeners.get(visitor_id, ())):
+            if "typing" in note:
+                self._spawn(listener.send({"type": "typing", "state": bool(note["typing"])}))
+            else:
+                self._spawn(self.catch_up(listener))
+
+    def _catch_up_all(self) -> None:
+        for listeners in list(self._listeners.values()):
+            for listener in list(listeners):
+                self._spawn(self.catch_up(listener))
 
     # --- rate limits ---------------------------------------------------------------------------
 

@@ -6,12 +6,16 @@ first. Per-instance limits (text length) are checked by the channel, not here.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 import msgspec
 
+UPLOAD_ID_PATTERN = r"^[A-Za-z0-9_-]{16,64}$"
+UPLOAD_ID = re.compile(UPLOAD_ID_PATTERN)
 ClientId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-UploadId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{16,64}$")]
+UploadId = Annotated[str, msgspec.Meta(pattern=UPLOAD_ID_PATTERN)]
+Cursor = Annotated[str, msgspec.Meta(max_length=64)]  # a mailbox seq; anything else means "from the start"
 Token = Annotated[str, msgspec.Meta(max_length=1024)]
 Page = Annotated[str, msgspec.Meta(max_length=2048)]
 MAX_ATTACHMENTS = 10
@@ -32,6 +36,7 @@ class Hello(msgspec.Struct, kw_only=True, tag="hello", tag_field="type"):
     token: Token | None = None
     visitor: VisitorInfo | None = None
     page: Page | None = None  # the page the widget runs on: context for the agent
+    after: Cursor | None = None  # the last mailbox seq the page shows (a reconnect): only newer come
 
 
 class ChatMessage(msgspec.Struct, kw_only=True, tag="message", tag_field="type"):
@@ -58,6 +63,7 @@ class SessionRequest(msgspec.Struct, kw_only=True):
     token: Token | None = None
     visitor: VisitorInfo | None = None
     page: Page | None = None
+    after: Cursor | None = None
 
 
 session_decoder = msgspec.json.Decoder(SessionRequest)

@@ -8,6 +8,7 @@ does not allow are refused with 403 before anything is read or stored.
 from __future__ import annotations
 
 import contextlib
+import functools
 import html
 import json
 from functools import cache
@@ -18,9 +19,12 @@ from urllib.parse import quote
 import msgspec
 import structlog
 from aiohttp import BodyPartReader, WSMsgType, web
+from redis.exceptions import RedisError
 
 from gateway.sdk import Route, channel_instances
 from plugins.webchat.channel import INLINE_TYPES, Session, UploadRejected, WebchatChannel, clean_filename
+from plugins.webchat.live import Listener
+from plugins.webchat.mailbox import valid_seq
 from plugins.webchat.protocol import (
     ChatMessage,
     Hello,
@@ -226,39 +230,48 @@ async def _send(ws: web.WebSocketResponse, frame: dict[str, Any]) -> None:
 
 
 async def _converse(channel: WebchatChannel, ws: web.WebSocketResponse, origin: str | None) -> None:
-    """Frames are handled one at a time: acks come back in order and the conversation stays ordered."""
+    """Frames are handled one at a time: acks come back in order and the conversation stays ordered.
+    From the hello on, replies to the visitor are pushed to the socket too (``open_feed``)."""
     session: Session | None = None
-    while True:
-        try:
-            msg = await ws.receive(timeout=HELLO_TIMEOUT_S if session is None else None)
-        except TimeoutError:
-            await ws.close(code=4408, message=b"hello expected")
-            return
-        if msg.type == WSMsgType.BINARY:
-            await _send(ws, error_frame("invalid", "frames are JSON text"))
-            continue
-        if msg.type != WSMsgType.TEXT:
-            return  # close, error (e.g. frame over max_msg_size: aiohttp closes with 1009)
-        data: str = msg.data
-        try:
-            frame = frame_decoder.decode(data)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            await _send(ws, error_frame("invalid", f"invalid frame: {exc}", client_id=_client_id_of(data)))
-            continue
-        if isinstance(frame, Hello):
-            session = await channel.open_session(
-                frame.token, frame.visitor, page=frame.page, origin=origin, transport="websocket"
-            )
-            await _send(ws, await channel.welcome(session))
-        elif isinstance(frame, Ping):
-            await _send(ws, {"type": "pong"})
-        elif session is None:
-            await _send(ws, error_frame("hello_required", "send a hello frame first"))
-        elif isinstance(frame, ChatMessage):
-            await _send(ws, await channel.receive(session, frame, data.encode()))
-        elif isinstance(frame, Typing):
-            await channel.typing(session, frame.state)
-            await _send(ws, {"type": "typing_ack", "state": frame.state})
+    listener: Listener | None = None
+    try:
+        while True:
+            try:
+                msg = await ws.receive(timeout=HELLO_TIMEOUT_S if session is None else None)
+            except TimeoutError:
+                await ws.close(code=4408, message=b"hello expected")
+                return
+            if msg.type == WSMsgType.BINARY:
+                await _send(ws, error_frame("invalid", "frames are JSON text"))
+                continue
+            if msg.type != WSMsgType.TEXT:
+                return  # close, error (e.g. frame over max_msg_size: aiohttp closes with 1009)
+            data: str = msg.data
+            try:
+                frame = frame_decoder.decode(data)
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                await _send(ws, error_frame("invalid", f"invalid frame: {exc}", client_id=_client_id_of(data)))
+                continue
+            if isinstance(frame, Hello):
+                session = await channel.open_session(
+                    frame.token, frame.visitor, page=frame.page, origin=origin, transport="websocket"
+                )
+                if listener is not None:  # a second hello on the same socket: follow the new visitor only
+                    channel.close_feed(listener)
+                listener = Listener(visitor_id=session.visitor_id, send=functools.partial(_send, ws))
+                await channel.open_feed(listener, session, frame.after)
+            elif isinstance(frame, Ping):
+                await _send(ws, {"type": "pong"})
+            elif session is None:
+                await _send(ws, error_frame("hello_required", "send a hello frame first"))
+            elif isinstance(frame, ChatMessage):
+                await _send(ws, await channel.receive(session, frame, data.encode()))
+            elif isinstance(frame, Typing):
+                await channel.typing(session, frame.state)
+                await _send(ws, {"type": "typing_ack", "state": frame.state})
+    finally:
+        if listener is not None:
+            channel.close_feed(listener)
 
 
 # --- REST fallback ---------------------------------------------------------------------------------
@@ -290,7 +303,7 @@ async def create_session(request: web.Request) -> web.StreamResponse:
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise _Refused(400, "invalid", f"invalid session request: {exc}", _cors(origin)) from None
     session = await channel.open_session(hello.token, hello.visitor, page=hello.page, origin=origin, transport="rest")
-    return web.json_response(await channel.welcome(session), headers=_cors(origin))
+    return web.json_response(await channel.welcome(session, hello.after), headers=_cors(origin))
 
 
 @_guarded
@@ -312,15 +325,18 @@ async def post_message(request: web.Request) -> web.StreamResponse:
 
 @_guarded
 async def poll_messages(request: web.Request) -> web.StreamResponse:
-    """``GET /chat/api/messages?after=<id>``: messages for the visitor after the cursor.
-
-    Always empty until outbound delivery exists (a later issue); the shape is final."""
+    """``GET /chat/api/messages?after=<seq>``: replies to the visitor after the cursor (a mailbox
+    seq from the welcome or the previous poll; without one, every reply still in the mailbox)."""
     channel = _instance(request)
     origin = _checked_origin(request, channel)
     session = _rest_session(request, channel, origin)
-    after = request.query.get("after") or None
-    messages = await channel.outbound_after(session, after)
-    cursor = messages[-1]["id"] if messages else after
+    after = valid_seq(request.query.get("after"))
+    try:
+        messages = await channel.outbound_after(session, after)
+    except (RedisError, OSError):
+        retry = {**_cors(origin), "Retry-After": "5"}
+        raise _Refused(503, "unavailable", "message store unavailable, retry later", retry) from None
+    cursor = messages[-1]["seq"] if messages else after
     return web.json_response({"messages": messages, "cursor": cursor}, headers=_cors(origin))
 
 

@@ -22,7 +22,9 @@
   var state = { token: saved.token || null, outbox: saved.outbox || [], conversation: null };
   var ws = null, ready = false, mode = "ws", started = false, opened = false, failures = 0, inflight = {};
   var pending = [];
-  var pollTimer = null, cursor = null, typingSent = 0, typingTimer = null;
+  /* cursor: the mailbox seq of the newest entry this page shows; a reconnect asks only for newer. */
+  var pollTimer = null, cursor = null, typingSent = 0, typingTimer = null, agentTypingTimer = null, unread = 0;
+  var askedAfter = null;  /* the cursor the last hello carried: null means a fresh page (history, not news) */
 
   function load() { try { return JSON.parse(localStorage.getItem(storeKey) || "{}"); } catch (e) { return {}; } }
   function save() {
@@ -64,6 +66,11 @@
     ".out,.note{align-self:flex-start;background:#fff;border:1px solid #e3e5e8;border-bottom-left-radius:4px}",
     ".note{color:#444}",
     ".st{display:block;font-size:11px;opacity:.8;margin-top:2px;text-align:right}",
+    ".out .st:empty{display:none}",
+    ".who{display:block;font-size:11px;color:#6b7280;margin-bottom:2px}",
+    ".badge{position:absolute;top:-2px;right:-2px;min-width:20px;height:20px;border-radius:10px;background:#dc2626;",
+    "color:#fff;font-size:12px;line-height:20px;text-align:center;padding:0 5px}",
+    ".badge[hidden]{display:none}",
     ".failed{background:#b91c1c}",
     ".file{display:block;text-decoration:underline;cursor:pointer;color:inherit;font-size:13px}",
     ".typing{padding:2px 16px 4px;font-size:12px;color:#666;height:22px;background:#f6f7f9}",
@@ -86,6 +93,10 @@
   button.setAttribute("aria-label", "Open chat");
   button.innerHTML = '<svg viewBox="0 0 24 24"><path d="M4 4h16a2 2 0 0 1 2 2v10a2 2 0 0 1-2 2H8l-4 4V6a2 2 0 0 1 ' +
     '2-2z"/></svg>';
+  var badge = el("span", "badge", "");
+  badge.hidden = true;
+  badge.setAttribute("aria-label", "unread replies");
+  button.appendChild(badge);
   var panel = el("div", "panel");
   panel.setAttribute("role", "dialog");
   var head = el("div", "head");
@@ -135,10 +146,16 @@
     if (key && bubbles[key]) return bubbles[key];
     var node = el("div", "msg " + (direction === "outbound" ? "out" : "in"));
     if (item.client_id) node.dataset.clientId = item.client_id;
+    if (item.id) node.dataset.id = item.id;
+    if (direction === "outbound" && item.sender && item.sender.name) node.appendChild(el("span", "who", item.sender.name));
     if (item.text) node.appendChild(el("span", "text", item.text));
     (item.attachments || []).forEach(function (a) {
       var link = el("a", "file", a.filename || "file");
-      if (a.upload_id || a.media_id) link.addEventListener("click", function () { openFile(a.upload_id || a.media_id); });
+      if (a.url && /^https?:\/\//i.test(a.url)) {  /* links from agents: never javascript: or data: */
+        link.href = a.url; link.target = "_blank"; link.rel = "noopener noreferrer";
+      } else if (a.upload_id || a.media_id) {
+        link.addEventListener("click", function () { openFile(a.upload_id || a.media_id); });
+      }
       node.appendChild(link);
     });
     node.appendChild(el("span", "st", ""));
@@ -157,7 +174,7 @@
   function hello() {
     var v = window.GatewayChatVisitor;  /* optional: {name, email} set by the host page */
     return { token: state.token, visitor: v && (v.name || v.email) ? { name: v.name, email: v.email } : null,
-             page: location.href.slice(0, 2048) };
+             page: location.href.slice(0, 2048), after: (askedAfter = cursor) };
   }
   function start() { if (!started) { started = true; connect(); } }
   function connect() {
@@ -184,11 +201,12 @@
       status.textContent = "online";
       applySettings(f.settings || {});
       (f.history || []).forEach(function (h) {
+        if (h.direction === "outbound") return reply(h, askedAfter === null);
         var node = bubble(h, h.direction);
         node.dataset.id = h.id;
-        if (h.direction !== "outbound") setStatus(node, "Sent \u2713", "acked");
-        if (h.id > (cursor || "") && h.direction === "outbound") cursor = h.id;
+        setStatus(node, "Sent \u2713", "acked");
       });
+      if (f.cursor) cursor = f.cursor;
       state.outbox.forEach(function (i) { if (bubbles[i.client_id]) list.appendChild(bubbles[i.client_id]); });
       scroll();
       flush();
@@ -197,10 +215,23 @@
     } else if (f.type === "error") {
       failed(f);
     } else if (f.type === "typing") {
-      typing.hidden = !f.state;
+      agentTyping(f.state);
     } else if (f.type === "message") {
-      typing.hidden = true; bubble(f, "outbound");
+      reply(f);
+      if (f.seq) cursor = f.seq;
     }
+  }
+  /* An agent's reply: shown once, however often it arrives (live push, welcome after reconnect, poll). */
+  function reply(m, old) {
+    agentTyping(false);
+    if (bubbles[m.id]) return;
+    bubble(m, "outbound");
+    if (!old && !panel.classList.contains("open")) { unread += 1; badge.textContent = String(unread); badge.hidden = false; }
+  }
+  function agentTyping(on) {
+    typing.hidden = !on;
+    clearTimeout(agentTypingTimer);
+    if (on) agentTypingTimer = setTimeout(function () { typing.hidden = true; }, 15000);  /* a lost typing_off */
   }
   function applySettings(s) {
     Object.keys(s).forEach(function (k) { cfg[k] = s[k]; });
@@ -259,7 +290,7 @@
     if (!ready) return;
     api("GET", "/api/messages" + (cursor ? "?after=" + encodeURIComponent(cursor) : ""))
       .then(function (r) { return r.json(); }).then(function (d) {
-        (d.messages || []).forEach(function (m) { bubble(m, "outbound"); });
+        (d.messages || []).forEach(function (m) { reply(m); });
         cursor = d.cursor || cursor;
       }).catch(function () {});
   }
@@ -322,7 +353,7 @@
   function toggle(open) {
     panel.classList.toggle("open", open);
     button.setAttribute("aria-expanded", String(open));
-    if (open) { start(); input.focus(); scroll(); }
+    if (open) { start(); input.focus(); scroll(); unread = 0; badge.hidden = true; }
   }
   button.addEventListener("click", function () { toggle(!panel.classList.contains("open")); });
   close.addEventListener("click", function () { toggle(false); });
@@ -335,6 +366,6 @@
     open: function () { toggle(true); },
     close: function () { toggle(false); },
     state: function () { return { conversation_id: state.conversation, ready: ready, mode: mode,
-                                  unacked: state.outbox.length }; }
+                                  unacked: state.outbox.length, cursor: cursor, unread: unread }; }
   };
 })();
