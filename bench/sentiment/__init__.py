@@ -1,0 +1,1 @@
+"""Training and evaluation of the built-in sentiment models (see BENCHMARKS.md, "Sentiment")."""

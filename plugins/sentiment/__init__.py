@@ -1,0 +1,192 @@
+"""Sentiment: ``tags.sentiment = {label, score, model}`` from a model chosen by ``message.language``.
+
+Runs after ``language`` and before ``escalation`` and ``routing`` (which act on negative
+sentiment). ``score`` is the model's confidence in ``label`` (0..1, what escalation's threshold
+compares); the polarity P(positive) - P(negative) in [-1, 1] and the class probabilities go to
+``tags.labels["sentiment"]``.
+
+Models are pluggable: a model is any object with the :class:`SentimentModel` shape, created by a
+factory registered under a name with :func:`register_model` (a plugin does this when it is
+imported). ``model = "<name>"`` picks the model for every language and ``models = {ja = "<name>"}``
+per language. The built-in ``linear`` model holds logistic-regression weights for English and
+Chinese (see plugins/sentiment/models/README.md for data, licence and accuracy) and runs on numpy
+in well under a millisecond. A message whose language no configured model handles gets no
+sentiment (nothing is better than a confident guess from a model of another language).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+import structlog
+
+from gateway.sdk import Message, Processor, ProcessorContext, ProcessorSettings, Sentiment, hookimpl
+from plugins.email.mime import html_to_text
+from plugins.escalation import message_text, primary_language
+from plugins.sentiment.linear import MODELS_DIR, LinearModel
+from plugins.sentiment.types import ModelFactory, Prediction, SentimentLabel, SentimentModel
+
+__all__ = [
+    "LinearModels",
+    "ModelFactory",
+    "Prediction",
+    "SentimentAnalysis",
+    "SentimentLabel",
+    "SentimentModel",
+    "SentimentSettings",
+    "create_model",
+    "register_model",
+    "registered_models",
+]
+
+log = structlog.get_logger(__name__)
+
+_FACTORIES: dict[str, ModelFactory] = {}
+
+
+def register_model(name: str, factory: ModelFactory, *, replace: bool = False) -> None:
+    """Make a model available as ``model = "<name>"``; ``factory(options)`` builds it, where
+    ``options`` is the ``[processors.sentiment.options.<name>]`` table (empty when absent)."""
+    if not name:
+        raise ValueError("a sentiment model needs a name")
+    if name in _FACTORIES and not replace and _FACTORIES[name] is not factory:
+        raise ValueError(f"sentiment model {name!r} is already registered")
+    _FACTORIES[name] = factory
+
+
+def registered_models() -> list[str]:
+    return sorted(_FACTORIES)
+
+
+def create_model(name: str, options: Mapping[str, Any]) -> SentimentModel:
+    try:
+        factory = _FACTORIES[name]
+    except KeyError:
+        raise ValueError(f"unknown sentiment model {name!r} (registered: {', '.join(registered_models())})") from None
+    model = factory(options)
+    if not isinstance(model, SentimentModel):
+        raise TypeError(f"sentiment model {name!r}: its factory returned {model!r}, not a SentimentModel")
+    return model
+
+
+@functools.lru_cache(maxsize=8)
+def _load_linear(path: Path) -> LinearModel:
+    return LinearModel.load(path)
+
+
+class LinearModels:
+    """The built-in ``linear`` model: one shipped weight file per language, chosen by language.
+
+    Options: ``languages`` (subset of the shipped ones to use), ``directory`` (a directory of
+    ``<language>.npz`` files written by bench/sentiment/train.py instead of the shipped ones).
+    """
+
+    name = "linear"
+    blocking = False
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        directory = Path(options.get("directory") or MODELS_DIR)
+        available = {path.stem: path for path in sorted(directory.glob("*.npz"))}
+        wanted = options.get("languages")
+        if wanted is not None:
+            missing = sorted(set(wanted) - set(available))
+            if missing:
+                raise ValueError(f"no linear sentiment model for {', '.join(missing)} in {directory}")
+            available = {code: available[code] for code in wanted}
+        if not available:
+            raise ValueError(f"no linear sentiment models (*.npz) in {directory}")
+        self.by_language = {code: _load_linear(path) for code, path in available.items()}
+        self.languages: frozenset[str] | None = frozenset(self.by_language)
+
+    def predict(self, text: str, language: str | None) -> Prediction | None:
+        model = self.by_language.get(language or "")
+        return model.predict(text) if model is not None else None
+
+
+register_model("linear", LinearModels)
+
+Code = Annotated[str, msgspec.Meta(pattern=r"^[a-z]{2,3}$")]
+
+
+class SentimentSettings(ProcessorSettings, kw_only=True, forbid_unknown_fields=True):
+    # The model for every language, by registered name ("linear": the built-in en + zh models).
+    model: Annotated[str, msgspec.Meta(min_length=1)] = "linear"
+    # Per-language overrides: {ja = "my-ja-model"} (ISO 639-1 code -> registered name).
+    models: dict[Code, str] = msgspec.field(default_factory=dict)
+    # Options passed to each model's factory, by model name: [processors.sentiment.options.linear].
+    options: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+    # The language assumed when message.language is unset (no language processor, or a text too
+    # short to tell, such as "ok" or an emoji); "" skips those messages.
+    default_language: Annotated[str, msgspec.Meta(pattern=r"^([a-z]{2,3})?$")] = "en"
+    # Only the start of very long texts (e-mails) is scored: the opening states the mood.
+    max_chars: Annotated[int, msgspec.Meta(ge=20)] = 2000
+
+    def __post_init__(self) -> None:
+        for name in {self.model, *self.models.values()}:
+            if name not in _FACTORIES:
+                raise ValueError(f"unknown sentiment model {name!r} (registered: {', '.join(registered_models())})")
+
+
+class SentimentAnalysis(Processor):
+    name = "sentiment"
+    Settings = SentimentSettings
+    after = ("language",)
+    before = ("escalation", "routing")
+    description = "Tags sentiment (label, score, model) with a model chosen by the message's language."
+
+    def __init__(self, settings: ProcessorSettings) -> None:
+        super().__init__(settings)
+        assert isinstance(settings, SentimentSettings)
+        self.config = settings
+        self.instances = {
+            name: create_model(name, settings.options.get(name, {}))
+            for name in dict.fromkeys([settings.model, *settings.models.values()])
+        }
+
+    def model_for(self, language: str | None) -> SentimentModel | None:
+        code = primary_language(language) or self.config.default_language
+        if not code:
+            return None
+        model = self.instances[self.config.models.get(code, self.config.model)]
+        if model.languages is not None and code not in model.languages:
+            return None
+        return model
+
+    async def predict(self, text: str, language: str | None) -> Prediction | None:
+        code = primary_language(language) or self.config.default_language
+        model = self.model_for(code)
+        if model is None:
+            return None
+        if model.blocking:  # a heavy model must not stall the other messages on this worker
+            return await asyncio.to_thread(model.predict, text, code)
+        return model.predict(text, code)
+
+    async def process(self, message: Message, ctx: ProcessorContext) -> Message:
+        text = message_text(message)
+        if not text.strip() and message.content.html:
+            text = html_to_text(message.content.html)
+        if not text.strip():
+            return message
+        prediction = await self.predict(text[: self.config.max_chars], message.language)
+        if prediction is None:
+            log.debug("sentiment_skipped", message_id=message.id, language=message.language)
+            return message
+        message.tags.sentiment = Sentiment(
+            label=prediction.label, score=round(min(1.0, max(0.0, prediction.score)), 4), model=prediction.model
+        )
+        message.tags.labels["sentiment"] = {
+            "polarity": round(min(1.0, max(-1.0, prediction.polarity)), 4),
+            "probabilities": {label: round(p, 4) for label, p in prediction.probabilities.items()},
+        }
+        log.debug("sentiment_tagged", message_id=message.id, label=prediction.label, model=prediction.model)
+        return message
+
+
+@hookimpl
+def register_processors(register: Any) -> None:
+    register(SentimentAnalysis)

@@ -1,0 +1,44 @@
+"""The contract between the sentiment processor and the models it runs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+SentimentLabel = Literal["positive", "neutral", "negative"]
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """What a model says about one text.
+
+    ``score`` is the confidence of ``label`` in [0, 1] (what ``tags.sentiment.score`` carries and
+    escalation thresholds compare); ``polarity`` is P(positive) - P(negative) in [-1, 1].
+    """
+
+    label: SentimentLabel
+    score: float
+    model: str
+    polarity: float
+    probabilities: Mapping[SentimentLabel, float] = field(default_factory=dict)
+
+
+@runtime_checkable
+class SentimentModel(Protocol):
+    """A sentiment model the processor can run; register a factory with ``register_model``.
+
+    ``languages`` lists the ISO 639-1 codes it handles (``None``: any language). ``predict`` runs
+    on the event loop, so it must be fast (well under a millisecond or two); a model that is slower
+    (a transformer, a remote service) sets ``blocking = True`` and is run in a worker thread.
+    """
+
+    name: str
+    languages: frozenset[str] | None
+    blocking: bool
+
+    def predict(self, text: str, language: str | None) -> Prediction | None: ...
+
+
+class ModelFactory(Protocol):
+    def __call__(self, options: Mapping[str, Any]) -> SentimentModel: ...

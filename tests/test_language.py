@@ -1,0 +1,214 @@
+# ruff: noqa: RUF001  (texts in other scripts use their own punctuation on purpose)
+"""The language processor: detection across scripts, short and letterless texts, the confidence
+floor, sender locale and default fallbacks, channel-set languages, configuration and chain order."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+
+from gateway.config import ConfigError, config_from_dict
+from gateway.model import Content, Message, Party
+from gateway.pipeline.chain import build_chain
+from gateway.plugins import PluginRegistry
+from gateway.processor import ProcessorContext
+from plugins.language import LanguageDetection, LanguageSettings, script_language
+
+
+def detector(**fields: Any) -> LanguageDetection:
+    return LanguageDetection(msgspec.convert(fields, LanguageSettings))
+
+
+def message(text: str | None = "hello", *, attributes: dict[str, str] | None = None, **fields: Any) -> Message:
+    return Message(
+        direction="inbound",
+        channel="telegram",
+        instance="telegram",
+        conversation_id="c-1",
+        sender=Party(id="cust-1", attributes=attributes or {}),
+        content=fields.pop("content", Content(text=text)),
+        **fields,
+    )
+
+
+async def run(processor: LanguageDetection, m: Message) -> Message:
+    async def never(_: Any) -> None:
+        raise AssertionError("language emits nothing")
+
+    ctx = ProcessorContext(store=None, emit=never, emit_event=never)  # type: ignore[arg-type]  # no Redis needed
+    result = await processor.process(m, ctx)
+    assert isinstance(result, Message)
+    return result
+
+
+@pytest.fixture(scope="module")
+def default() -> LanguageDetection:
+    return detector()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("My order arrived broken and I would like a replacement please", "en"),
+        ("我的订单三天了还没到，请帮我查一下", "zh"),
+        ("Hola, mi pedido llegó roto y quiero un reembolso", "es"),
+        ("Olá, meu pedido chegou quebrado e eu quero meu dinheiro de volta", "pt"),
+        ("Bonjour, ma commande est arrivée cassée, je voudrais être remboursé", "fr"),
+        ("Hallo, meine Bestellung ist kaputt angekommen, ich möchte mein Geld zurück", "de"),
+        ("ご注文の商品が壊れて届きました。交換をお願いします", "ja"),
+        ("주문한 상품이 파손되어 도착했습니다. 교환 부탁드립니다", "ko"),
+        ("Здравствуйте, мой заказ пришёл сломанным, верните деньги", "ru"),
+        ("مرحبا، وصل طلبي مكسورا وأريد استرداد أموالي", "ar"),
+        ("नमस्ते, मेरा ऑर्डर टूटा हुआ आया है, कृपया पैसे वापस करें", "hi"),
+        ("สวัสดีครับ สินค้าที่สั่งมาเสียหาย ต้องการเปลี่ยนสินค้า", "th"),
+        ("Xin chào, đơn hàng của tôi bị vỡ, tôi muốn được hoàn tiền", "vi"),
+        ("Halo, pesanan saya datang dalam keadaan rusak, saya ingin uang kembali", "id"),
+        ("Merhaba, siparişim kırık geldi, paramı geri istiyorum", "tr"),
+        ("Ciao, il mio ordine è arrivato rotto e vorrei un rimborso", "it"),
+        ("Hallo, mijn bestelling is kapot aangekomen en ik wil mijn geld terug", "nl"),
+    ],
+)
+async def test_detects_the_default_languages(default: LanguageDetection, text: str, expected: str) -> None:
+    m = await run(default, message(text))
+    assert m.language == expected
+    label = m.tags.labels["language_detection"]
+    assert label["detected"] == expected
+    assert label["source"] in ("script", "text")
+    assert 0.4 <= label["confidence"] <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("text", "expected", "source"),
+    [
+        ("谢谢", "zh", "script"),
+        ("好", "zh", "script"),
+        ("ありがとう", "ja", "script"),
+        ("東京駅はどこですか", "ja", "script"),  # kanji with kana: Japanese
+        ("감사합니다", "ko", "script"),
+        ("ขอบคุณ", "th", "script"),
+        ("我的iPhone坏了", "zh", "script"),  # a brand name does not make it English
+        ("¿Dónde está mi pedido?", "es", "text"),
+        ("merci beaucoup", "fr", "text"),
+        ("спасибо", "ru", "text"),
+        ("Where is my order?", "en", "text"),
+    ],
+)
+async def test_short_texts(default: LanguageDetection, text: str, expected: str, source: str) -> None:
+    m = await run(default, message(text))
+    assert (m.language, m.tags.labels["language_detection"]["source"]) == (expected, source)
+
+
+@pytest.mark.parametrize("text", ["ok", "hello", "taxi"])
+async def test_unsure_short_texts_leave_the_language_unset_and_record_the_confidence(
+    default: LanguageDetection, text: str
+) -> None:
+    m = await run(default, message(text))
+    assert m.language is None
+    label = m.tags.labels["language_detection"]
+    assert label["source"] == "none" and "detected" not in label
+    assert 0.0 < label["confidence"] < 0.4
+
+
+@pytest.mark.parametrize("text", ["😀👍🎉", "12345 !!!", "   ", "@support https://example.com/orders/42 #help", ""])
+async def test_texts_without_language_give_none(default: LanguageDetection, text: str) -> None:
+    m = await run(default, message(text))
+    assert m.language is None
+    assert m.tags.labels["language_detection"] == {"confidence": 0.0, "source": "none"}
+
+
+async def test_no_content_at_all(default: LanguageDetection) -> None:
+    m = await run(default, message(None))
+    assert m.language is None
+
+
+async def test_the_floor_is_configurable() -> None:
+    strict = detector(min_confidence=0.95)
+    m = await run(strict, message("Where is my order?"))
+    assert m.language is None and m.tags.labels["language_detection"]["confidence"] < 0.95
+    lenient = detector(min_confidence=0.0)
+    assert (await run(lenient, message("Where is my order?"))).language == "en"
+
+
+async def test_sender_locale_then_default_when_the_text_cannot_tell(default: LanguageDetection) -> None:
+    m = await run(default, message("ok 👍", attributes={"language_code": "pt-BR"}))
+    assert m.language == "pt"
+    assert m.tags.labels["language_detection"]["source"] == "sender"
+    # A locale outside the configured languages is no answer.
+    assert (await run(default, message("ok", attributes={"language_code": "sw"}))).language is None
+    with_default = detector(default="en")
+    m = await run(with_default, message("👍"))
+    assert (m.language, m.tags.labels["language_detection"]["source"]) == ("en", "default")
+    no_hints = detector(use_sender_locale=False, default="en")
+    assert (await run(no_hints, message("ok", attributes={"language_code": "pt"}))).language == "en"
+
+
+async def test_the_text_wins_over_the_sender_locale(default: LanguageDetection) -> None:
+    # Telegram's language_code is the app's UI language, not what the customer writes in.
+    m = await run(default, message("Mi pedido no ha llegado todavía", attributes={"language_code": "en"}))
+    assert m.language == "es"
+
+
+async def test_a_language_set_by_the_channel_is_kept(default: LanguageDetection) -> None:
+    m = await run(default, message("My order arrived broken", language="de"))
+    assert m.language == "de"
+    assert m.tags.labels["language_detection"] == {"source": "channel"}
+    overwrite = detector(keep_existing=False)
+    m = await run(overwrite, message("My order arrived broken and I want a refund", language="de"))
+    assert m.language == "en"
+    # Not sure of the text: the channel's language stays.
+    m = await run(overwrite, message("ok", language="de"))
+    assert (m.language, m.tags.labels["language_detection"]["source"]) == ("de", "channel")
+
+
+async def test_subject_and_html_only_bodies(default: LanguageDetection) -> None:
+    html = "<html><style>p {color: red}</style><p>Bonjour, je voudrais annuler ma commande</p>"
+    html_only = Content(type="email", html=html)
+    assert (await run(default, message(content=html_only))).language == "fr"
+    subject = Content(type="email", subject="Reklamation: Bestellung beschädigt", text="Siehe Anhang, bitte prüfen.")
+    assert (await run(default, message(content=subject))).language == "de"
+
+
+async def test_restricting_languages_and_low_accuracy_mode() -> None:
+    only = detector(languages=["en", "es"], low_accuracy=True)
+    assert (await run(only, message("Mi pedido llegó roto, quiero un reembolso"))).language == "es"
+    # Chinese is not a candidate: the Han shortcut does not apply and lingua has no Han model.
+    assert (await run(only, message("我的订单在哪里"))).language is None
+
+
+def test_the_detector_is_built_once_per_configuration() -> None:
+    assert detector().detector is detector().detector
+    assert detector(low_accuracy=True).detector is not detector().detector
+
+
+def test_script_shortcuts() -> None:
+    assert script_language("hello") is None
+    assert script_language("Please refund 退款") is None  # mostly English words: lingua decides
+    assert script_language("退款 please") == "zh"
+    assert script_language("カタカナ") == "ja"
+
+
+@pytest.mark.parametrize(
+    ("table", "error"),
+    [
+        ({"languages": ["en", "xx"]}, "'xx' is not an ISO 639-1 code"),
+        ({"languages": ["english"]}, "processors.language.languages"),
+        ({"languages": []}, "languages must not be empty"),
+        ({"min_confidence": 1.5}, "processors.language.min_confidence"),
+        ({"default": "zz"}, "'zz' is not an ISO 639-1 code"),
+        ({"threshold": 1}, "threshold"),
+    ],
+)
+def test_invalid_configuration_fails_at_start(registry: PluginRegistry, table: dict[str, Any], error: str) -> None:
+    config = config_from_dict({"processors": {"language": table}, "worker": {"processors": ["language"]}}, {})
+    with pytest.raises(ConfigError, match=error):
+        build_chain(config, registry)
+
+
+def test_runs_before_the_processors_that_read_the_language(registry: PluginRegistry) -> None:
+    names = ["routing", "autoreply", "escalation", "sentiment", "language"]
+    chain = build_chain(config_from_dict({"worker": {"processors": names}}, {}), registry)
+    assert [p.name for p in chain] == ["language", "sentiment", "escalation", "routing", "autoreply"]
+    # And it is part of the default chain (every installed processor) without any configuration.
+    assert "language" in [p.name for p in build_chain(config_from_dict({}, {}), registry)]
