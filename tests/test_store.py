@@ -109,3 +109,25 @@ async def test_unreachable_redis_raises_store_unavailable() -> None:
             await store.take_token("b", 1, 1)
     finally:
         await store.close()
+
+
+async def test_concurrent_claims_and_confirms_share_one_pipeline_and_keep_their_own_answers(
+    store: RedisStore,
+) -> None:
+    """Claims issued in the same loop turn travel together; each caller still gets its own reply."""
+    claims = await asyncio.gather(*(store.claim_delivery("api", f"batch-{i % 10}", f"id-{i}") for i in range(30)))
+    winners = {c.message_id for c in claims if c.status == "new"}
+    assert len(winners) == 10 and sum(c.status == "in_flight" for c in claims) == 20
+    await asyncio.gather(*(store.confirm_delivery("api", f"batch-{i}", f"id-{i}") for i in range(10)))
+    again = await asyncio.gather(*(store.claim_delivery("api", f"batch-{i}", "late") for i in range(10)))
+    assert [c.status for c in again] == ["duplicate"] * 10
+    assert [c.message_id for c in again] == [f"id-{i}" for i in range(10)]
+
+
+async def test_claim_recovers_when_redis_lost_the_script(store: RedisStore) -> None:
+    """After a Redis restart the script cache is empty: EVALSHA answers NOSCRIPT and the claim
+    falls back to loading the script, instead of failing the webhook."""
+    store._claim.sha = "0" * 40  # a script Redis has never seen, without flushing the shared server
+    claim = await store.claim_delivery("api", "noscript", "id-1")
+    assert claim.status == "new" and claim.message_id == "id-1"
+    assert (await store.claim_delivery("api", "noscript", "id-2")).status == "in_flight"

@@ -1,7 +1,9 @@
 """The consumer runner behind `gateway worker` and `gateway dispatch`: at-least-once, in order.
 
 - Offsets are committed only after the handler finished with a record (commit-after-success).
-- Partitions of one poll are handled concurrently (bounded), records of one partition in order.
+- Partitions of one poll are handled concurrently (bounded), records of one partition in order;
+  a record's outputs may be acknowledged after the next record started (pipelining), but its
+  offset counts as done only once they are.
 - A record whose handler keeps raising is retried with backoff, then handed to ``dead_letter`` and
   skipped, so a poison message never blocks its partition.
 - ``BrokerUnavailable`` (the handler could not publish its outputs) is not the record's fault: the
@@ -21,13 +23,15 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from gateway.bus.kafka import client_options
-from gateway.bus.producer import BrokerUnavailable
+from gateway.bus.producer import BrokerUnavailable, PendingAck
 from gateway.config import KafkaSection
 
 log = structlog.get_logger(__name__)
 
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
-Handler = Callable[[Record], Awaitable[None]]
+# A handler may return the pending acknowledgement of the outputs it enqueued: the runner awaits
+# it before the record counts as done, so several records' outputs travel to the broker together.
+Handler = Callable[[Record], Awaitable[PendingAck | None]]
 DeadLetter = Callable[[Record, BaseException, int], Awaitable[None]]
 
 
@@ -129,30 +133,46 @@ class ConsumerRunner:
 
     async def _process_partition(self, tp: TopicPartition, records: list[Record]) -> None:
         async with self._partition_slots:
+            pending: list[tuple[Record, PendingAck | None]] = []
             for record in records:
                 try:
-                    await self._handle(record)
+                    pending.append((record, await self._handle(record)))
                 except BrokerUnavailable as exc:
-                    # Outputs could not be stored: rewind so this record is fetched again.
-                    log.warning(
-                        "consumer_output_unavailable",
-                        consumer=self.name,
-                        partition=tp.partition,
-                        offset=record.offset,
-                        error=str(exc),
-                    )
-                    assert self._consumer is not None
-                    self._consumer.seek(tp, record.offset)
-                    await asyncio.sleep(self.retry_backoff_s * 5 or 1)
+                    if await self._settle(tp, pending):
+                        await self._rewind(tp, record, exc)
                     return
-                self._done[tp] = record.offset + 1
-                self.handled += 1
+            await self._settle(tp, pending)
 
-    async def _handle(self, record: Record) -> None:
+    async def _settle(self, tp: TopicPartition, pending: list[tuple[Record, PendingAck | None]]) -> bool:
+        """Mark records done in order as their outputs are acknowledged; False after a rewind."""
+        for record, ack in pending:
+            if ack is not None:
+                try:
+                    await ack.wait()
+                except BrokerUnavailable as exc:
+                    await self._rewind(tp, record, exc)
+                    return False
+            self._done[tp] = record.offset + 1
+            self.handled += 1
+        return True
+
+    async def _rewind(self, tp: TopicPartition, record: Record, exc: BrokerUnavailable) -> None:
+        """Outputs could not be stored: fetch this record again after a pause, never skip it."""
+        log.warning(
+            "consumer_output_unavailable",
+            consumer=self.name,
+            partition=tp.partition,
+            offset=record.offset,
+            error=str(exc),
+        )
+        assert self._consumer is not None
+        self._consumer.seek(tp, record.offset)
+        await asyncio.sleep(self.retry_backoff_s * 5 or 1)
+
+    async def _handle(self, record: Record) -> PendingAck | None:
         for attempt in range(1, self.max_attempts + 1):
             try:
-                await self.handler(record)
-                return
+                return await self.handler(record)
             except BrokerUnavailable:
                 raise
             except Exception as exc:
@@ -167,8 +187,9 @@ class ConsumerRunner:
                         error=f"{type(exc).__name__}: {exc}",
                     )
                     await self.dead_letter(record, exc, attempt)
-                    return
+                    return None
                 await asyncio.sleep(self.retry_backoff_s * 2 ** (attempt - 1))
+        return None
 
     async def _drain_and_commit(self, partitions: set[TopicPartition]) -> None:
         """Called on revoke: finish the batch in flight, then commit what we still own."""

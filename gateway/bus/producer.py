@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaProducer
@@ -82,6 +83,51 @@ def header(headers: Sequence[tuple[str, bytes]], name: str) -> str | None:
     return None
 
 
+async def discard(producer: AIOKafkaProducer) -> None:
+    """Close a producer without delivering the records it still holds.
+
+    ``AIOKafkaProducer.stop()`` flushes, and an idempotent producer retries a batch until the
+    broker takes it, so records whose senders were already answered 503 would be published once
+    the broker is back, and the senders' retries would store them a second time. Stopping the
+    sender routine first and failing what is left keeps the promise that a 503'd record is not
+    published later. (A request already on the wire may still have been stored: the ambiguous-ack
+    case, where at-least-once is all anyone can promise.) Uses aiokafka 0.14 internals, pinned.
+    """
+    sender = getattr(producer, "_sender", None)
+    if sender is not None:
+        await sender.close()  # cancels the routine; in-flight requests finish or are re-queued
+    accumulator = getattr(producer, "_message_accumulator", None)
+    if accumulator is not None:
+        accumulator.fail_all(BrokerUnavailable("producer discarded after a broker outage"))
+    await producer.stop()  # nothing left to flush: only closes the connections
+
+
+class PendingAck:
+    """The broker's acknowledgement of records handed to the client by ``Publisher.enqueue``."""
+
+    def __init__(
+        self, publisher: Publisher, producer: AIOKafkaProducer, futures: list[asyncio.Future[Any]], timeout_s: float
+    ) -> None:
+        self._publisher = publisher
+        self._producer = producer
+        self._futures = futures
+        self._timeout_s = timeout_s
+
+    async def wait(self) -> None:
+        """Return once every record is acknowledged; raise BrokerUnavailable otherwise."""
+        if not self._futures:
+            return
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await asyncio.gather(*self._futures)
+        except TimeoutError as exc:
+            # Still queued in the client, which would deliver them once the broker is back
+            # (an idempotent producer never expires batches): drop the producer with them.
+            raise self._publisher._unavailable(self._producer, exc, queued=True) from exc
+        except KafkaError as exc:
+            raise self._publisher._unavailable(self._producer, exc) from exc
+
+
 class Publisher:
     def __init__(self, kafka: KafkaSection) -> None:
         self._kafka = kafka
@@ -144,19 +190,32 @@ class Publisher:
 
     async def send_many(self, records: Sequence[OutgoingRecord]) -> None:
         """Send all records (batched by the client) and wait until the broker acknowledged each."""
+        await (await self.enqueue(records)).wait()
+
+    async def enqueue(self, records: Sequence[OutgoingRecord]) -> PendingAck:
+        """Hand records to the client in order without waiting for the broker; ``wait()`` on the
+        result before treating them as stored. Lets a consumer pipeline several inputs' outputs
+        (the client keeps per-partition order) instead of paying a broker round trip per input."""
         producer = self._producer
         if producer is None:
             raise BrokerUnavailable("not connected to the broker")
-        if not records:
-            return
+        timeout_s = self._kafka.publish_timeout_ms / 1000 + 1
         try:
-            async with asyncio.timeout(self._kafka.publish_timeout_ms / 1000 + 1):
+            async with asyncio.timeout(timeout_s):
                 futures = [await producer.send(r.topic, r.value, key=r.key, headers=r.headers) for r in records]
-                await asyncio.gather(*futures)
-        except (KafkaError, TimeoutError) as exc:
-            if isinstance(exc, _FATAL_PRODUCER_ERRORS):
-                self._replace_producer(producer, exc)
-            raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        except TimeoutError as exc:  # the records handed over so far are queued in the client
+            raise self._unavailable(producer, exc, queued=True) from exc
+        except KafkaError as exc:
+            raise self._unavailable(producer, exc) from exc
+        return PendingAck(self, producer, futures, timeout_s)
+
+    def _unavailable(
+        self, producer: AIOKafkaProducer, exc: BaseException, *, queued: bool = False
+    ) -> BrokerUnavailable:
+        """The error for the caller; ``queued``: records we give up on may still sit in the client."""
+        if queued or isinstance(exc, _FATAL_PRODUCER_ERRORS):
+            self._replace_producer(producer, exc)
+        return BrokerUnavailable(f"{type(exc).__name__}: {exc}")
 
     def _replace_producer(self, broken: AIOKafkaProducer, exc: BaseException) -> None:
         if self._producer is not broken or self._reconnect is not None:
@@ -167,7 +226,7 @@ class Publisher:
 
         async def reconnect() -> None:
             try:
-                await old.stop()
+                await discard(old)
                 await self.connect_forever()
             finally:
                 self._reconnect = None

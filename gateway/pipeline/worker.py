@@ -10,7 +10,7 @@ from __future__ import annotations
 import structlog
 
 from gateway.bus.consumer import ConsumerRunner, Record
-from gateway.bus.producer import OutgoingRecord, header, record_for
+from gateway.bus.producer import OutgoingRecord, PendingAck, header, record_for
 from gateway.model import DeliveryEvent, Message
 from gateway.processor import Drop, Processor, ProcessorContext
 from gateway.runtime import Runtime
@@ -49,13 +49,13 @@ class Worker:
     def stop(self) -> None:
         self.runner.stop()
 
-    async def handle(self, record: Record) -> None:
+    async def handle(self, record: Record) -> PendingAck | None:
         runtime = self.runtime
         traceparent = child_traceparent(header(record.headers, "traceparent"))
         decoded = await runtime.decode_record(record, "process")
         if decoded is None:
             runtime.metrics.processed.labels("worker", "quarantined").inc()
-            return
+            return None
         message = decoded
 
         outputs: list[OutgoingRecord] = []
@@ -111,9 +111,10 @@ class Worker:
                     extra_headers=[("input-id", message.id)],
                 ),
             )
-        await runtime.publisher.send_many(outputs)
+        pending = await runtime.publisher.enqueue(outputs)  # acknowledged before the offset is committed
         runtime.metrics.processed.labels("worker", "ok" if not isinstance(result, Drop) else "dropped").inc()
         log.debug("message_processed", message_id=message.id, outputs=len(outputs))
+        return pending
 
     async def dead_letter(self, record: Record, exc: BaseException, attempts: int) -> None:
         failed = exc if isinstance(exc, ProcessorFailed) else None

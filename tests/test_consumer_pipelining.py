@@ -1,0 +1,89 @@
+"""The consumer runner's pipelined acknowledgements, on the real broker.
+
+A handler returns the pending acknowledgement of its outputs; the runner may start the next record
+before it arrives, but commits a record only once its outputs are acknowledged, and rewinds to the
+first unacknowledged record when the broker refuses them. The acknowledgement here is scripted to
+fail once (the narrow fake); the records, partitions, group and commits are real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from gateway.bus.consumer import ConsumerRunner, Record
+from gateway.bus.producer import BrokerUnavailable
+from gateway.bus.topics import ensure_topics
+from tests.conftest import make_config, produce_raw
+
+
+class ScriptedAck:
+    def __init__(self, value: str, fail: bool, acknowledged: list[str], last: asyncio.Event | None) -> None:
+        self.value = value
+        self.fail = fail
+        self.acknowledged = acknowledged
+        self.last = last
+
+    async def wait(self) -> None:
+        await asyncio.sleep(0)  # let the runner move on first, as a real in-flight ack does
+        if self.fail:
+            raise BrokerUnavailable("scripted: broker refused the outputs")
+        self.acknowledged.append(self.value)
+        if self.last is not None:
+            self.last.set()
+
+
+async def run_until(runner: ConsumerRunner, done: asyncio.Event) -> None:
+    task = asyncio.create_task(runner.run())
+    waiter = asyncio.create_task(done.wait())
+    finished, _ = await asyncio.wait([task, waiter], timeout=60, return_when=asyncio.FIRST_COMPLETED)
+    assert waiter in finished, "the runner did not finish the records in time"
+    runner.stop()
+    await asyncio.wait_for(task, 30)
+
+
+async def test_refused_outputs_rewind_to_the_first_unacknowledged_record(kafka_bootstrap: str, redis_url: str) -> None:
+    config = make_config(kafka_bootstrap, redis_url)
+    topic = f"{config.gateway.topic_prefix}pipelined"
+    await ensure_topics(config.kafka, [topic])
+    values = [f"r{i}" for i in range(12)]
+    await produce_raw(kafka_bootstrap, topic, [(b"one-conversation", v.encode()) for v in values])
+
+    handled: list[str] = []
+    acknowledged: list[str] = []
+    refused = {"r5"}
+    all_acknowledged = asyncio.Event()
+
+    async def handler(record: Record) -> ScriptedAck:
+        value = record.value.decode() if record.value else ""
+        handled.append(value)
+        fail = value in refused
+        refused.discard(value)  # refuse once, like a broker that comes back
+        return ScriptedAck(value, fail, acknowledged, all_acknowledged if value == values[-1] else None)
+
+    async def dead_letter(record: Record, exc: BaseException, attempts: int) -> None:
+        raise AssertionError(f"nothing should be dead-lettered: {exc}")
+
+    group = f"{config.gateway.topic_prefix}group"
+    runner = ConsumerRunner(
+        config.kafka, topics=[topic], group_id=group, handler=handler, dead_letter=dead_letter, retry_backoff_ms=0
+    )
+    await run_until(runner, all_acknowledged)
+
+    # Each record acknowledged once, in order; the refused r5 and whatever the runner had already
+    # started after it were handled again, nothing before it was.
+    assert acknowledged == values
+    assert handled[:6] == values[:6] and handled[-7:] == values[5:]
+    assert handled.count("r5") == 2 and all(handled.count(v) == 1 for v in values[:5])
+
+    # The commit covers all twelve: a new member of the group starts after them.
+    later: list[str] = []
+    seen_sentinel = asyncio.Event()
+
+    async def follower(record: Record) -> None:
+        later.append(record.value.decode() if record.value else "")
+        seen_sentinel.set()
+
+    await produce_raw(kafka_bootstrap, topic, [(b"one-conversation", b"sentinel")])
+    second = ConsumerRunner(config.kafka, topics=[topic], group_id=group, handler=follower, dead_letter=dead_letter)
+    await run_until(second, seen_sentinel)
+    assert later == ["sentinel"]
