@@ -234,6 +234,8 @@ def plugins(config_path: Path | None, as_json: bool) -> None:
     for info in registry.plugins:
         status = f"FAILED: {info.error}" if info.error else "ok"
         click.echo(f"{info.name} {info.version} ({info.source}) {status}")
+        if info.api:
+            click.echo(f"  requires API: {info.api}")
         for kind in ("channels", "processors", "commands", "routes"):
             items = getattr(info, kind)
             if items:

@@ -3,12 +3,18 @@
 Every plugin, first-party ones included, arrives through the ``gateway`` entry-point group; the
 core names no plugin. A plugin that fails to import or whose hook raises is reported with its name
 and error and skipped, unless fail-fast is on (production) or it is one of our own built-ins.
+
+Plugin API versioning: a plugin module may declare the ``gateway.sdk`` API version it is written
+against, ``GATEWAY_API = "1.0"``. It is refused (like any failing plugin) when that version's major
+differs from ``gateway.sdk.API_VERSION`` (the API is stable within a major) or its minor is newer
+than ours (it may use something we do not have). Plugins without the attribute are accepted.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.metadata
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -22,12 +28,14 @@ from gateway import hookspecs
 from gateway.channel import Channel
 from gateway.processor import Processor
 from gateway.routes import Route
+from gateway.sdk import API_VERSION
 
 log = structlog.get_logger(__name__)
 
 ENTRY_POINT_GROUP = "gateway"
 OWN_DISTRIBUTION = "message-gateway"
 HOOKS = ("register_channels", "register_processors", "register_commands", "register_routes")
+API_ATTRIBUTE = "GATEWAY_API"
 
 
 class PluginError(Exception):
@@ -43,6 +51,7 @@ class PluginInfo:
     processors: list[str] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
     routes: list[str] = field(default_factory=list)
+    api: str | None = None  # the plugin API version it declares (GATEWAY_API), if any
     error: str | None = None
 
 
@@ -130,6 +139,35 @@ def _commit(registry: PluginRegistry, info: PluginInfo, pending: _Pending) -> No
         info.routes.append(f"{route.method} {route.path}")
 
 
+def _parse_api(value: str) -> tuple[int, int]:
+    match = re.fullmatch(r"(\d+)\.(\d+)", value)
+    if match is None:
+        raise ValueError(value)
+    return int(match.group(1)), int(match.group(2))
+
+
+def check_api(name: str, plugin: object, provided: str = API_VERSION) -> str | None:
+    """Return the plugin's declared API version; raise PluginError if this gateway cannot serve it."""
+    required = getattr(plugin, API_ATTRIBUTE, None)
+    if required is None:
+        return None
+    if not isinstance(required, str):
+        raise PluginError(f'plugin {name!r}: {API_ATTRIBUTE} must be a string like "1.0", got {required!r}')
+    try:
+        major, minor = _parse_api(required)
+    except ValueError:
+        raise PluginError(
+            f'plugin {name!r}: {API_ATTRIBUTE} = {required!r} is not a MAJOR.MINOR version like "1.0"'
+        ) from None
+    ours = _parse_api(provided)
+    if major != ours[0] or minor > ours[1]:
+        raise PluginError(
+            f"plugin {name!r} requires gateway plugin API {required}, but this gateway provides {provided}"
+            f"; upgrade the gateway or install a release of the plugin written for API {ours[0]}.x"
+        )
+    return required
+
+
 def _entry_points() -> Iterable[importlib.metadata.EntryPoint]:
     return sorted(
         importlib.metadata.entry_points(group=ENTRY_POINT_GROUP),
@@ -176,6 +214,7 @@ def load_plugins(
         plugin: object | None = None
         try:
             plugin = load()
+            info.api = check_api(info.name, plugin)  # before any hook runs: it may rely on newer API
             pm.register(plugin, name=info.name)
             unknown = [c.name for c in pm.get_hookcallers(plugin) or [] if c.name not in HOOKS]
             if unknown:  # a typo such as register_channel would otherwise register nothing, silently

@@ -1,0 +1,3 @@
+"""PII masking for the message gateway: detectors and the ``pii_masking`` processor."""
+
+GATEWAY_API = "1.0"
