@@ -1,0 +1,226 @@
+"""The channel contract: what every channel adapter must do, as a test class to subclass.
+
+A channel author writes::
+
+    class TestAcmeContract(ChannelContract):
+        channel_type = "acme"
+
+        def config(self): return {"token": "tok-0123456789abcdef"}
+        def valid_payloads(self): return {"text": json_request({...})}
+        def sign(self, request, config): return request.with_headers({"X-Acme-Token": config["token"]})
+
+and pytest runs every ``test_*`` below against the adapter, through the real gateway app, a real
+broker and a real Redis. Override the other hooks where the defaults do not fit the provider.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any, ClassVar
+from urllib.parse import parse_qsl, urlencode
+
+import pytest
+import pytest_asyncio
+from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
+
+from gateway.channel import ParseResult, WebhookRequest
+from gateway.model import decode_message, encode
+from gateway.plugins import load_plugins
+from gateway.testing.harness import ProviderRequest, RunningGateway, running_gateway
+from gateway.testing.records import headers_of
+
+REJECTED = (401, 403)
+UNKNOWN_FIELD = "x_gateway_contract_unknown"
+
+
+def _other_char(char: str) -> str:
+    for alphabet in (string.digits, string.ascii_lowercase, string.ascii_uppercase):
+        if char in alphabet:
+            return alphabet[(alphabet.index(char) + 1) % len(alphabet)]
+    return "x"
+
+
+def forge_secret(value: str) -> str:
+    """The same secret with its last character changed (same length, same character class)."""
+    return value[:-1] + _other_char(value[-1]) if value else "x"
+
+
+class ChannelContract:
+    """Subclass as ``Test<Something>`` and fill in the hooks; the tests are inherited."""
+
+    channel_type: ClassVar[str]
+    """The ``type`` your Channel subclass declares."""
+    instance: ClassVar[str] = "contract"
+    """The instance name the contract configures (``/webhooks/contract``)."""
+    plugins: ClassVar[Sequence[tuple[str, object]]] = ()
+    """Local (name, module) plugins to load. Leave empty when the plugin is installed (entry point)."""
+    signs_body: ClassVar[bool] = True
+    """False for providers whose credential does not cover the body (a static token header)."""
+
+    # --- hooks -------------------------------------------------------------------------------------------
+
+    def config(self) -> dict[str, Any]:
+        """The instance's settings (without ``type``), secrets inline: tests run as development."""
+        raise NotImplementedError(f"{type(self).__name__} must define config()")
+
+    def valid_payloads(self) -> Mapping[str, ProviderRequest]:
+        """Named, unsigned requests in the provider's real format; each must yield messages."""
+        raise NotImplementedError(f"{type(self).__name__} must define valid_payloads()")
+
+    def sign(self, request: ProviderRequest, config: Mapping[str, Any]) -> ProviderRequest:
+        """Authenticate ``request`` the way the provider does, with the secrets in ``config``."""
+        raise NotImplementedError(f"{type(self).__name__} must define sign()")
+
+    def with_unknown_fields(self, request: ProviderRequest) -> ProviderRequest:
+        """The same request with fields the adapter has never seen (a provider adding fields).
+
+        Default: an extra top-level key in a JSON object body or an extra form field.
+        """
+        content_type = request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+        if content_type == "application/x-www-form-urlencoded":
+            fields = [*parse_qsl(request.body.decode(), keep_blank_values=True), (UNKNOWN_FIELD, "surprise")]
+            return request.with_body(urlencode(fields).encode())
+        payload = json.loads(request.body)
+        if not isinstance(payload, dict):
+            raise NotImplementedError("override with_unknown_fields(): the body is not a JSON object or a form")
+        payload[UNKNOWN_FIELD] = {"added": "by a future provider version", "list": [1, "two", None]}
+        return request.with_body(json.dumps(payload, ensure_ascii=False).encode())
+
+    def forged_config(self, config: Mapping[str, Any], secret_settings: frozenset[str]) -> dict[str, Any]:
+        """Settings an attacker would sign with: every secret setting slightly wrong."""
+        forged = dict(config)
+        for key in secret_settings:
+            if isinstance(forged.get(key), str):
+                forged[key] = forge_secret(forged[key])
+        return forged
+
+    def duplicate_payload(self) -> ProviderRequest:
+        """The request delivered twice in the duplicates test. Default: the first valid payload."""
+        return next(iter(self.valid_payloads().values()))
+
+    def check_message(self, name: str, message: Any) -> None:
+        """Extra assertions on each message a fixture produced (``message`` is a gateway.sdk.Message)."""
+
+    # --- machinery ---------------------------------------------------------------------------------------
+
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        if "payload_name" in metafunc.fixturenames:
+            metafunc.parametrize("payload_name", list(self.valid_payloads()))
+
+    @pytest_asyncio.fixture
+    async def contract_gateway(self, kafka_bootstrap: str, redis_url: str) -> AsyncIterator[RunningGateway]:
+        channels = {self.instance: {"type": self.channel_type, **self.config()}}
+        async with running_gateway(kafka_bootstrap, redis_url, channels=channels, plugins=self.plugins) as gateway:
+            yield gateway
+
+    def signed(
+        self, gateway: RunningGateway, request: ProviderRequest, config: Mapping[str, Any] | None = None
+    ) -> ProviderRequest:
+        request = request.with_url(gateway.url(self.instance, request.query))
+        return self.sign(request, self.config() if config is None else config)
+
+    def parse(self, gateway: RunningGateway, request: ProviderRequest) -> ParseResult:
+        """What the adapter makes of a request, called directly (adapters' parse is pure)."""
+        channel = gateway.runtime.channels[self.instance]
+        path = f"/webhooks/{self.instance}"
+        return channel.parse(
+            WebhookRequest(
+                method=request.method,
+                url=request.url,
+                path=path,
+                query=MultiDictProxy(MultiDict(request.query)),
+                headers=CIMultiDictProxy(CIMultiDict(request.headers)),
+                body=request.body,
+                remote="127.0.0.1",
+            )
+        )
+
+    async def assert_nothing_published(self, gateway: RunningGateway) -> None:
+        assert await gateway.count(gateway.topics.inbound) == 0, "a rejected request must publish nothing"
+        assert await gateway.count(gateway.topics.dlq) == 0, "a rejected request must not reach the DLQ"
+
+    async def assert_lands_once(self, gateway: RunningGateway, name: str, request: ProviderRequest) -> None:
+        """Each message the adapter parses from ``request`` is on the inbound topic exactly once, valid."""
+        expected = self.parse(gateway, request)
+        assert expected.messages or expected.events, f"payload {name!r} yields no message and no event"
+        external_ids = [m.external_id for m in expected.messages]
+        assert all(external_ids), f"payload {name!r}: every message needs an external_id (the dedup key)"
+        distinct = set(external_ids)
+        inbound = gateway.topics.inbound
+        records = await gateway.records(inbound, len(distinct)) if distinct else []
+        assert await gateway.count(inbound) == len(distinct), f"payload {name!r}: wrong number of inbound records"
+        assert await gateway.count(gateway.topics.dlq) == 0, f"payload {name!r} was quarantined"
+        seen = set()
+        for record in records:
+            message = decode_message(record.value)  # strict: validates against gateway.message/v1
+            assert encode(message) == record.value, "the record does not round-trip through the model"
+            assert message.direction == "inbound"
+            assert (message.channel, message.instance) == (self.channel_type, self.instance)
+            assert message.conversation_id, "conversation_id must be set (it is the partition key)"
+            assert record.key == message.conversation_id.encode()
+            headers = headers_of(record)
+            assert headers["schema"] == "gateway.message/v1"
+            assert (headers["channel"], headers["instance"]) == (self.channel_type, self.instance)
+            self.check_message(name, message)
+            seen.add(message.external_id)
+        assert seen == distinct
+
+    # --- the contract ------------------------------------------------------------------------------------
+
+    def test_channel_is_registered(self) -> None:
+        registry = load_plugins(fail_fast=True, extra=list(self.plugins))
+        assert self.channel_type in registry.channels, f"no plugin registers channel type {self.channel_type!r}"
+        assert self.valid_payloads(), "valid_payloads() must name at least one request"
+
+    @pytest.mark.asyncio
+    async def test_fixture_round_trips(self, contract_gateway: RunningGateway, payload_name: str) -> None:
+        request = self.signed(contract_gateway, self.valid_payloads()[payload_name])
+        response = await contract_gateway.post(self.instance, request)
+        assert 200 <= response.status < 300, f"{payload_name}: {response.status} {await response.text()}"
+        await self.assert_lands_once(contract_gateway, payload_name, request)
+
+    @pytest.mark.asyncio
+    async def test_duplicate_delivery_gives_one_record(self, contract_gateway: RunningGateway) -> None:
+        request = self.signed(contract_gateway, self.duplicate_payload())
+        for attempt in ("first", "redelivery"):
+            response = await contract_gateway.post(self.instance, request)
+            assert 200 <= response.status < 300, f"{attempt}: {response.status} {await response.text()}"
+        await self.assert_lands_once(contract_gateway, "duplicate", request)
+
+    @pytest.mark.asyncio
+    async def test_unsigned_request_is_rejected(self, contract_gateway: RunningGateway) -> None:
+        request = self.duplicate_payload().with_url(contract_gateway.url(self.instance))
+        response = await contract_gateway.post(self.instance, request)
+        assert response.status in REJECTED, f"unsigned request answered {response.status}"
+        await self.assert_nothing_published(contract_gateway)
+
+    @pytest.mark.asyncio
+    async def test_forged_signature_is_rejected(self, contract_gateway: RunningGateway) -> None:
+        secret_settings = contract_gateway.runtime.registry.channels[self.channel_type].secret_settings
+        assert secret_settings, "the channel declares no secret_settings, so nothing authenticates callers"
+        forged = self.forged_config(self.config(), secret_settings)
+        request = self.signed(contract_gateway, self.duplicate_payload(), forged)
+        response = await contract_gateway.post(self.instance, request)
+        assert response.status in REJECTED, f"request signed with wrong secrets answered {response.status}"
+        await self.assert_nothing_published(contract_gateway)
+
+    @pytest.mark.asyncio
+    async def test_body_changed_after_signing_is_rejected(self, contract_gateway: RunningGateway) -> None:
+        if not self.signs_body:
+            pytest.skip("the provider's credential does not cover the body (signs_body = False)")
+        request = self.signed(contract_gateway, self.duplicate_payload())
+        tampered = request.with_body(request.body + b" ")
+        response = await contract_gateway.post(self.instance, tampered)
+        assert response.status in REJECTED, f"tampered body answered {response.status}"
+        await self.assert_nothing_published(contract_gateway)
+
+    @pytest.mark.asyncio
+    async def test_unknown_fields_are_tolerated(self, contract_gateway: RunningGateway, payload_name: str) -> None:
+        original = self.valid_payloads()[payload_name]
+        request = self.signed(contract_gateway, self.with_unknown_fields(original))
+        assert request.body != original.body, "with_unknown_fields() changed nothing"
+        response = await contract_gateway.post(self.instance, request)
+        assert 200 <= response.status < 300, f"{payload_name}: {response.status} {await response.text()}"
+        await self.assert_lands_once(contract_gateway, payload_name, request)

