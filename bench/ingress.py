@@ -1,6 +1,6 @@
 """Ingress throughput and latency: the gateway's webhook path against a bare "floor" on the same broker.
 
-Usage: .venv/bin/python bench/ingress.py [--requests 3000] [--concurrency 32] [--rate 300] [--rounds 3]
+Usage: .venv/bin/python -m bench.ingress [--requests 3000] [--concurrency 32] [--rate 300] [--rounds 3]
 
 Both servers run as separate processes on loopback, against one embedded Tansu broker and one
 redis-server (embedded unless REDIS_URL is set), with identical producer settings (acks=all,
@@ -15,10 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,11 +24,21 @@ from pathlib import Path
 
 import aiohttp
 
-from gateway.embedded import EmbeddedKafka, EmbeddedRedis, free_port
+from bench.common import (
+    GATEWAY,
+    ROOT,
+    base_config,
+    header,
+    percentile,
+    processes,
+    services,
+    summary,
+    wait_listening,
+)
+from gateway.embedded import free_port
 from gateway.signing import hmac_sha256_hex
 
 SECRET = "bench-secret-0123456789abcdef"  # noqa: S105 - a throwaway key for a loopback benchmark
-ROOT = Path(__file__).resolve().parent.parent
 
 FLOOR_APP = """
 import asyncio, os, sys
@@ -50,7 +57,7 @@ async def main():
         await producer.send_and_wait("floor.inbound", body, key=request.headers.get("X-Key", "k").encode())
         return web.json_response({{"status": "accepted"}})
     app = web.Application()
-    app.router.add_post("/webhooks/api", handle)
+    app.router.add_post("/webhooks/{{instance}}", handle)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", {port}).start()
@@ -62,54 +69,75 @@ asyncio.run(main())
 
 def gateway_config(path: Path, bootstrap: str, redis_url: str, port: int) -> None:
     path.write_text(
-        f"""
-[gateway]
-topic_prefix = "bench{uuid.uuid4().hex[:6]}."
-[kafka]
-bootstrap_servers = "{bootstrap}"
-partitions = 6
-[redis]
-url = "{redis_url}"
-key_prefix = "bench:{uuid.uuid4().hex[:6]}:"
-[http]
-port = {port}
-[logging]
-level = "warning"
+        base_config(bootstrap, redis_url, port, f"bench{uuid.uuid4().hex[:6]}.")
+        + """
 [channels.api]
 type = "api"
 secret = "env:BENCH_SECRET"
+[channels.wa]
+type = "whatsapp"
+app_secret = "env:BENCH_SECRET"
+verify_token = "env:BENCH_SECRET"
+[channels.tg]
+type = "telegram"
+secret_token = "env:BENCH_SECRET"
 """
     )
 
 
-async def wait_listening(port: int, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"nothing listens on {port}")
+TEXT = "Hello, my order #1234 has not arrived yet, can you check? 谢谢"
 
 
-def payload(i: int, run: str) -> tuple[bytes, dict[str, str]]:
-    body = json.dumps(
-        {
-            "id": f"{run}-{i}",
-            "conversation_id": f"conv-{i % 200}",
-            "sender": {"id": f"cust-{i % 200}", "name": "Ada"},
-            "text": "Hello, my order #1234 has not arrived yet, can you check? 谢谢",
-        },
-        ensure_ascii=False,
-    ).encode()
-    headers = {
-        "Content-Type": "application/json",
-        "X-Gateway-Signature": "sha256=" + hmac_sha256_hex(SECRET, body),
-        "X-Key": f"conv-{i % 200}",
-    }
-    return body, headers
+def payload(i: int, run: str) -> tuple[str, bytes, dict[str, str]]:
+    """The i-th request: the generic API channel, WhatsApp Cloud and Telegram in turn, each signed
+    the way its provider signs, each with a unique provider message id."""
+    conversation = i % 200
+    kind = i % 3
+    if kind == 0:
+        instance = "api"
+        body = json.dumps(
+            {
+                "id": f"{run}-{i}",
+                "conversation_id": f"conv-{conversation}",
+                "sender": {"id": f"cust-{conversation}", "name": "Ada"},
+                "text": TEXT,
+            },
+            ensure_ascii=False,
+        ).encode()
+        headers = {"X-Gateway-Signature": "sha256=" + hmac_sha256_hex(SECRET, body)}
+    elif kind == 1:
+        instance = "wa"
+        wa_id = f"86138{conversation:08d}"
+        value = {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "15550001111", "phone_number_id": "106540352242922"},
+            "contacts": [{"profile": {"name": "Ada"}, "wa_id": wa_id}],
+            "messages": [
+                {
+                    "from": wa_id,
+                    "id": f"wamid.{run}{i}",
+                    "timestamp": "1763700000",
+                    "type": "text",
+                    "text": {"body": TEXT},
+                }
+            ],
+        }
+        body = json.dumps(
+            {
+                "object": "whatsapp_business_account",
+                "entry": [{"id": "1023", "changes": [{"field": "messages", "value": value}]}],
+            },
+            ensure_ascii=False,
+        ).encode()
+        headers = {"X-Hub-Signature-256": "sha256=" + hmac_sha256_hex(SECRET, body)}
+    else:
+        instance = "tg"
+        user = {"id": 5_000_000 + conversation, "is_bot": False, "first_name": "Ada"}
+        update_id = int(run, 16) % 1_000_000_000 * 10_000 + i
+        message = {"message_id": i, "from": user, "chat": user | {"type": "private"}, "date": 1763700000, "text": TEXT}
+        body = json.dumps({"update_id": update_id, "message": message}, ensure_ascii=False).encode()
+        headers = {"X-Telegram-Bot-Api-Secret-Token": SECRET}
+    return instance, body, headers | {"Content-Type": "application/json", "X-Key": f"conv-{conversation}"}
 
 
 async def throughput(url: str, requests: int, concurrency: int) -> tuple[float, int]:
@@ -124,8 +152,8 @@ async def throughput(url: str, requests: int, concurrency: int) -> tuple[float, 
         async def sender() -> None:
             nonlocal errors
             for i in counter:
-                body, headers = prepared[i]
-                async with session.post(url, data=body, headers=headers) as response:
+                instance, body, headers = prepared[i]
+                async with session.post(url + instance, data=body, headers=headers) as response:
                     await response.read()
                     errors += response.status != 200
 
@@ -145,9 +173,9 @@ async def latency(url: str, rate: float, seconds: float) -> tuple[float, float, 
 
         async def one(i: int) -> None:
             nonlocal errors
-            body, headers = payload(i, run)
+            instance, body, headers = payload(i, run)
             started = time.perf_counter()
-            async with session.post(url, data=body, headers=headers) as response:
+            async with session.post(url + instance, data=body, headers=headers) as response:
                 await response.read()
                 errors += response.status != 200
             samples.append((time.perf_counter() - started) * 1000)
@@ -161,11 +189,11 @@ async def latency(url: str, rate: float, seconds: float) -> tuple[float, float, 
             tasks.append(asyncio.create_task(one(i)))
         await asyncio.gather(*tasks)
     samples.sort()
-    return samples[len(samples) // 2], samples[min(len(samples) - 1, int(len(samples) * 0.99))], errors
+    return percentile(samples, 0.5), percentile(samples, 0.99), errors
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rate", type=float, default=300.0, help="offered rate for the latency run (req/s)")
@@ -173,31 +201,17 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        kafka = EmbeddedKafka()
-        kafka.start()
-        redis = None
-        redis_url = os.environ.get("REDIS_URL")
-        if not redis_url:
-            redis = EmbeddedRedis()
-            redis.start()
-            redis_url = redis.url
+    with services() as svc, tempfile.TemporaryDirectory() as tmp:
         gw_port, floor_port = free_port(), free_port()
         config = Path(tmp) / "gateway.toml"
-        gateway_config(config, kafka.address, redis_url, gw_port)
-        env = {**os.environ, "BENCH_SECRET": SECRET}
-        env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
-        env.pop("REDIS_URL", None)
-        gateway = subprocess.Popen(  # noqa: S603, ASYNC220 - started once, before measuring
-            [str(Path(sys.executable).with_name("gateway")), "serve", "--config", str(config)], env=env
-        )
-        floor_code = FLOOR_APP.format(root=str(ROOT), bootstrap=kafka.address, port=floor_port)
-        floor = subprocess.Popen([sys.executable, "-c", floor_code])  # noqa: S603, ASYNC220
-        try:
+        gateway_config(config, svc.bootstrap, svc.redis_url, gw_port)
+        floor_code = FLOOR_APP.format(root=str(ROOT), bootstrap=svc.bootstrap, port=floor_port)
+        gateway = [GATEWAY, "serve", "--config", str(config)]
+        with processes(gateway, [sys.executable, "-c", floor_code], env={"BENCH_SECRET": SECRET}):
             await asyncio.gather(wait_listening(gw_port), wait_listening(floor_port))
             urls = {
-                "gateway": f"http://127.0.0.1:{gw_port}/webhooks/api",
-                "floor": f"http://127.0.0.1:{floor_port}/webhooks/api",
+                "gateway": f"http://127.0.0.1:{gw_port}/webhooks/",
+                "floor": f"http://127.0.0.1:{floor_port}/webhooks/",
             }
             for url in urls.values():  # warm up: connections, metadata, topic creation, JIT-free caches
                 await throughput(url, 300, args.concurrency)
@@ -209,22 +223,12 @@ async def main() -> None:
                     results[name].append(rps)
                     errors[name] += errs
             lat = {name: await latency(url, args.rate, args.seconds) for name, url in urls.items()}
-        finally:
-            gateway.terminate()
-            floor.terminate()
-            gateway.wait(timeout=30)
-            floor.wait(timeout=30)
-            kafka.cleanup()
-            if redis is not None:
-                redis.cleanup()
 
     ratios = [g / f for g, f in zip(results["gateway"], results["floor"], strict=True)]
-    print(f"machine: {platform.platform()}, {os.cpu_count()} cpus, python {platform.python_version()}")
-    print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print(header())
     print(f"throughput, closed loop, {args.requests} requests x {args.rounds} rounds, concurrency {args.concurrency}:")
     for name, values in results.items():
-        spread = f"min {min(values):.0f} / max {max(values):.0f}"
-        print(f"  {name:8} median {statistics.median(values):7.0f} req/s  ({spread})  errors {errors[name]}")
+        print(f"  {name:8} {summary(values, 'req/s')}  errors {errors[name]}")
     per_round = ", ".join(f"{r:.2f}" for r in ratios)
     print(f"  gateway/floor ratio: median {statistics.median(ratios):.2f} (per round: {per_round})")
     print(f"latency, open loop at {args.rate:.0f} req/s for {args.seconds:.0f} s:")

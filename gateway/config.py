@@ -222,7 +222,13 @@ def config_from_dict(raw: dict[str, Any], environ: Mapping[str, str] | None = No
 
 
 def inline_secrets(raw: Mapping[str, Any], secret_keys: frozenset[str]) -> list[str]:
-    """Names the secret settings written inline in a channel table instead of as references."""
-    return sorted(
-        key for key in secret_keys if isinstance(raw.get(key), str) and not str(raw[key]).startswith(("env:", "file:"))
-    )
+    """Names the secret settings written inline in a channel table instead of as references;
+    a dotted key ("smtp.password") names a setting in a nested table."""
+    inline = []
+    for key in secret_keys:
+        value: Any = raw
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, Mapping) else None
+        if isinstance(value, str) and not value.startswith(("env:", "file:")):
+            inline.append(key)
+    return sorted(inline)

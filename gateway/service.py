@@ -47,6 +47,9 @@ async def run_roles(runtime: Runtime, roles: Roles, stop: asyncio.Event, ready: 
     site_runner: web.AppRunner | None = None
     consumers: list[Worker | Dispatcher] = []
     started_channels: list[Channel] = []
+    # Processors load their models (language detection...) before HTTP listens: a slow, GIL-holding
+    # start must not stall requests that were already accepted.
+    chain = build_chain(runtime.config, runtime.registry) if roles.worker else []
     connect = asyncio.create_task(_connect(runtime))
     try:
         if roles.serve:
@@ -61,7 +64,7 @@ async def run_roles(runtime: Runtime, roles: Roles, stop: asyncio.Event, ready: 
         if roles.worker or roles.dispatch:
             await connect  # consumers need topics to exist before subscribing
             if roles.worker:
-                consumers.append(Worker(runtime, build_chain(runtime.config, runtime.registry)))
+                consumers.append(Worker(runtime, chain))
             if roles.dispatch:
                 consumers.append(Dispatcher(runtime))
             for consumer in consumers:

@@ -11,7 +11,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-import aiohttp
 import msgspec
 
 from gateway.sdk import (
@@ -27,6 +26,7 @@ from gateway.sdk import (
     SendError,
     SendResult,
     WebhookRequest,
+    call_provider,
     encode,
     hmac_sha256_hex,
     hookimpl,
@@ -145,30 +145,15 @@ class ApiChannel(Channel):
         url = self.settings.callback_url
         if not url:
             raise SendError("no_callback_url", f"instance {self.name} has no callback_url", retryable=False)
-        http = self.services.http
-        assert http is not None, "the dispatcher provides an HTTP session"
         body = encode(message)
         headers = {
             "Content-Type": "application/json",
             SIGNATURE_HEADER: "sha256=" + hmac_sha256_hex(self.settings.secret, body),
         }
-        try:
-            async with http.post(url, data=body, headers=headers) as response:
-                payload: Any = None
-                if response.content_type == "application/json":
-                    payload = await response.json()
-                if response.status < 300:
-                    external = payload.get("id") if isinstance(payload, dict) else None
-                    return SendResult(external_id=str(external) if external is not None else None)
-                retry_after = response.headers.get("Retry-After")
-                raise SendError(
-                    f"http_{response.status}",
-                    f"callback answered {response.status}",
-                    retryable=response.status == 429 or response.status >= 500,
-                    retry_after_s=float(retry_after) if retry_after and retry_after.isdigit() else None,
-                )
-        except aiohttp.ClientError as exc:
-            raise SendError("connection", str(exc), retryable=True) from exc
+        response = await call_provider(self.services.http, "POST", url, provider="callback", data=body, headers=headers)
+        payload = response.json()
+        external = payload.get("id") if isinstance(payload, dict) else None
+        return SendResult(external_id=str(external) if external is not None else None)
 
 
 @hookimpl

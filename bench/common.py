@@ -1,0 +1,118 @@
+"""What every benchmark needs: embedded broker and Redis, gateway processes, percentiles, a header.
+
+Benchmarks run the gateway as real separate processes (``gateway serve``/``worker``) on loopback,
+so that they measure what a deployment runs, not an in-process shortcut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.embedded import EmbeddedKafka, EmbeddedRedis
+
+ROOT = Path(__file__).resolve().parent.parent
+GATEWAY = str(Path(sys.executable).with_name("gateway"))
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    bootstrap: str
+    redis_url: str
+
+
+@contextlib.contextmanager
+def services() -> Iterator[Services]:
+    """An embedded Tansu broker and a redis-server (or REDIS_URL), stopped on exit."""
+    kafka = EmbeddedKafka()
+    kafka.start()
+    redis: EmbeddedRedis | None = None
+    redis_url = os.environ.get("REDIS_URL")
+    try:
+        if not redis_url:
+            redis = EmbeddedRedis()
+            redis.start()
+            redis_url = redis.url
+        yield Services(kafka.address, redis_url)
+    finally:
+        kafka.cleanup()
+        if redis is not None:
+            redis.cleanup()
+
+
+@contextlib.contextmanager
+def processes(*commands: Sequence[str], env: dict[str, str] | None = None) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Start gateway processes (or any command) and terminate them on exit."""
+    environment = {**os.environ, **(env or {})}
+    environment.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+    environment.pop("REDIS_URL", None)
+    started = [subprocess.Popen(list(command), env=environment) for command in commands]  # noqa: S603
+    try:
+        yield started
+    finally:
+        for process in started:
+            process.terminate()
+        for process in started:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+async def wait_listening(port: int, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def base_config(bootstrap: str, redis_url: str, port: int, prefix: str) -> str:
+    """The TOML every benchmark's gateway starts from: its own topics and keys, quiet logs."""
+    return f"""
+[gateway]
+topic_prefix = "{prefix}"
+[kafka]
+bootstrap_servers = "{bootstrap}"
+partitions = 6
+fetch_max_wait_ms = 50  # Tansu answers a fetch only after the full wait (see DESIGN.md)
+[redis]
+url = "{redis_url}"
+key_prefix = "{prefix}"
+[http]
+port = {port}
+[logging]
+level = "warning"
+"""
+
+
+def percentile(sorted_samples: Sequence[float], fraction: float) -> float:
+    return sorted_samples[min(len(sorted_samples) - 1, int(len(sorted_samples) * fraction))]
+
+
+def summary(values: Sequence[float], unit: str, digits: int = 0) -> str:
+    """Median and spread (min-max) of several rounds."""
+    return (
+        f"median {statistics.median(values):.{digits}f} {unit} "
+        f"(min {min(values):.{digits}f} / max {max(values):.{digits}f}, {len(values)} rounds)"
+    )
+
+
+def header() -> str:
+    return (
+        f"machine: {platform.platform()}, {os.cpu_count()} cpus, python {platform.python_version()}\n"
+        f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    )

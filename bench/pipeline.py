@@ -1,0 +1,255 @@
+"""Pipeline throughput and end-to-end latency through `gateway worker` with the default processors.
+
+Usage: .venv/bin/python -m bench.pipeline [--messages 2000] [--rounds 3] [--rate 50] [--seconds 10]
+
+Runs `gateway serve` and two `gateway worker` processes on an embedded broker and Redis:
+- **full**: every built-in processor (language, sentiment, escalation, routing with rules,
+  auto-replies with FAQ and acknowledgements), as `gateway dev` runs them;
+- **bare**: the same worker with only `passthrough`, i.e. the cost of consume + produce + commit.
+Throughput: records produced straight onto each worker's inbound topic, timed from the first send
+to the last output seen on the processed topic (both workers are warm). Rounds alternate, so the
+full/bare ratio is measured under the same machine noise.
+Latency: webhooks posted to `gateway serve` at a fixed rate; from the 2xx to the record on
+`gateway.processed.v1` (matched by the worker's ``input-id`` header).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from bench.common import GATEWAY, base_config, header, percentile, processes, services, summary, wait_listening
+from gateway.embedded import free_port
+from gateway.model import Content, Message, Party, encode
+from gateway.signing import hmac_sha256_hex
+
+SECRET = "bench-secret-0123456789abcdef"  # noqa: S105 - a throwaway key for a loopback benchmark
+
+TEXTS = [
+    "Hello, my order #1234 has not arrived yet, can you check?",
+    "This is the third time my parcel is late. I want a refund now, terrible service!",
+    "Thanks a lot, the courier was fast and very friendly :)",
+    "我的快递三天了还没到，太慢了，我要投诉！",  # noqa: RUF001
+    "送餐很快，味道也不错，谢谢！",  # noqa: RUF001
+    "Hola, ¿cuándo llega mi pedido? Gracias",
+    "What are your opening hours?",
+    "Bonjour, je voudrais changer mon adresse de livraison.",
+]
+
+PROCESSORS = """
+[processors.escalation]
+threshold = 0.8
+
+[processors.routing]
+mode = "first"
+
+[[processors.routing.rules]]
+name = "complaints"
+when = { sentiment = "negative", sentiment_score_min = 0.5, keywords = ["refund", "late", "投诉", "太慢"] }
+then = { queue = "complaints", priority = "high", sla = "fast" }
+
+[[processors.routing.rules]]
+name = "chinese"
+when = { language = ["zh"] }
+then = { queue = "cn-team" }
+
+[processors.routing.sla.fast]
+first_response = "1h"
+
+[processors.routing.default]
+queue = "general"
+
+[processors.autoreply]
+order = ["faq", "acknowledgement"]
+cooldown_s = 600
+
+[[processors.autoreply.faq]]
+id = "hours"
+keywords = ["opening hours"]
+templates = { en = "We are open 9:00-18:00, Monday to Friday.", default = "9:00-18:00 Mon-Fri" }
+
+[processors.autoreply.acknowledgement]
+window_s = 86400
+templates = { en = "Thanks {name}, we got your message.", zh = "{name}您好, 我们已收到您的消息。", default = "Thanks!" }
+"""
+
+
+def write_config(path: Path, bootstrap: str, redis_url: str, port: int, prefix: str, processors: str) -> None:
+    chain = "" if processors == "full" else 'processors = ["passthrough"]'
+    path.write_text(
+        base_config(bootstrap, redis_url, port, prefix)
+        + f"""
+[worker]
+group_id = "{prefix}worker"
+{chain}
+[channels.api]
+type = "api"
+secret = "env:BENCH_SECRET"
+{PROCESSORS if processors == "full" else ""}
+"""
+    )
+
+
+def inbound(run: str, i: int) -> Message:
+    return Message(
+        direction="inbound",
+        channel="api",
+        instance="api",
+        external_id=f"{run}-{i}",
+        conversation_id=f"api:{run}-{i % 100}",
+        sender=Party(id=f"cust-{i % 100}", name="Ada"),
+        content=Content(text=TEXTS[i % len(TEXTS)]),
+    )
+
+
+class Outputs:
+    """Follows a processed topic and timestamps each input id the first time it appears."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.consumer = AIOKafkaConsumer(
+            topic, bootstrap_servers=bootstrap, auto_offset_reset="latest", fetch_max_wait_ms=10, group_id=None
+        )
+        self.seen: dict[str, float] = {}
+        self.changed = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.consumer.start()
+        await self.consumer.seek_to_end()
+        self.task = asyncio.create_task(self._follow())
+
+    async def _follow(self) -> None:
+        async for record in self.consumer:
+            ids = [v.decode() for k, v in record.headers if k == "input-id"]
+            if ids:
+                self.seen.setdefault(ids[0], time.perf_counter())
+                self.changed.set()
+
+    async def wait_for(self, ids: set[str], timeout_s: float = 300) -> float:
+        deadline = time.monotonic() + timeout_s
+        while not ids.issubset(self.seen.keys()):
+            self.changed.clear()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RuntimeError(f"{len(ids - self.seen.keys())} messages never reached the processed topic")
+            await asyncio.wait_for(self.changed.wait(), remaining)
+        return max(self.seen[i] for i in ids)
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        await self.consumer.stop()
+
+
+async def throughput(producer: AIOKafkaProducer, outputs: Outputs, topic: str, messages: int) -> float:
+    run = uuid.uuid4().hex[:8]
+    batch = [inbound(run, i) for i in range(messages)]
+    ids = {m.id for m in batch}
+    started = time.perf_counter()
+    for message in batch:
+        await producer.send(topic, encode(message), key=message.conversation_id.encode(), headers=[])
+    await producer.flush()
+    finished = await outputs.wait_for(ids)
+    return messages / (finished - started)
+
+
+async def latency(url: str, outputs: Outputs, rate: float, seconds: float) -> tuple[float, float]:
+    run = uuid.uuid4().hex[:8]
+    acked: dict[str, float] = {}
+    async with aiohttp.ClientSession() as session:
+
+        async def one(i: int) -> None:
+            body = json.dumps(
+                {
+                    "id": f"{run}-{i}",
+                    "conversation_id": f"lat-{run}-{i % 50}",
+                    "sender": {"id": f"cust-{i % 50}", "name": "Ada"},
+                    "text": TEXTS[i % len(TEXTS)],
+                },
+                ensure_ascii=False,
+            ).encode()
+            headers = {
+                "Content-Type": "application/json",
+                "X-Gateway-Signature": "sha256=" + hmac_sha256_hex(SECRET, body),
+            }
+            async with session.post(url, data=body, headers=headers) as response:
+                answer = await response.json()
+                acked[answer["messages"][0]["id"]] = time.perf_counter()
+
+        tasks = []
+        start = time.perf_counter()
+        for i in range(int(rate * seconds)):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*tasks)
+    await outputs.wait_for(set(acked))
+    samples = sorted((outputs.seen[i] - t) * 1000 for i, t in acked.items())
+    return percentile(samples, 0.5), percentile(samples, 0.99)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--messages", type=int, default=2000, help="messages per throughput round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rate", type=float, default=50.0, help="offered webhook rate for the latency run")
+    parser.add_argument("--seconds", type=float, default=10.0, help="duration of the latency run")
+    args = parser.parse_args()
+
+    with services() as svc, tempfile.TemporaryDirectory() as tmp:
+        setups = {}
+        commands = []
+        for variant in ("full", "bare"):
+            prefix = f"bench{uuid.uuid4().hex[:6]}."
+            port = free_port()
+            config = Path(tmp) / f"{variant}.toml"
+            write_config(config, svc.bootstrap, svc.redis_url, port, prefix, variant)
+            setups[variant] = (prefix, port)
+            commands.append([GATEWAY, "worker", "--config", str(config)])
+            if variant == "full":
+                commands.append([GATEWAY, "serve", "--config", str(config)])
+        with processes(*commands, env={"BENCH_SECRET": SECRET}):
+            await wait_listening(setups["full"][1])
+            producer = AIOKafkaProducer(bootstrap_servers=svc.bootstrap, linger_ms=5, acks="all")
+            await producer.start()
+            followers = {v: Outputs(svc.bootstrap, f"{p}processed.v1") for v, (p, _) in setups.items()}
+            try:
+                for follower in followers.values():
+                    await follower.start()
+                for variant, (prefix, _) in setups.items():  # warm up: group join, models, connections
+                    await throughput(producer, followers[variant], f"{prefix}inbound.v1", 200)
+                rates: dict[str, list[float]] = {"full": [], "bare": []}
+                for _ in range(args.rounds):
+                    for variant, (prefix, _) in setups.items():
+                        topic = f"{prefix}inbound.v1"
+                        rates[variant].append(await throughput(producer, followers[variant], topic, args.messages))
+                url = f"http://127.0.0.1:{setups['full'][1]}/webhooks/api"
+                p50, p99 = await latency(url, followers["full"], args.rate, args.seconds)
+            finally:
+                for follower in followers.values():
+                    await follower.stop()
+                await producer.stop()
+
+    ratios = [f / b for f, b in zip(rates["full"], rates["bare"], strict=True)]
+    print(header())
+    print(f"pipeline throughput, {args.messages} messages x {args.rounds} rounds:")
+    for variant, values in rates.items():
+        print(f"  {variant:5} {summary(values, 'msg/s')}")
+    per_round = ", ".join(f"{r:.2f}" for r in ratios)
+    print(f"  full/bare ratio: median {statistics.median(ratios):.2f} (per round: {per_round})")
+    print(f"end-to-end latency, webhook 2xx -> processed topic, {args.rate:.0f} msg/s for {args.seconds:.0f} s:")
+    print(f"  p50 {p50:.1f} ms  p99 {p99:.1f} ms")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
