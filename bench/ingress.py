@@ -1,6 +1,6 @@
 """Ingress throughput and latency: the gateway's webhook path against a bare "floor" on the same broker.
 
-Usage: .venv/bin/python -m bench.ingress [--requests 3000] [--concurrency 32] [--rate 300] [--rounds 3]
+Usage: .venv/bin/python -m bench.ingress [--requests 3000] [--concurrency 4,16,64] [--rate 300] [--rounds 3]
 
 Both servers run as separate processes on loopback, against one embedded Tansu broker and one
 redis-server (embedded unless REDIS_URL is set), with identical producer settings (acks=all,
@@ -195,7 +195,12 @@ async def latency(url: str, rate: float, seconds: float) -> tuple[float, float, 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--requests", type=int, default=3000)
-    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument(
+        "--concurrency",
+        type=lambda text: [int(level) for level in text.split(",")],
+        default=[4, 16, 64],
+        help="closed-loop sender counts, comma-separated, in increasing order (default 4,16,64)",
+    )
     parser.add_argument("--rate", type=float, default=300.0, help="offered rate for the latency run (req/s)")
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of the latency run")
     parser.add_argument("--rounds", type=int, default=3)
@@ -213,24 +218,34 @@ async def main() -> None:
                 "gateway": f"http://127.0.0.1:{gw_port}/webhooks/",
                 "floor": f"http://127.0.0.1:{floor_port}/webhooks/",
             }
-            for url in urls.values():  # warm up: connections, metadata, topic creation, JIT-free caches
-                await throughput(url, 300, args.concurrency)
-            results: dict[str, list[float]] = {"gateway": [], "floor": []}
+            for url in urls.values():  # warm up: connections, metadata, topic creation, caches
+                await throughput(url, 300, max(args.concurrency))
+            # results[level][name]: req/s per round; rounds alternate gateway and floor at each level
+            results: dict[int, dict[str, list[float]]] = {c: {"gateway": [], "floor": []} for c in args.concurrency}
             errors = {"gateway": 0, "floor": 0}
             for _ in range(args.rounds):
-                for name, url in urls.items():
-                    rps, errs = await throughput(url, args.requests, args.concurrency)
-                    results[name].append(rps)
-                    errors[name] += errs
+                for level in args.concurrency:
+                    for name, url in urls.items():
+                        rps, errs = await throughput(url, args.requests, level)
+                        results[level][name].append(rps)
+                        errors[name] += errs
             lat = {name: await latency(url, args.rate, args.seconds) for name, url in urls.items()}
 
-    ratios = [g / f for g, f in zip(results["gateway"], results["floor"], strict=True)]
     print(header())
-    print(f"throughput, closed loop, {args.requests} requests x {args.rounds} rounds, concurrency {args.concurrency}:")
-    for name, values in results.items():
-        print(f"  {name:8} {summary(values, 'req/s')}  errors {errors[name]}")
-    per_round = ", ".join(f"{r:.2f}" for r in ratios)
-    print(f"  gateway/floor ratio: median {statistics.median(ratios):.2f} (per round: {per_round})")
+    print(f"throughput, closed loop, {args.requests} requests x {args.rounds} rounds per concurrency level:")
+    best: dict[str, tuple[float, int]] = {}
+    for level, by_name in results.items():
+        ratios = [g / f for g, f in zip(by_name["gateway"], by_name["floor"], strict=True)]
+        print(f"  concurrency {level}:")
+        for name, values in by_name.items():
+            print(f"    {name:8} {summary(values, 'req/s')}")
+            if statistics.median(values) > best.get(name, (0.0, 0))[0]:
+                best[name] = (statistics.median(values), level)
+        per_round = ", ".join(f"{r:.2f}" for r in ratios)
+        print(f"    gateway/floor ratio: median {statistics.median(ratios):.2f} (per round: {per_round})")
+    print("  saturation (highest median): " + ", ".join(f"{n} {v:.0f} req/s at {c}" for n, (v, c) in best.items()))
+    print(f"  gateway/floor at saturation: {best['gateway'][0] / best['floor'][0]:.2f}")
+    print(f"  non-200 answers: gateway {errors['gateway']}, floor {errors['floor']}")
     print(f"latency, open loop at {args.rate:.0f} req/s for {args.seconds:.0f} s:")
     for name, (p50, p99, errs) in lat.items():
         print(f"  {name:8} p50 {p50:6.1f} ms  p99 {p99:6.1f} ms  errors {errs}")

@@ -18,7 +18,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from bench.sentiment.data import SEED, split
 from plugins.sentiment.linear import MODELS_DIR, LinearModel
 
 
-def metrics(truth: list[str], predicted: list[str]) -> tuple[float, float]:
+def metrics(truth: Sequence[str], predicted: Sequence[str]) -> tuple[float, float]:
     return float(accuracy_score(truth, predicted)), float(f1_score(truth, predicted, average="macro"))
 
 

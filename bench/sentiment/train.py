@@ -101,7 +101,7 @@ def train(data_dir: Path, language: str, out_dir: Path) -> dict[str, object]:
                 flush=True,
             )
     best_c, best_weight = max(scores, key=scores.__getitem__)
-    band, band_table = 0.0, []
+    band, band_table = 0.0, list[dict[str, float]]()
     if len(set(data.train_labels)) == 2:
         chosen = classifier(best_c, best_weight).fit(fit_m, fit_y)
         band, band_table = neutral_band(val_y, chosen.predict_proba(val_m), [str(c) for c in chosen.classes_])
