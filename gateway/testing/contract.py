@@ -23,12 +23,11 @@ from urllib.parse import parse_qsl, urlencode
 
 import pytest
 import pytest_asyncio
-from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 
-from gateway.channel import ParseResult, WebhookRequest
+from gateway.channel import ParseResult
 from gateway.model import decode_message, encode
-from gateway.plugins import load_plugins
-from gateway.testing.harness import ProviderRequest, RunningGateway, running_gateway
+from gateway.testing.builders import webhook_request
+from gateway.testing.harness import ProviderRequest, RunningGateway, load_test_plugins, running_gateway
 from gateway.testing.records import headers_of
 
 REJECTED = (401, 403)
@@ -55,7 +54,8 @@ class ChannelContract:
     instance: ClassVar[str] = "contract"
     """The instance name the contract configures (``/webhooks/contract``)."""
     plugins: ClassVar[Sequence[tuple[str, object]]] = ()
-    """Local (name, module) plugins to load. Leave empty when the plugin is installed (entry point)."""
+    """Local (name, module) plugins to load, so the suite runs without installing the package; a
+    module that is installed as well (its entry point names it) is loaded once."""
     signs_body: ClassVar[bool] = True
     """False for providers whose credential does not cover the body (a static token header)."""
 
@@ -124,18 +124,7 @@ class ChannelContract:
     def parse(self, gateway: RunningGateway, request: ProviderRequest) -> ParseResult:
         """What the adapter makes of a request, called directly (adapters' parse is pure)."""
         channel = gateway.runtime.channels[self.instance]
-        path = f"/webhooks/{self.instance}"
-        return channel.parse(
-            WebhookRequest(
-                method=request.method,
-                url=request.url,
-                path=path,
-                query=MultiDictProxy(MultiDict(request.query)),
-                headers=CIMultiDictProxy(CIMultiDict(request.headers)),
-                body=request.body,
-                remote="127.0.0.1",
-            )
-        )
+        return channel.parse(webhook_request(request, self.instance))
 
     async def assert_nothing_published(self, gateway: RunningGateway) -> None:
         assert await gateway.count(gateway.topics.inbound) == 0, "a rejected request must publish nothing"
@@ -170,7 +159,7 @@ class ChannelContract:
     # --- the contract ------------------------------------------------------------------------------------
 
     def test_channel_is_registered(self) -> None:
-        registry = load_plugins(fail_fast=True, extra=list(self.plugins))
+        registry = load_test_plugins(self.plugins)
         assert self.channel_type in registry.channels, f"no plugin registers channel type {self.channel_type!r}"
         assert self.valid_payloads(), "valid_payloads() must name at least one request"
 

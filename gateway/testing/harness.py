@@ -6,7 +6,9 @@ tests sharing one broker and one Redis never see each other's data.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import importlib.metadata
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -22,10 +24,25 @@ from gateway.bus.topics import Topics
 from gateway.config import Config, config_from_dict
 from gateway.ingress.app import create_app
 from gateway.model import DeliveryEvent, DlqRecord, Message
-from gateway.plugins import PluginRegistry, load_plugins
+from gateway.pipeline.chain import build_chain
+from gateway.pipeline.worker import Worker
+from gateway.plugins import ENTRY_POINT_GROUP, PluginRegistry, load_plugins
+from gateway.processor import Processor
 from gateway.runtime import Runtime
 from gateway.signing import hmac_sha256_hex
 from gateway.testing.records import dlq_of, events_of, messages_of, read_records, topic_size
+
+
+def load_test_plugins(plugins: Iterable[tuple[str, object]] = ()) -> PluginRegistry:
+    """The installed plugins plus local ``(name, module)`` ones, loaded fail-fast.
+
+    A local module that is also installed (its package was pip-installed, so its entry point names
+    the very same module) is loaded once, through the entry point: the same test runs before and
+    after ``pip install -e .``.
+    """
+    installed = {ep.value.strip() for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    local = [(name, module) for name, module in plugins if getattr(module, "__name__", None) not in installed]
+    return load_plugins(fail_fast=True, extra=local)
 
 
 def make_config(
@@ -151,6 +168,31 @@ class RunningGateway:
     async def dlq(self, count: int) -> list[DlqRecord]:
         return dlq_of(await self.records(self.topics.dlq, count))
 
+    @asynccontextmanager
+    async def worker(self, timeout_s: float = 60.0) -> AsyncIterator[list[Processor]]:
+        """Run ``gateway worker``'s processor chain on this gateway's inbound topic while in the block.
+
+        The chain is built from the config as ``gateway worker`` builds it (``worker.processors``,
+        ``[processors.<name>]`` tables, ``after``/``before`` order) and yielded once the worker
+        joined its consumer group; read its output with ``processed()`` (and ``records()`` for the
+        outbound topic). Without ``worker.processors`` every installed processor runs.
+        """
+        chain = build_chain(self.runtime.config, self.runtime.registry)
+        worker = Worker(self.runtime, chain)
+        task = asyncio.create_task(worker.run())
+        started = asyncio.create_task(worker.runner.started.wait())
+        try:
+            done, _ = await asyncio.wait([task, started], timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+            if task in done:
+                task.result()  # the worker failed at start: raise its error
+            if started not in done:
+                raise AssertionError(f"the worker did not join its consumer group within {timeout_s:g}s")
+            yield chain
+        finally:
+            started.cancel()
+            worker.stop()
+            await asyncio.wait_for(task, timeout_s)
+
 
 @asynccontextmanager
 async def running_gateway(
@@ -164,10 +206,10 @@ async def running_gateway(
 ) -> AsyncIterator[RunningGateway]:
     """Start the gateway app with ``channels`` configured and ``plugins`` loaded next to the installed ones.
 
-    Plugins are loaded fail-fast, so a broken plugin fails the test with its error.
+    Plugins are loaded fail-fast (see ``load_test_plugins``), so a broken plugin fails the test with its error.
     """
     if registry is None:
-        registry = load_plugins(fail_fast=True, extra=list(plugins))
+        registry = load_test_plugins(plugins)
     config = make_config(kafka_bootstrap, redis_url, channels=channels, **sections)
     runtime = Runtime.create(config, registry)
     await runtime.publisher.start()

@@ -2,9 +2,13 @@
 
 Fixtures: ``kafka_bootstrap`` (``KAFKA_BOOTSTRAP_SERVERS`` or an embedded Tansu broker, once per
 session), ``redis_url`` (``REDIS_URL``, else 127.0.0.1:6379 database 15, else an embedded
-redis-server), ``gateway_plugins`` and ``gateway_channels`` (override them in your conftest:
-local plugins to load, channel instances to configure), ``gateway_registry`` and ``gateway_app``
-(a running gateway, see gateway.testing.RunningGateway). Disable with ``-p no:gateway``.
+redis-server), ``gateway_plugins``, ``gateway_channels`` and ``gateway_config`` (override them in
+your conftest or test module: local plugins to load, channel instances to configure, other config
+sections such as ``worker`` and ``processors``), ``gateway_registry`` and ``gateway_app`` (a running
+gateway, see gateway.testing.RunningGateway; ``gateway_app.worker()`` runs the processor chain),
+``gateway_store`` (a Redis store under a key prefix of its own) and ``processor_context`` (a
+gateway.testing.RecordingContext on it, for calling ``Processor.process`` directly).
+Disable with ``-p no:gateway``.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ import pytest_asyncio
 import redis as redis_sync
 
 from gateway.embedded import EmbeddedKafka, EmbeddedRedis, EmbeddedUnavailable
-from gateway.plugins import PluginRegistry, load_plugins
-from gateway.testing.harness import RunningGateway, running_gateway
+from gateway.plugins import PluginRegistry
+from gateway.store.redis import RedisStore
+from gateway.testing.builders import RecordingContext, isolated_store, recording_context
+from gateway.testing.harness import RunningGateway, load_test_plugins, running_gateway
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/15"
 
@@ -90,9 +96,17 @@ def gateway_channels() -> dict[str, dict[str, Any]]:
 
 
 @pytest.fixture
+def gateway_config() -> dict[str, dict[str, Any]]:
+    """Other config sections of ``gateway_app``, as in gateway.toml. Override, e.g.
+    ``{"worker": {"processors": ["vip"]}, "processors": {"vip": {"customers": ["cust-1"]}}}``."""
+    return {}
+
+
+@pytest.fixture
 def gateway_registry(gateway_plugins: list[tuple[str, object]]) -> PluginRegistry:
-    """Installed plugins plus ``gateway_plugins``, loaded fail-fast (a broken plugin fails the test)."""
-    return load_plugins(fail_fast=True, extra=gateway_plugins)
+    """Installed plugins plus ``gateway_plugins``, loaded fail-fast (a broken plugin fails the test);
+    a local module that is installed as well is loaded once."""
+    return load_test_plugins(gateway_plugins)
 
 
 @pytest_asyncio.fixture
@@ -101,9 +115,31 @@ async def gateway_app(
     redis_url: str,
     gateway_registry: PluginRegistry,
     gateway_channels: dict[str, dict[str, Any]],
+    gateway_config: dict[str, dict[str, Any]],
 ) -> AsyncIterator[RunningGateway]:
     """The gateway app on a loopback port with ``gateway_channels``, isolated topics and Redis keys."""
+    if "channels" in gateway_config:
+        raise ValueError("configure channel instances with the gateway_channels fixture, not gateway_config")
+    sections: dict[str, Any] = dict(gateway_config)
     async with running_gateway(
-        kafka_bootstrap, redis_url, channels=gateway_channels, registry=gateway_registry
+        kafka_bootstrap, redis_url, channels=gateway_channels, registry=gateway_registry, **sections
     ) as gateway:
         yield gateway
+
+
+@pytest_asyncio.fixture
+async def gateway_store(redis_url: str) -> AsyncIterator[RedisStore]:
+    """The Redis store processors get as ``ctx.store`` (and adapters as ``services.store``), on the
+    test Redis under a key prefix of its own, so tests never see each other's keys."""
+    store = isolated_store(redis_url)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+def processor_context(gateway_store: RedisStore) -> RecordingContext:
+    """A ProcessorContext on ``gateway_store`` that records emitted replies (``.emitted``) and
+    delivery events (``.events``): ``await processor.process(message, processor_context)``."""
+    return recording_context(gateway_store)

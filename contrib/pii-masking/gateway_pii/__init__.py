@@ -1,3 +1,1 @@
 """PII masking for the message gateway: detectors and the ``pii_masking`` processor."""
-
-GATEWAY_API = "1.0"

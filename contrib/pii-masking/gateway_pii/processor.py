@@ -20,6 +20,8 @@ Kind = Literal["email", "phone", "card", "cn_id"]
 ALL_KINDS: list[Kind] = ["email", "phone", "card", "cn_id"]
 ORIGINAL_FIELD = "pii-original:"
 
+GATEWAY_API = "1.0"  # the plugin API this plugin was written against (checked when it loads)
+
 
 class PiiSettings(ProcessorSettings, kw_only=True, forbid_unknown_fields=True):
     kinds: list[Kind] = msgspec.field(default_factory=lambda: list(ALL_KINDS))

@@ -21,8 +21,8 @@ from gateway_viber.channel import ViberChannel, ViberSettings
 from gateway.sdk import ChannelServices, WebhookRequest
 
 FIXTURES = Path(__file__).parent / "fixtures"
-AUTH_TOKEN = "445da6az1s345z78-dazcczb2542zv51a-e0vc5fva17480im9"  # noqa: S105 - a test bot's token
-WRONG_TOKEN = "445da6az1s345z78-dazcczb2542zv51a-revokedrevoked00"  # noqa: S105
+AUTH_TOKEN = "445da6az1s345z78-dazcczb2542zv51a-e0vc5fva17480im9"
+WRONG_TOKEN = "445da6az1s345z78-dazcczb2542zv51a-revokedrevoked00"
 SENDER_NAME = "Acme Support"
 ADA = "01234567890A="
 LI = "pttm25kSGUo1919sBORWyA=="
