@@ -84,7 +84,9 @@ templates = { en = "Thanks {name}, we got your message.", zh = "{name}您好, �
 
 
 def write_config(path: Path, bootstrap: str, redis_url: str, port: int, prefix: str, processors: str) -> None:
-    chain = "" if processors == "full" else 'processors = ["passthrough"]'
+    # The built-in default chain named explicitly, so installed contrib processors do not join it.
+    full = '["language", "sentiment", "escalation", "routing", "autoreply", "passthrough"]'
+    chain = f"processors = {full}" if processors == "full" else 'processors = ["passthrough"]'
     path.write_text(
         base_config(bootstrap, redis_url, port, prefix)
         + f"""

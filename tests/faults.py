@@ -1,5 +1,5 @@
-"""Helpers shared by the fault tests: provider deliveries for two channel types and a provider that
-posts them, remembers every answer and retries byte for byte."""
+"""Helpers shared by the fault tests: provider deliveries for two channel types, a provider that
+posts them, remembers every answer and retries byte for byte, and configs for worker subprocesses."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.config import Config
 from tests.conftest import API_SECRET, api_body, sign
 
 TG_SECRET = "tg-secret_0123456789abcdefABCDEF"
@@ -104,3 +105,26 @@ class Provider:
 
 def statuses(deliveries: list[Posted], channel: str) -> Counter[int]:
     return Counter(d.status for d in deliveries if d.channel == channel)
+
+
+def worker_config_toml(config: Config, *, kafka: str = "", redis: str = "", rest: str = "") -> str:
+    """A gateway.toml for a ``gateway worker`` subprocess that shares ``config``'s broker, topics, Redis
+    keys and consumer group; ``kafka``/``redis`` add lines to those sections, ``rest`` appends sections."""
+    section = config.kafka
+    return f"""
+[gateway]
+topic_prefix = "{config.gateway.topic_prefix}"
+[kafka]
+bootstrap_servers = "{section.bootstrap_servers}"
+partitions = {section.partitions}
+session_timeout_ms = {section.session_timeout_ms}
+heartbeat_interval_ms = {section.heartbeat_interval_ms}
+fetch_max_wait_ms = {section.fetch_max_wait_ms}
+{kafka}
+[redis]
+url = "{config.redis.url}"
+key_prefix = "{config.redis.key_prefix}"
+{redis}
+[worker]
+group_id = "{config.worker.group_id}"
+{rest}"""

@@ -41,39 +41,31 @@ from gateway.model import Message, decode_message
 from gateway.plugins import PluginRegistry
 from gateway.runtime import Runtime
 from tests.conftest import headers_of, make_config, read_records, topic_size
-from tests.faults import BUILDERS, CHANNELS, CONCURRENCY, MAX_ROUNDS, Posted, Provider, statuses
+from tests.faults import (
+    BUILDERS,
+    CHANNELS,
+    CONCURRENCY,
+    MAX_ROUNDS,
+    Posted,
+    Provider,
+    statuses,
+    worker_config_toml,
+)
 
 GATEWAY = str(Path(sys.executable).with_name("gateway"))
 STORE_DOWN = {"skipped": "store_unavailable"}  # the auto-reply label while Redis is unreachable
 
 
 def write_worker_config(path: Path, config: Config) -> None:
-    kafka = config.kafka
-    path.write_text(
-        f"""
-[gateway]
-topic_prefix = "{config.gateway.topic_prefix}"
-[kafka]
-bootstrap_servers = "{kafka.bootstrap_servers}"
-partitions = {kafka.partitions}
-session_timeout_ms = {kafka.session_timeout_ms}
-heartbeat_interval_ms = {kafka.heartbeat_interval_ms}
-fetch_max_wait_ms = {kafka.fetch_max_wait_ms}
-[redis]
-url = "{config.redis.url}"
-key_prefix = "{config.redis.key_prefix}"
-socket_timeout_s = 0.5
-[worker]
-group_id = "{config.worker.group_id}"
-processors = ["routing", "autoreply", "passthrough"]
+    rest = """processors = ["routing", "autoreply", "passthrough"]
 retry_backoff_ms = 10
 [processors.autoreply]
 cooldown_s = 0
 max_per_conversation_per_day = 0
 [processors.autoreply.acknowledgement]
-templates = {{ default = "Thanks {{name}}, we got your message." }}
+templates = { default = "Thanks {name}, we got your message." }
 """
-    )
+    path.write_text(worker_config_toml(config, redis="socket_timeout_s = 0.5", rest=rest))
 
 
 @dataclass

@@ -14,32 +14,14 @@ from gateway.config import Config
 from gateway.model import Content, Message, Party, decode_message, encode
 from gateway.tracing import child_traceparent
 from tests.conftest import headers_of, read_records
+from tests.faults import worker_config_toml
 
 GATEWAY = str(Path(sys.executable).with_name("gateway"))
 COUNT = 600
 
 
 def write_config(path: Path, config: Config) -> None:
-    kafka = config.kafka
-    path.write_text(
-        f"""
-[gateway]
-topic_prefix = "{config.gateway.topic_prefix}"
-[kafka]
-bootstrap_servers = "{kafka.bootstrap_servers}"
-partitions = {kafka.partitions}
-session_timeout_ms = {kafka.session_timeout_ms}
-heartbeat_interval_ms = {kafka.heartbeat_interval_ms}
-fetch_max_wait_ms = {kafka.fetch_max_wait_ms}
-max_poll_records = 20
-[redis]
-url = "{config.redis.url}"
-key_prefix = "{config.redis.key_prefix}"
-[worker]
-group_id = "{config.worker.group_id}"
-processors = ["passthrough"]
-"""
-    )
+    path.write_text(worker_config_toml(config, kafka="max_poll_records = 20", rest='processors = ["passthrough"]\n'))
 
 
 def batch(topic: str, start: int, count: int) -> tuple[list[OutgoingRecord], set[str]]:
