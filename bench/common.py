@@ -80,8 +80,9 @@ async def wait_listening(port: int, timeout_s: float = 30) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
-def base_config(bootstrap: str, redis_url: str, port: int, prefix: str) -> str:
-    """The TOML every benchmark's gateway starts from: its own topics and keys, quiet logs."""
+def base_config(bootstrap: str, redis_url: str, port: int, prefix: str, kafka: str = "") -> str:
+    """The TOML every benchmark's gateway starts from: its own topics and keys, quiet logs; ``kafka``
+    adds lines to the ``[kafka]`` table."""
     return f"""
 [gateway]
 topic_prefix = "{prefix}"
@@ -89,6 +90,7 @@ topic_prefix = "{prefix}"
 bootstrap_servers = "{bootstrap}"
 partitions = 6
 fetch_max_wait_ms = 50  # Tansu answers a fetch only after the full wait (see DESIGN.md)
+{kafka}
 [redis]
 url = "{redis_url}"
 key_prefix = "{prefix}"

@@ -35,6 +35,7 @@ from bench.common import (
     summary,
     wait_listening,
 )
+from gateway.config import KafkaSection
 from gateway.embedded import free_port
 from gateway.signing import hmac_sha256_hex
 
@@ -50,7 +51,7 @@ from gateway.bus.init_producer_id import negotiate_init_producer_id
 async def main():
     negotiate_init_producer_id()
     producer = AIOKafkaProducer(bootstrap_servers={bootstrap!r}, acks="all", enable_idempotence=True,
-                                linger_ms=5, max_batch_size=262144, compression_type="gzip")
+                                linger_ms=5, max_batch_size=262144, compression_type={compression!r})
     await producer.start()
     async def handle(request):
         body = await request.read()
@@ -67,9 +68,10 @@ asyncio.run(main())
 """
 
 
-def gateway_config(path: Path, bootstrap: str, redis_url: str, port: int) -> None:
+def gateway_config(path: Path, bootstrap: str, redis_url: str, port: int, compression: str) -> None:
+    prefix = f"bench{uuid.uuid4().hex[:6]}."
     path.write_text(
-        base_config(bootstrap, redis_url, port, f"bench{uuid.uuid4().hex[:6]}.")
+        base_config(bootstrap, redis_url, port, prefix, kafka=f'compression_type = "{compression}"')
         + """
 [channels.api]
 type = "api"
@@ -204,13 +206,21 @@ async def main() -> None:
     parser.add_argument("--rate", type=float, default=300.0, help="offered rate for the latency run (req/s)")
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of the latency run")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--compression",
+        choices=["gzip", "lz4", "zstd", "snappy"],
+        default=KafkaSection().compression_type,
+        help="producer compression of both servers (default: the gateway's default)",
+    )
     args = parser.parse_args()
 
     with services() as svc, tempfile.TemporaryDirectory() as tmp:
         gw_port, floor_port = free_port(), free_port()
         config = Path(tmp) / "gateway.toml"
-        gateway_config(config, svc.bootstrap, svc.redis_url, gw_port)
-        floor_code = FLOOR_APP.format(root=str(ROOT), bootstrap=svc.bootstrap, port=floor_port)
+        gateway_config(config, svc.bootstrap, svc.redis_url, gw_port, args.compression)
+        floor_code = FLOOR_APP.format(
+            root=str(ROOT), bootstrap=svc.bootstrap, port=floor_port, compression=args.compression
+        )
         gateway = [GATEWAY, "serve", "--config", str(config)]
         with processes(gateway, [sys.executable, "-c", floor_code], env={"BENCH_SECRET": SECRET}):
             await asyncio.gather(wait_listening(gw_port), wait_listening(floor_port))
@@ -232,7 +242,7 @@ async def main() -> None:
             lat = {name: await latency(url, args.rate, args.seconds) for name, url in urls.items()}
 
     print(header())
-    print(f"throughput, closed loop, {args.requests} requests x {args.rounds} rounds per concurrency level:")
+    print(f"compression {args.compression}; throughput, closed loop, {args.requests} requests x {args.rounds} rounds:")
     best: dict[str, tuple[float, int]] = {}
     for level, by_name in results.items():
         ratios = [g / f for g, f in zip(by_name["gateway"], by_name["floor"], strict=True)]

@@ -65,6 +65,10 @@ class RedisSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # possible, nothing lost), "reject" answers 503 so the sender retries later.
     on_failure: Literal["accept", "reject"] = "accept"
     socket_timeout_s: PositiveFloat = 1.0
+    # Connections per process. When all are busy a command waits up to pool_timeout_s for one
+    # (then it fails like an unreachable Redis) instead of failing at once under a burst.
+    max_connections: Positive = 100
+    pool_timeout_s: PositiveFloat = 2.0
 
 
 class HttpSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -131,3 +131,14 @@ async def test_claim_recovers_when_redis_lost_the_script(store: RedisStore) -> N
     claim = await store.claim_delivery("api", "noscript", "id-1")
     assert claim.status == "new" and claim.message_id == "id-1"
     assert (await store.claim_delivery("api", "noscript", "id-2")).status == "in_flight"
+
+
+async def test_a_burst_beyond_the_pool_waits_for_connections_instead_of_failing(redis_url: str) -> None:
+    store = RedisStore(RedisSection(url=redis_url, key_prefix=f"gwtest:{uuid.uuid4().hex[:8]}:", max_connections=2))
+    try:
+        # Uncoalesced commands, each holding a connection: 60 at once against a pool of 2.
+        await asyncio.gather(*(store.set_state(f"c-{i}", "n", i, ttl_s=60) for i in range(60)))
+        assert await asyncio.gather(*(store.get_state(f"c-{i}", "n") for i in range(60))) == list(range(60))
+        assert len(store.client.connection_pool._in_use_connections) == 0
+    finally:
+        await store.close()

@@ -154,16 +154,21 @@ class RedisStore:
     def __init__(self, settings: RedisSection, client: aioredis.Redis | None = None) -> None:
         self.settings = settings
         self.prefix = settings.key_prefix
-        self.client: aioredis.Redis = client or aioredis.Redis.from_url(
-            settings.url,
-            socket_timeout=settings.socket_timeout_s,
-            socket_connect_timeout=settings.socket_timeout_s,
-            health_check_interval=30,
-            # One immediate retry (on a fresh connection) for connection errors and timeouts: after
-            # a Redis restart every idle pooled connection is dead, and without it the first command
-            # on each would fail although Redis is back (a delivery published without dedup, an
-            # auto-reply skipped). In a real outage the retry fails too; StoreUnavailable as before.
-            retry=Retry(NoBackoff(), 1),
+        self.client: aioredis.Redis = client or aioredis.Redis.from_pool(
+            aioredis.BlockingConnectionPool.from_url(
+                settings.url,
+                max_connections=settings.max_connections,
+                timeout=settings.pool_timeout_s,
+                socket_timeout=settings.socket_timeout_s,
+                socket_connect_timeout=settings.socket_timeout_s,
+                health_check_interval=30,
+                # One immediate retry (on a fresh connection) for connection errors and timeouts:
+                # after a Redis restart every idle pooled connection is dead, and without it the
+                # first command on each would fail although Redis is back (a delivery published
+                # without dedup, an auto-reply skipped). In a real outage the retry fails too;
+                # StoreUnavailable as before.
+                retry=Retry(NoBackoff(), 1),
+            )
         )
         self._claim = self.client.register_script(_CLAIM)
         self._release = self.client.register_script(_RELEASE)
