@@ -43,6 +43,7 @@ SECRET = "bench-secret-0123456789abcdef"  # noqa: S105 - a throwaway key for a l
 
 FLOOR_APP = """
 import asyncio, os, sys
+import uvloop
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 sys.path.insert(0, {root!r})
@@ -64,7 +65,7 @@ async def main():
     await web.TCPSite(runner, "127.0.0.1", {port}).start()
     await asyncio.Event().wait()
 
-asyncio.run(main())
+uvloop.run(main())  # the gateway's default event loop: the floor gets the same
 """
 
 

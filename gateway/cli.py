@@ -9,6 +9,7 @@ import os
 import secrets
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,13 +72,24 @@ async def _run_until_signal(runtime: Runtime, roles: Roles, on_ready: Any = None
     await main
 
 
+def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The loop factory for ``[gateway] event_loop``; None is the standard asyncio loop."""
+    if choice == "uvloop":
+        with contextlib.suppress(ImportError):  # not installed on Windows: the standard loop
+            import uvloop
+
+            return uvloop.new_event_loop
+    return None
+
+
 def _run(config: Config, roles: Roles, on_ready: Any = None) -> None:
     config, registry = _prepare(config)
     try:
         runtime = Runtime.create(config, registry)
     except ConfigError as exc:
         _fail(f"invalid configuration: {exc}")
-    asyncio.run(_run_until_signal(runtime, roles, on_ready))
+    with asyncio.Runner(loop_factory=event_loop_factory(config.gateway.event_loop)) as runner:
+        runner.run(_run_until_signal(runtime, roles, on_ready))
 
 
 @click.group()

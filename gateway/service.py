@@ -57,7 +57,13 @@ async def run_roles(runtime: Runtime, roles: Roles, stop: asyncio.Event, ready: 
             site_runner = web.AppRunner(create_app(runtime), access_log=None, shutdown_timeout=10)
             await site_runner.setup()
             await web.TCPSite(site_runner, http.host, http.port).start()
-            log.info("http_listening", host=http.host, port=http.port, instances=sorted(runtime.channels))
+            log.info(
+                "http_listening",
+                host=http.host,
+                port=http.port,
+                instances=sorted(runtime.channels),
+                event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
+            )
             for channel in runtime.channels.values():  # transports of their own (SMTP listener...)
                 await channel.start()
                 started_channels.append(channel)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.cli import event_loop_factory
 from gateway.embedded import free_port
 
 GATEWAY = str(Path(sys.executable).with_name("gateway"))
@@ -111,6 +112,14 @@ def test_dev_runs_everything_and_the_banner_example_works(tmp_path: Path) -> Non
     assert code == 0, Path(log.name).read_text()
     output = Path(log.name).read_text()
     assert "stopped" in output
+    assert "event_loop=uvloop" in output  # the default loop, everything above ran on it
     # The embedded broker is gone with it: nothing listens on its port any more.
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", int(bootstrap.group(1).split(":")[1])), timeout=5).close()
+
+
+def test_event_loop_choice() -> None:
+    import uvloop
+
+    assert event_loop_factory("uvloop") is uvloop.new_event_loop
+    assert event_loop_factory("asyncio") is None  # asyncio.Runner's default: the standard loop
