@@ -3,8 +3,12 @@ processor chain on a running gateway, and local plugins that are installed as we
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import types
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -151,3 +155,39 @@ async def test_a_chain_that_cannot_be_built_fails_the_worker_at_once(kafka_boots
         with pytest.raises(ConfigError, match="unknown processor 'nope'"):
             async with gateway.worker():
                 pass
+
+
+def _pytest_fixtures(directory: Path, *, without_pytest_asyncio: bool) -> subprocess.CompletedProcess[str]:
+    """``pytest --fixtures`` over a plain test module in a fresh interpreter; optionally as if
+    pytest-asyncio (and the plugins needing it) were not installed."""
+    (directory / "test_plain.py").write_text("def test_plain():\n    assert sum([1, 2]) == 3\n")
+    env = dict(os.environ)
+    blocked: list[str] = []
+    if without_pytest_asyncio:
+        # Shadows the installed package: importing it fails as if it were not there.
+        shadow = directory / "shadow" / "pytest_asyncio"
+        shadow.mkdir(parents=True)
+        (shadow / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'pytest_asyncio'\")\n")
+        env["PYTHONPATH"] = str(shadow.parent)
+        blocked = ["-p", "no:asyncio", "-p", "no:aiohttp"]  # their own plugins need it
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", *blocked, "-p", "no:cacheprovider", "--fixtures", "test_plain.py"],
+        cwd=directory,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_pytest_plugin_adds_fixtures_only_where_its_test_dependencies_are(tmp_path: Path) -> None:
+    """pytest loads every installed pytest11 plugin: without the ``testing`` extra ours must stay out
+    of the way of other projects' test runs instead of failing to import."""
+    (tmp_path / "with").mkdir()
+    (tmp_path / "without").mkdir()
+    installed = _pytest_fixtures(tmp_path / "with", without_pytest_asyncio=False)
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    assert "gateway_app" in installed.stdout and "kafka_bootstrap" in installed.stdout
+    missing = _pytest_fixtures(tmp_path / "without", without_pytest_asyncio=True)
+    assert missing.returncode == 0, missing.stdout + missing.stderr
+    assert "gateway_app" not in missing.stdout

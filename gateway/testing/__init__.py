@@ -1,6 +1,6 @@
 """Test support for the gateway and its plugins, shipped with the package.
 
-Installed with the gateway, the pytest plugin ``gateway.testing.plugin`` (entry point ``pytest11``)
+Installed with the gateway, the pytest plugin ``gateway.pytest_plugin`` (entry point ``pytest11``)
 provides the fixtures; this module holds what tests import: the harness, request builders and
 signers, topic readers, unit-test builders (adapters, processors, messages, a recording processor
 context), and ``ChannelContract``, the contract suite a channel adapter inherits.

@@ -1,4 +1,4 @@
-"""The pytest plugin (``pytest11`` entry point ``gateway``): fixtures for gateway and plugin tests.
+"""The fixtures of gateway.testing, registered by ``gateway.pytest_plugin`` (``pytest11``).
 
 Fixtures: ``kafka_bootstrap`` (``KAFKA_BOOTSTRAP_SERVERS`` or an embedded Tansu broker, once per
 session), ``redis_url`` (``REDIS_URL``, else 127.0.0.1:6379 database 15, else an embedded
@@ -28,6 +28,18 @@ from gateway.testing.builders import RecordingContext, isolated_store, recording
 from gateway.testing.harness import RunningGateway, load_test_plugins, running_gateway
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/15"
+
+__all__ = [
+    "gateway_app",
+    "gateway_channels",
+    "gateway_config",
+    "gateway_plugins",
+    "gateway_registry",
+    "gateway_store",
+    "kafka_bootstrap",
+    "processor_context",
+    "redis_url",
+]
 
 
 def _reachable(url: str) -> str | None:
