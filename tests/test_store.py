@@ -127,10 +127,15 @@ async def test_concurrent_claims_and_confirms_share_one_pipeline_and_keep_their_
 async def test_claim_recovers_when_redis_lost_the_script(store: RedisStore) -> None:
     """After a Redis restart the script cache is empty: EVALSHA answers NOSCRIPT and the claim
     falls back to loading the script, instead of failing the webhook."""
-    store._claim.sha = "0" * 40  # a script Redis has never seen, without flushing the shared server
-    claim = await store.claim_delivery("api", "noscript", "id-1")
-    assert claim.status == "new" and claim.message_id == "id-1"
-    assert (await store.claim_delivery("api", "noscript", "id-2")).status == "in_flight"
+    # Scripts Redis has never seen, without flushing the shared server.
+    store._dedup.claim_script.sha = store._dedup.confirm_script.sha = "0" * 40
+    claims = await asyncio.gather(*(store.claim_delivery("api", f"noscript-{i}", f"id-{i}") for i in range(3)))
+    assert [(c.status, c.message_id) for c in claims] == [("new", f"id-{i}") for i in range(3)]
+    assert (await store.claim_delivery("api", "noscript-0", "again")).status == "in_flight"
+    store._dedup.confirm_script.sha = "0" * 40
+    await asyncio.gather(*(store.confirm_delivery("api", f"noscript-{i}", f"id-{i}") for i in range(3)))
+    again = await store.claim_delivery("api", "noscript-2", "late")
+    assert (again.status, again.message_id) == ("duplicate", "id-2")
 
 
 async def test_a_burst_beyond_the_pool_waits_for_connections_instead_of_failing(redis_url: str) -> None:

@@ -102,6 +102,27 @@ async def discard(producer: AIOKafkaProducer) -> None:
     await producer.stop()  # nothing left to flush: only closes the connections
 
 
+async def _hand_over(producer: AIOKafkaProducer, records: Sequence[OutgoingRecord]) -> list[asyncio.Future[Any]]:
+    """Give records to the client in order; returns the futures of their broker acknowledgements."""
+    return [await producer.send(r.topic, r.value, key=r.key, headers=r.headers) for r in records]
+
+
+async def _acknowledged(futures: list[asyncio.Future[Any]]) -> None:
+    """Wait for every acknowledgement; raises the first failure (no gather: one record is usual)."""
+    try:
+        for future in futures:
+            await future
+    except BaseException:
+        for future in futures:  # the others' failures are part of this one: do not report them again
+            future.add_done_callback(_retrieve)
+        raise
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class PendingAck:
     """The broker's acknowledgement of records handed to the client by ``Publisher.enqueue``."""
 
@@ -119,7 +140,7 @@ class PendingAck:
             return
         try:
             async with asyncio.timeout(self._timeout_s):
-                await asyncio.gather(*self._futures)
+                await _acknowledged(self._futures)
         except TimeoutError as exc:
             # Still queued in the client, which would deliver them once the broker is back
             # (an idempotent producer never expires batches): drop the producer with them.
@@ -189,25 +210,42 @@ class Publisher:
                 self._producer = None
 
     async def send_many(self, records: Sequence[OutgoingRecord]) -> None:
-        """Send all records (batched by the client) and wait until the broker acknowledged each."""
-        await (await self.enqueue(records)).wait()
+        """Send all records (batched by the client) and wait until the broker acknowledged each.
+
+        ``enqueue(records)`` then ``wait()``, under one deadline: on every webhook's path.
+        """
+        producer = self._connected_producer()
+        try:
+            async with asyncio.timeout(self._timeout_s()):
+                await _acknowledged(await _hand_over(producer, records))
+        except TimeoutError as exc:  # whatever was handed over may still be queued in the client
+            raise self._unavailable(producer, exc, queued=True) from exc
+        except KafkaError as exc:
+            raise self._unavailable(producer, exc) from exc
 
     async def enqueue(self, records: Sequence[OutgoingRecord]) -> PendingAck:
         """Hand records to the client in order without waiting for the broker; ``wait()`` on the
         result before treating them as stored. Lets a consumer pipeline several inputs' outputs
         (the client keeps per-partition order) instead of paying a broker round trip per input."""
-        producer = self._producer
-        if producer is None:
-            raise BrokerUnavailable("not connected to the broker")
-        timeout_s = self._kafka.publish_timeout_ms / 1000 + 1
+        producer = self._connected_producer()
+        timeout_s = self._timeout_s()
         try:
             async with asyncio.timeout(timeout_s):
-                futures = [await producer.send(r.topic, r.value, key=r.key, headers=r.headers) for r in records]
+                futures = await _hand_over(producer, records)
         except TimeoutError as exc:  # the records handed over so far are queued in the client
             raise self._unavailable(producer, exc, queued=True) from exc
         except KafkaError as exc:
             raise self._unavailable(producer, exc) from exc
         return PendingAck(self, producer, futures, timeout_s)
+
+    def _connected_producer(self) -> AIOKafkaProducer:
+        producer = self._producer
+        if producer is None:
+            raise BrokerUnavailable("not connected to the broker")
+        return producer
+
+    def _timeout_s(self) -> float:
+        return self._kafka.publish_timeout_ms / 1000 + 1
 
     def _unavailable(
         self, producer: AIOKafkaProducer, exc: BaseException, *, queued: bool = False

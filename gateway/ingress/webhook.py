@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 
+import msgspec
 import structlog
 from aiohttp import web
 
@@ -45,15 +46,21 @@ def public_url(request: web.Request, runtime: Runtime) -> str:
 
 async def read_body(request: web.Request, limit: int) -> bytes:
     """Read at most ``limit`` bytes, whether or not the caller sent a Content-Length."""
-    too_large = IngestError(413, "too_large", f"body larger than {limit} bytes")
-    if request.content_length is not None and request.content_length > limit:
-        raise too_large
-    body = bytearray()
+    length = request.content_length
+    if length is not None:
+        if length > limit:
+            raise _too_large(limit)
+        return await request.read()  # exactly Content-Length bytes: aiohttp reads no further
+    body = bytearray()  # chunked: count as it arrives
     async for chunk in request.content.iter_chunked(65536):
         body += chunk
         if len(body) > limit:
-            raise too_large
+            raise _too_large(limit)
     return bytes(body)
+
+
+def _too_large(limit: int) -> IngestError:
+    return IngestError(413, "too_large", f"body larger than {limit} bytes")
 
 
 class WebhookHandler:
@@ -117,14 +124,13 @@ class WebhookHandler:
         await channel.accepted(incoming)
         if result.reply is not None:
             return reply_response(result.reply)
-        return web.json_response(
-            {
-                "status": "accepted",
-                "messages": [
-                    {"id": m.id, "external_id": m.external_id, "duplicate": m.duplicate}
-                    | ({"quarantined": True} if m.quarantined else {})
-                    for m in outcome.messages
-                ],
-                "events": outcome.events,
-            }
-        )
+        accepted = {
+            "status": "accepted",
+            "messages": [
+                {"id": m.id, "external_id": m.external_id, "duplicate": m.duplicate}
+                | ({"quarantined": True} if m.quarantined else {})
+                for m in outcome.messages
+            ],
+            "events": outcome.events,
+        }
+        return web.Response(body=msgspec.json.encode(accepted), content_type="application/json")
