@@ -131,7 +131,9 @@ class _DedupBatcher:
     claims and one for all confirms, in one pipeline, cost one connection checkout, one write and
     one read, and the client packs and parses two commands instead of one per delivery (redis-py's
     per-command overhead was the largest Redis cost on the webhook path). The scripts run the same
-    per-key logic in order, so a batch behaves as the claims issued one after another. A reply of
+    per-key logic in order, so a batch behaves as the claims issued one after another. Claims run
+    before confirms: a redelivery that races its original's confirm within one turn finds it in
+    flight (503, the provider retries) rather than confirmed; nothing is lost. A reply of
     NOSCRIPT (Redis restarted and lost its script cache) sends that call again through the script
     object, which loads the script first.
     """
@@ -160,10 +162,10 @@ class _DedupBatcher:
         return future
 
     def _flush_now(self) -> None:
-        batches = [b for b in (self._claims, self._confirms) if b.keys]
-        scripts = [s for b, s in ((self._claims, self.claim_script), (self._confirms, self.confirm_script)) if b.keys]
+        pending = ((self._claims, self.claim_script), (self._confirms, self.confirm_script))
+        calls = [(batch, script) for batch, script in pending if batch.keys]
         self._claims, self._confirms = _Batch(), _Batch()
-        task = asyncio.create_task(self._flush(list(zip(batches, scripts, strict=True))))
+        task = asyncio.create_task(self._flush(calls))
         self._flushes.add(task)
         task.add_done_callback(self._flushes.discard)
 
@@ -191,7 +193,7 @@ class _DedupBatcher:
 
     @staticmethod
     def _settle(batch: _Batch, pairs: bool, result: Any) -> None:
-        """Hand each caller its own reply: claims get their (status, id) pair, confirms a count."""
+        """Hand each caller its own reply: claims their (status, id) pair, confirms None."""
         for i, future in enumerate(batch.futures):
             if future.done():
                 continue
