@@ -147,3 +147,15 @@ async def test_a_burst_beyond_the_pool_waits_for_connections_instead_of_failing(
         assert len(store.client.connection_pool._in_use_connections) == 0
     finally:
         await store.close()
+
+
+async def test_a_redelivery_racing_its_confirm_in_one_turn_is_in_flight_then_duplicate(store: RedisStore) -> None:
+    """Within one loop turn claims run before confirms: the racing redelivery is told to retry
+    (in flight), never told "new" (a second record), and its retry is a duplicate."""
+    assert (await store.claim_delivery("api", "race", "id-1")).status == "new"
+    _, racing = await asyncio.gather(
+        store.confirm_delivery("api", "race", "id-1"), store.claim_delivery("api", "race", "id-2")
+    )
+    assert racing.status == "in_flight"
+    retried = await store.claim_delivery("api", "race", "id-3")
+    assert (retried.status, retried.message_id) == ("duplicate", "id-1")
