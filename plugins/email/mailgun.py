@@ -31,7 +31,7 @@ from gateway.sdk import (
     hookimpl,
 )
 from plugins.email.mime import message_from_mime
-from plugins.email.outbound import EmailChannelSettings, remember_thread, send_email
+from plugins.email.outbound import EmailChannelSettings, remember_request_thread, send_email
 from plugins.email.webforms import (
     Form,
     FormPart,
@@ -106,12 +106,7 @@ class MailgunChannel(Channel):
                 await self.services.store.remember_once(REPLAY_NAMESPACE, token, self.settings.replay_window_s * 2)
         except StoreUnavailable as exc:  # the message is stored; failing the request now would only cause a retry
             log.warning("replay_token_not_recorded", instance=self.name, error=type(exc).__name__)
-        if self.settings.smtp is not None:  # threading details for replies (parsing is pure: parse again)
-            try:
-                messages = self.parse(request).messages
-            except PayloadError:
-                return  # quarantined: nothing to answer
-            await remember_thread(self, self.settings, messages)
+        await remember_request_thread(self, self.settings, request)  # threading details for replies
 
     async def send(self, message: Message) -> SendResult:
         return await send_email(self, self.settings, message)

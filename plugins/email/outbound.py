@@ -46,9 +46,11 @@ from gateway.sdk import (
     Channel,
     ChannelSettings,
     Message,
+    PayloadError,
     SendError,
     SendResult,
     StoreUnavailable,
+    WebhookRequest,
     call_provider,
     utcnow,
 )
@@ -218,6 +220,18 @@ async def remember_thread(channel: Channel, settings: EmailChannelSettings, mess
                 await channel.services.store.set_state(message.conversation_id, field, value, settings.thread_ttl_s)
         except StoreUnavailable as exc:
             log.warning("email_thread_not_recorded", instance=channel.name, error=type(exc).__name__)
+
+
+async def remember_request_thread(channel: Channel, settings: EmailChannelSettings, request: WebhookRequest) -> None:
+    """``remember_thread`` for an accepted webhook (Mailgun, SendGrid): ``accepted`` receives the
+    request, not what was parsed from it, and parsing is pure, so parse it again."""
+    if settings.smtp is None:
+        return
+    try:
+        messages = channel.parse(request).messages
+    except PayloadError:
+        return  # quarantined: nothing to answer
+    await remember_thread(channel, settings, messages)
 
 
 async def _recall(channel: Channel, message: Message, answered: str | None) -> ThreadState | None:

@@ -26,7 +26,7 @@ from gateway.sdk import (
     hookimpl,
 )
 from plugins.email.mime import message_from_mime
-from plugins.email.outbound import EmailChannelSettings, remember_thread, send_email
+from plugins.email.outbound import EmailChannelSettings, remember_request_thread, send_email
 from plugins.email.webforms import (
     Form,
     FormPart,
@@ -86,15 +86,8 @@ class SendGridChannel(Channel):
                 raise AuthenticationError("missing or wrong basic auth credentials")
 
     async def accepted(self, request: WebhookRequest) -> None:
-        """Remember the stored mail's threading details for replies (parsed again: ``accepted``
-        receives the request, and parsing is pure)."""
-        if self.settings.smtp is None:
-            return
-        try:
-            messages = self.parse(request).messages
-        except PayloadError:
-            return  # quarantined: nothing to answer
-        await remember_thread(self, self.settings, messages)
+        """Remember the stored mail's threading details for replies."""
+        await remember_request_thread(self, self.settings, request)
 
     async def send(self, message: Message) -> SendResult:
         return await send_email(self, self.settings, message)
