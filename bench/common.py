@@ -14,9 +14,10 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gateway.embedded import EmbeddedKafka, EmbeddedRedis
 
@@ -99,6 +100,19 @@ port = {port}
 [logging]
 level = "warning"
 """
+
+
+async def open_loop(rate: float, seconds: float, one: Callable[[int], Coroutine[Any, Any, None]]) -> None:
+    """Start ``one(i)`` at a fixed rate whatever the answers' pace (an open loop, as real senders
+    behave), then wait for all of them."""
+    tasks: list[asyncio.Task[None]] = []
+    start = time.perf_counter()
+    for i in range(int(rate * seconds)):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i)))
+    await asyncio.gather(*tasks)
 
 
 def percentile(sorted_samples: Sequence[float], fraction: float) -> float:

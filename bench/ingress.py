@@ -29,6 +29,7 @@ from bench.common import (
     ROOT,
     base_config,
     header,
+    open_loop,
     percentile,
     processes,
     services,
@@ -169,7 +170,6 @@ async def throughput(url: str, requests: int, concurrency: int) -> tuple[float, 
 async def latency(url: str, rate: float, seconds: float) -> tuple[float, float, int]:
     """Open loop at a fixed offered rate. Returns (p50 ms, p99 ms, errors)."""
     run = uuid.uuid4().hex[:8]
-    total = int(rate * seconds)
     samples: list[float] = []
     errors = 0
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
@@ -183,14 +183,7 @@ async def latency(url: str, rate: float, seconds: float) -> tuple[float, float, 
                 errors += response.status != 200
             samples.append((time.perf_counter() - started) * 1000)
 
-        tasks = []
-        start = time.perf_counter()
-        for i in range(total):
-            delay = start + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(i)))
-        await asyncio.gather(*tasks)
+        await open_loop(rate, seconds, one)
     samples.sort()
     return percentile(samples, 0.5), percentile(samples, 0.99), errors
 

@@ -27,7 +27,17 @@ from pathlib import Path
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from bench.common import GATEWAY, base_config, header, percentile, processes, services, summary, wait_listening
+from bench.common import (
+    GATEWAY,
+    base_config,
+    header,
+    open_loop,
+    percentile,
+    processes,
+    services,
+    summary,
+    wait_listening,
+)
 from gateway.embedded import free_port
 from gateway.model import Content, Message, Party, encode
 from gateway.signing import hmac_sha256_hex
@@ -187,14 +197,7 @@ async def latency(url: str, outputs: Outputs, rate: float, seconds: float) -> tu
                 answer = await response.json()
                 acked[answer["messages"][0]["id"]] = time.perf_counter()
 
-        tasks = []
-        start = time.perf_counter()
-        for i in range(int(rate * seconds)):
-            delay = start + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(i)))
-        await asyncio.gather(*tasks)
+        await open_loop(rate, seconds, one)
     await outputs.wait_for(set(acked))
     samples = sorted((outputs.seen[i] - t) * 1000 for i, t in acked.items())
     return percentile(samples, 0.5), percentile(samples, 0.99)

@@ -23,7 +23,17 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.common import GATEWAY, base_config, header, percentile, processes, services, summary, wait_listening
+from bench.common import (
+    GATEWAY,
+    base_config,
+    header,
+    open_loop,
+    percentile,
+    processes,
+    services,
+    summary,
+    wait_listening,
+)
 from gateway.embedded import free_port
 
 
@@ -81,17 +91,10 @@ async def connect(session: aiohttp.ClientSession, url: str) -> Visitor:
 async def round_trips(visitors: list[Visitor], rate: float, seconds: float) -> tuple[float, float]:
     samples: list[float] = []
 
-    async def one(visitor: Visitor) -> None:
-        samples.append(await visitor.round_trip("Hi, is my order on its way?"))
+    async def one(i: int) -> None:  # visitors in a scattered order
+        samples.append(await visitors[(i * 7919) % len(visitors)].round_trip("Hi, is my order on its way?"))
 
-    tasks = []
-    start = time.perf_counter()
-    for i in range(int(rate * seconds)):
-        delay = start + i / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(visitors[(i * 7919) % len(visitors)])))
-    await asyncio.gather(*tasks)
+    await open_loop(rate, seconds, one)
     samples.sort()
     return percentile(samples, 0.5), percentile(samples, 0.99)
 
