@@ -11,21 +11,18 @@ import pytest
 from gateway_viber.channel import ViberChannel
 from viber_fakes import ADA, AUTH_TOKEN, LI, WRONG_TOKEN, fixture, fixture_names, make_channel, sign, webhook_request
 
-from gateway.config import RedisSection
 from gateway.model import decode_message, encode
 from gateway.sdk import (
     AuthenticationError,
-    ChannelServices,
     DeliveryEvent,
     Message,
     ParseResult,
     PayloadError,
 )
-from gateway.store.redis import RedisStore
 
 
 def channel(**settings: Any) -> ViberChannel:
-    return make_channel(ChannelServices(store=RedisStore(RedisSection())), **settings)  # store unused here
+    return make_channel(**settings)
 
 
 def parse(body: bytes | dict[str, Any], chan: ViberChannel | None = None) -> ParseResult:
@@ -322,7 +319,7 @@ def test_webhook_setup_callback_yields_nothing() -> None:
 
 
 def test_instance_name_scopes_conversations() -> None:
-    message = one(fixture("text_emoji"), make_channel(channel().services, name="viber-eu"))
+    message = one(fixture("text_emoji"), make_channel(name="viber-eu"))
     assert message.instance == "viber-eu" and message.conversation_id == f"viber-eu:{ADA}"
 
 

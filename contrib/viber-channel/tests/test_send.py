@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -13,10 +12,8 @@ import pytest
 from gateway_viber.channel import ViberChannel, split_text
 from viber_fakes import ADA, AUTH_TOKEN, FIRST_TOKEN, LI, SENDER_NAME, WRONG_TOKEN, FakeViber, make_channel
 
-from gateway.config import RedisSection
 from gateway.sdk import (
     Attachment,
-    ChannelServices,
     Content,
     Location,
     Message,
@@ -35,10 +32,8 @@ class Viber:
 
 
 @pytest.fixture
-async def store(redis_url: str) -> AsyncIterator[RedisStore]:
-    s = RedisStore(RedisSection(url=redis_url, key_prefix=f"vibertest:{uuid.uuid4().hex[:8]}:"))
-    yield s
-    await s.close()
+def store(gateway_store: RedisStore) -> RedisStore:
+    return gateway_store  # gateway.testing's: the test Redis under a key prefix of its own
 
 
 @pytest.fixture
@@ -47,7 +42,7 @@ async def viber(aiohttp_server: Any, store: RedisStore) -> AsyncIterator[Viber]:
     server = await aiohttp_server(api.app(), host="127.0.0.1")
     async with aiohttp.ClientSession() as http:
         base = str(server.make_url("")).rstrip("/")
-        yield Viber(api, make_channel(ChannelServices(store=store, http=http), base_url=base), store)
+        yield Viber(api, make_channel(store=store, http=http, base_url=base), store)
 
 
 def outbound(content: Content, conversation_id: str = f"viber:{ADA}", **fields: Any) -> Message:
@@ -63,8 +58,7 @@ def outbound(content: Content, conversation_id: str = f"viber:{ADA}", **fields: 
 
 
 def build(message: Message, **settings: Any) -> list[dict[str, Any]]:
-    services = ChannelServices(store=RedisStore(RedisSection()))  # building touches no store
-    requests = make_channel(services, **settings).build_requests(message)
+    requests = make_channel(**settings).build_requests(message)  # building touches no store
     return [msgspec.to_builtins(request) for request in requests]
 
 
@@ -105,7 +99,8 @@ async def test_text_is_sent_with_the_auth_header_and_returns_the_message_token(v
 async def test_sender_avatar_and_per_message_overrides(viber: Viber, store: RedisStore) -> None:
     api = viber.api
     channel = make_channel(
-        viber.channel.services,
+        store=store,
+        http=viber.channel.services.http,
         base_url=viber.channel.settings.base_url,
         sender_avatar="https://cdn.example.com/acme.png",
         min_api_version=3,
@@ -149,7 +144,8 @@ async def test_unsubscribed_receiver_is_permanent(viber: Viber) -> None:
 
 
 async def test_wrong_token_is_permanent(viber: Viber) -> None:
-    channel = make_channel(viber.channel.services, base_url=viber.channel.settings.base_url, auth_token=WRONG_TOKEN)
+    http, base_url = viber.channel.services.http, viber.channel.settings.base_url
+    channel = make_channel(store=viber.store, http=http, base_url=base_url, auth_token=WRONG_TOKEN)
     with pytest.raises(SendError) as error:
         await channel.send(outbound(Content(text="hi")))
     assert (error.value.code, error.value.retryable) == ("invalid_token", False)
@@ -184,7 +180,7 @@ async def test_http_error_with_a_viber_status_uses_it(viber: Viber) -> None:
 
 async def test_unreachable_api_is_retryable(store: RedisStore) -> None:
     async with aiohttp.ClientSession() as http:
-        channel = make_channel(ChannelServices(store=store, http=http), base_url="http://127.0.0.1:9")
+        channel = make_channel(store=store, http=http, base_url="http://127.0.0.1:9")
         with pytest.raises(SendError) as error:
             await channel.send(outbound(Content(text="hi")))
     assert (error.value.code, error.value.retryable) == ("connection", True)

@@ -14,11 +14,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from gateway_viber.api import SIGNATURE_HEADER
-from gateway_viber.channel import ViberChannel, ViberSettings
+from gateway_viber.channel import ViberChannel
 
-from gateway.sdk import ChannelServices, WebhookRequest
+from gateway import testing
+from gateway.sdk import WebhookRequest
+from gateway.store.redis import RedisStore
+from gateway.testing import ProviderRequest
 
 FIXTURES = Path(__file__).parent / "fixtures"
 AUTH_TOKEN = "445da6az1s345z78-dazcczb2542zv51a-e0vc5fva17480im9"
@@ -56,9 +60,13 @@ def sign(body: bytes, token: str = AUTH_TOKEN) -> str:
     return hmac.new(token.encode(), body, hashlib.sha256).hexdigest()
 
 
-def make_channel(services: ChannelServices, name: str = "viber", **settings: Any) -> ViberChannel:
-    values: dict[str, Any] = {"type": "viber", "auth_token": AUTH_TOKEN, "sender_name": SENDER_NAME} | settings
-    return ViberChannel(name, ViberSettings(**values), services)
+def make_channel(
+    *, name: str = "viber", http: aiohttp.ClientSession | None = None, store: RedisStore | None = None, **settings: Any
+) -> ViberChannel:
+    """A channel as ``gateway serve`` builds it (settings validated); ``store`` defaults to one that
+    never connects, enough for what touches no Redis."""
+    values = {"auth_token": AUTH_TOKEN, "sender_name": SENDER_NAME} | settings
+    return testing.make_channel(ViberChannel, values, name=name, http=http, store=store)
 
 
 def webhook_request(body: bytes | Json, signature: str | None = None, signed: bool = True) -> WebhookRequest:
@@ -68,15 +76,8 @@ def webhook_request(body: bytes | Json, signature: str | None = None, signed: bo
         headers[SIGNATURE_HEADER] = signature
     elif signed:
         headers[SIGNATURE_HEADER] = sign(raw)
-    return WebhookRequest(
-        method="POST",
-        url="https://gw.example.com/webhooks/viber",
-        path="/webhooks/viber",
-        query={},
-        headers=headers,
-        body=raw,
-        remote="203.0.113.9",
-    )
+    request = ProviderRequest(body=raw, headers=headers, url="https://gw.example.com/webhooks/viber")
+    return testing.webhook_request(request, "viber")
 
 
 class FakeViber:
