@@ -22,6 +22,7 @@ from gateway.ingress.app import create_app
 from gateway.plugins import PluginRegistry, load_plugins
 from gateway.runtime import Runtime
 from gateway.signing import hmac_sha256_hex
+from gateway.store.redis import RedisStore
 from gateway.testing import harness
 from gateway.testing.records import headers_of, messages_of, produce_raw, read_records, topic_size
 
@@ -52,6 +53,12 @@ def make_config(
     if channels is None:
         channels = {"api": {"type": "api", "secret": API_SECRET}}
     return harness.make_config(kafka_bootstrap, redis_url, channels=channels, **sections)
+
+
+@pytest.fixture
+def store(gateway_store: RedisStore) -> RedisStore:
+    """gateway.testing's isolated store (own key prefix, keys deleted afterwards)."""
+    return gateway_store
 
 
 @pytest.fixture

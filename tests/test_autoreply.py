@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import tomllib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -72,18 +72,6 @@ WEEKDAYS_9_TO_5 = {day: ["09:00-17:00"] for day in ("mon", "tue", "wed", "thu", 
 def berlin(**extra: Any) -> BusinessHours:
     """Open Monday-Friday 09:00-17:00 Europe/Berlin."""
     return BusinessHours(timezone="Europe/Berlin", weekly=dict(WEEKDAYS_9_TO_5), **extra)
-
-
-@pytest.fixture
-async def store(redis_url: str) -> AsyncIterator[RedisStore]:
-    s = RedisStore(RedisSection(url=redis_url, key_prefix=f"gwtest:{uuid.uuid4().hex[:8]}:", dedup_ttl_s=60))
-    try:
-        yield s
-    finally:
-        keys = [k async for k in s.client.scan_iter(match=f"{s.prefix}*")]
-        if keys:
-            await s.client.delete(*keys)
-        await s.close()
 
 
 class Harness:

@@ -14,7 +14,6 @@ import contextlib
 import shutil
 import ssl
 import subprocess
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from email import policy
@@ -32,7 +31,7 @@ from aiohttp import web
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from gateway.channel import ChannelServices, SendError
-from gateway.config import ConfigError, RedisSection
+from gateway.config import ConfigError
 from gateway.embedded import free_port
 from gateway.ingress.app import create_app
 from gateway.model import Attachment, Content, Message, Party, decode_dlq, decode_event
@@ -441,19 +440,6 @@ async def test_550_fails_without_retry(
 
 
 # --- sending directly: TLS, authentication, attachments ------------------------------------------------
-
-
-@pytest.fixture
-async def store(redis_url: str) -> AsyncIterator[RedisStore]:
-    prefix = f"gwtest:{uuid.uuid4().hex[:10]}:"
-    s = RedisStore(RedisSection(url=redis_url, key_prefix=prefix))
-    try:
-        yield s
-    finally:
-        keys = [k async for k in s.client.scan_iter(match=f"{prefix}*")]
-        if keys:
-            await s.client.delete(*keys)
-        await s.close()
 
 
 @contextlib.asynccontextmanager

@@ -15,7 +15,6 @@ import hashlib
 import hmac
 import json
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -158,16 +157,6 @@ def objects(message: Message, quote_token: str | None = None) -> list[Json]:
     # LINE would take it: the official SDK's model accepts the push request.
     PushMessageRequest.from_json(json.dumps({"to": ADA, "messages": built}))
     return built
-
-
-@pytest.fixture
-async def store(redis_url: str) -> AsyncIterator[RedisStore]:
-    """A real Redis, under a key prefix of this test's own (reply-token claims last an hour)."""
-    redis = RedisStore(RedisSection(url=redis_url, key_prefix=f"gwtest:{uuid.uuid4().hex[:10]}:"))
-    try:
-        yield redis
-    finally:
-        await redis.close()
 
 
 # -- message objects -------------------------------------------------------------------------------

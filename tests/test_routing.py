@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import tomllib
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -55,18 +54,6 @@ first_response = "1d"
 first_response = "1h"
 business_hours = "support"
 """
-
-
-@pytest.fixture
-async def store(redis_url: str) -> AsyncIterator[RedisStore]:
-    s = RedisStore(RedisSection(url=redis_url, key_prefix=f"gwtest:{uuid.uuid4().hex[:8]}:", dedup_ttl_s=60))
-    try:
-        yield s
-    finally:
-        keys = [k async for k in s.client.scan_iter(match=f"{s.prefix}*")]
-        if keys:
-            await s.client.delete(*keys)
-        await s.close()
 
 
 @pytest.fixture

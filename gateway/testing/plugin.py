@@ -142,11 +142,15 @@ async def gateway_app(
 @pytest_asyncio.fixture
 async def gateway_store(redis_url: str) -> AsyncIterator[RedisStore]:
     """The Redis store processors get as ``ctx.store`` (and adapters as ``services.store``), on the
-    test Redis under a key prefix of its own, so tests never see each other's keys."""
+    test Redis under a key prefix of its own, so tests never see each other's keys; its keys are
+    deleted afterwards (a shared test Redis keeps what tests leave)."""
     store = isolated_store(redis_url)
     try:
         yield store
     finally:
+        keys = [key async for key in store.client.scan_iter(match=f"{store.prefix}*")]
+        if keys:
+            await store.client.delete(*keys)
         await store.close()
 
 
