@@ -19,7 +19,9 @@ from aiohttp.test_utils import TestClient
 
 from gateway.config import Config
 from gateway.ingress.app import create_app
+from gateway.model import Message
 from gateway.plugins import PluginRegistry, load_plugins
+from gateway.processor import Processor, ProcessorContext
 from gateway.runtime import Runtime
 from gateway.signing import hmac_sha256_hex
 from gateway.store.redis import RedisStore
@@ -34,6 +36,7 @@ __all__ = [
     "messages_of",
     "produce_raw",
     "read_records",
+    "run_offline",
     "sign",
     "topic_size",
 ]
@@ -91,3 +94,16 @@ def sign(body: bytes, secret: str = API_SECRET) -> dict[str, str]:
 def api_body(message_id: str = "m-1", text: str = "hello", **extra: Any) -> bytes:
     payload = {"id": message_id, "sender": {"id": "cust-1", "name": "Ada"}, "text": text, **extra}
     return json.dumps(payload, ensure_ascii=False).encode()
+
+
+async def run_offline(processor: Processor, message: Message) -> Message:
+    """Run a processor that needs no Redis and emits nothing (language, sentiment, escalation):
+    a store access or an emitted reply fails the test."""
+
+    async def never(_: Any) -> None:
+        raise AssertionError(f"{processor.name} emits nothing")
+
+    ctx = ProcessorContext(store=None, emit=never, emit_event=never)  # type: ignore[arg-type]  # no Redis needed
+    result = await processor.process(message, ctx)
+    assert isinstance(result, Message)
+    return result

@@ -17,8 +17,8 @@ from gateway.config import ConfigError, config_from_dict
 from gateway.model import Attachment, Content, Message, Party, Routing, Sentiment, Tags
 from gateway.pipeline.chain import build_chain
 from gateway.plugins import load_plugins
-from gateway.processor import ProcessorContext
 from plugins.escalation import DEFAULT_KEYWORDS, Escalation, EscalationSettings
+from tests.conftest import run_offline
 
 ESCALATION_DOC = (Path(__file__).resolve().parent.parent / "docs/processors/escalation.md").read_text(encoding="utf-8")
 
@@ -40,25 +40,15 @@ def message(text: str = "hello", *, sentiment: tuple[str, float] | None = None, 
     )
 
 
-async def run(processor: Escalation, m: Message) -> Message:
-    async def never(_: Any) -> None:
-        raise AssertionError("escalation emits nothing")
-
-    ctx = ProcessorContext(store=None, emit=never, emit_event=never)  # type: ignore[arg-type]  # no Redis needed
-    result = await processor.process(m, ctx)
-    assert isinstance(result, Message)
-    return result
-
-
 async def test_negative_sentiment_at_or_above_threshold_escalates() -> None:
     p = escalation()
-    m = await run(p, message("It is late again", sentiment=("negative", 0.91)))
+    m = await run_offline(p, message("It is late again", sentiment=("negative", 0.91)))
     assert m.routing is not None and m.routing.priority == "high"
     assert m.tags.labels["tags"] == ["escalated"]
     assert m.tags.labels["escalation"] == {"reason": "sentiment=negative(0.91)", "sentiment_score": 0.91}
-    assert (await run(p, message("late", sentiment=("negative", 0.8)))).routing is not None  # at the threshold
+    assert (await run_offline(p, message("late", sentiment=("negative", 0.8)))).routing is not None  # at the threshold
     for quiet in (message("late", sentiment=("negative", 0.79)), message("great", sentiment=("positive", 0.99))):
-        m = await run(p, quiet)
+        m = await run_offline(p, quiet)
         assert m.routing is None and "escalation" not in m.tags.labels and "tags" not in m.tags.labels
 
 
@@ -74,14 +64,14 @@ async def test_negative_sentiment_at_or_above_threshold_escalates() -> None:
     ],
 )
 async def test_complaint_keywords_in_english_and_chinese(text: str, found: list[str]) -> None:
-    m = await run(escalation(), message(text))
+    m = await run_offline(escalation(), message(text))
     assert m.tags.labels["escalation"]["keywords"] == found
     assert m.tags.labels["escalation"]["reason"] == "keyword=" + ",".join(found)
 
 
 @pytest.mark.parametrize("text", ["I was refunded, thanks", "no complaints here... wait, complaints?", "退货流程"])
 async def test_whole_words_for_latin_scripts(text: str) -> None:
-    m = await run(escalation(), message(text))
+    m = await run_offline(escalation(), message(text))
     assert "escalation" not in m.tags.labels
 
 
@@ -90,17 +80,17 @@ async def test_subject_and_captions_count_and_both_reasons_are_given() -> None:
         subject="Complaint about order 1234",
         attachments=[Attachment(kind="image", url="https://x/1.jpg", caption="差评")],
     )
-    m = await run(escalation(), message(content=content, sentiment=("negative", 0.95)))
+    m = await run_offline(escalation(), message(content=content, sentiment=("negative", 0.95)))
     assert m.tags.labels["escalation"]["reason"] == "sentiment=negative(0.95); keyword=complaint,差评"
 
 
 async def test_priority_is_raised_never_lowered() -> None:
     p = escalation(priority="high")
-    m = await run(p, message("refund", routing=Routing(queue="billing", priority="urgent")))
+    m = await run_offline(p, message("refund", routing=Routing(queue="billing", priority="urgent")))
     assert m.routing is not None and (m.routing.queue, m.routing.priority) == ("billing", "urgent")
-    m = await run(p, message("refund", routing=Routing(priority="low")))
+    m = await run_offline(p, message("refund", routing=Routing(priority="low")))
     assert m.routing is not None and m.routing.priority == "high"
-    m = await run(escalation(priority="urgent"), message("refund"))
+    m = await run_offline(escalation(priority="urgent"), message("refund"))
     assert m.routing is not None and m.routing.priority == "urgent"
 
 
@@ -108,7 +98,7 @@ async def test_tagging_is_idempotent_and_keeps_other_tags() -> None:
     p = escalation()
     m = message("refund")
     m.tags.labels["tags"] = ["from-crm"]
-    m = await run(p, await run(p, m))
+    m = await run_offline(p, await run_offline(p, m))
     assert m.tags.labels["tags"] == ["from-crm", "escalated"]
 
 
@@ -120,17 +110,17 @@ async def test_custom_keywords_threshold_tag_and_language_selection() -> None:
         extra_keywords={"en": ["ombudsman"]},
         keyword_languages="detected",
     )
-    assert (await run(p, message("refund please"))).tags.labels.get("tags") is None  # defaults replaced
-    m = await run(p, message("Ich habe eine Beschwerde", language="de-DE"))
+    assert (await run_offline(p, message("refund please"))).tags.labels.get("tags") is None  # defaults replaced
+    m = await run_offline(p, message("Ich habe eine Beschwerde", language="de-DE"))
     assert m.tags.labels["tags"] == ["angry"]
-    assert "escalation" not in (await run(p, message("Ich habe eine Beschwerde", language="en"))).tags.labels
+    assert "escalation" not in (await run_offline(p, message("Ich habe eine Beschwerde", language="en"))).tags.labels
     # Unknown language: every list applies.
-    assert (await run(p, message("Beschwerde!"))).tags.labels["escalation"]["keywords"] == ["beschwerde"]
-    assert (await run(p, message("the ombudsman", language="en"))).tags.labels["tags"] == ["angry"]
-    assert (await run(p, message("meh", sentiment=("negative", 0.5)))).tags.labels["tags"] == ["angry"]
+    assert (await run_offline(p, message("Beschwerde!"))).tags.labels["escalation"]["keywords"] == ["beschwerde"]
+    assert (await run_offline(p, message("the ombudsman", language="en"))).tags.labels["tags"] == ["angry"]
+    assert (await run_offline(p, message("meh", sentiment=("negative", 0.5)))).tags.labels["tags"] == ["angry"]
     # "all" (default) ignores the detected language: code-switching customers are common.
     both = escalation(keywords={"zh": ["投诉"]})
-    assert (await run(both, message("I want to 投诉", language="en"))).tags.labels["tags"] == ["escalated"]
+    assert (await run_offline(both, message("I want to 投诉", language="en"))).tags.labels["tags"] == ["escalated"]
 
 
 def test_config_errors_name_the_key_and_escalation_runs_before_routing() -> None:
@@ -157,5 +147,5 @@ async def test_punctuation_keywords_and_the_documented_configuration() -> None:
     settings = msgspec.convert(table["processors"]["escalation"], EscalationSettings)
     assert settings.keywords == DEFAULT_KEYWORDS  # the docs show the real defaults
     p = Escalation(settings)
-    assert (await run(p, message("wow!!!"))).tags.labels["escalation"]["keywords"] == ["!!!"]
-    assert (await run(p, message("Ich will eine beschwerde einreichen"))).tags.labels["tags"] == ["escalated"]
+    assert (await run_offline(p, message("wow!!!"))).tags.labels["escalation"]["keywords"] == ["!!!"]
+    assert (await run_offline(p, message("Ich will eine beschwerde einreichen"))).tags.labels["tags"] == ["escalated"]

@@ -13,8 +13,8 @@ from gateway.config import ConfigError, config_from_dict
 from gateway.model import Content, Message, Party
 from gateway.pipeline.chain import build_chain
 from gateway.plugins import PluginRegistry
-from gateway.processor import ProcessorContext
 from plugins.language import LanguageDetection, LanguageSettings, script_language
+from tests.conftest import run_offline
 
 
 def detector(**fields: Any) -> LanguageDetection:
@@ -31,16 +31,6 @@ def message(text: str | None = "hello", *, attributes: dict[str, str] | None = N
         content=fields.pop("content", Content(text=text)),
         **fields,
     )
-
-
-async def run(processor: LanguageDetection, m: Message) -> Message:
-    async def never(_: Any) -> None:
-        raise AssertionError("language emits nothing")
-
-    ctx = ProcessorContext(store=None, emit=never, emit_event=never)  # type: ignore[arg-type]  # no Redis needed
-    result = await processor.process(m, ctx)
-    assert isinstance(result, Message)
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +61,7 @@ def default() -> LanguageDetection:
     ],
 )
 async def test_detects_the_default_languages(default: LanguageDetection, text: str, expected: str) -> None:
-    m = await run(default, message(text))
+    m = await run_offline(default, message(text))
     assert m.language == expected
     label = m.tags.labels["language_detection"]
     assert label["detected"] == expected
@@ -96,7 +86,7 @@ async def test_detects_the_default_languages(default: LanguageDetection, text: s
     ],
 )
 async def test_short_texts(default: LanguageDetection, text: str, expected: str, source: str) -> None:
-    m = await run(default, message(text))
+    m = await run_offline(default, message(text))
     assert (m.language, m.tags.labels["language_detection"]["source"]) == (expected, source)
 
 
@@ -104,7 +94,7 @@ async def test_short_texts(default: LanguageDetection, text: str, expected: str,
 async def test_unsure_short_texts_leave_the_language_unset_and_record_the_confidence(
     default: LanguageDetection, text: str
 ) -> None:
-    m = await run(default, message(text))
+    m = await run_offline(default, message(text))
     assert m.language is None
     label = m.tags.labels["language_detection"]
     assert label["source"] == "none" and "detected" not in label
@@ -113,68 +103,68 @@ async def test_unsure_short_texts_leave_the_language_unset_and_record_the_confid
 
 @pytest.mark.parametrize("text", ["😀👍🎉", "12345 !!!", "   ", "@support https://example.com/orders/42 #help", ""])
 async def test_texts_without_language_give_none(default: LanguageDetection, text: str) -> None:
-    m = await run(default, message(text))
+    m = await run_offline(default, message(text))
     assert m.language is None
     assert m.tags.labels["language_detection"] == {"confidence": 0.0, "source": "none"}
 
 
 async def test_no_content_at_all(default: LanguageDetection) -> None:
-    m = await run(default, message(None))
+    m = await run_offline(default, message(None))
     assert m.language is None
 
 
 async def test_the_floor_is_configurable() -> None:
     strict = detector(min_confidence=0.95)
-    m = await run(strict, message("Where is my order?"))
+    m = await run_offline(strict, message("Where is my order?"))
     assert m.language is None and m.tags.labels["language_detection"]["confidence"] < 0.95
     lenient = detector(min_confidence=0.0)
-    assert (await run(lenient, message("Where is my order?"))).language == "en"
+    assert (await run_offline(lenient, message("Where is my order?"))).language == "en"
 
 
 async def test_sender_locale_then_default_when_the_text_cannot_tell(default: LanguageDetection) -> None:
-    m = await run(default, message("ok 👍", attributes={"language_code": "pt-BR"}))
+    m = await run_offline(default, message("ok 👍", attributes={"language_code": "pt-BR"}))
     assert m.language == "pt"
     assert m.tags.labels["language_detection"]["source"] == "sender"
     # A locale outside the configured languages is no answer.
-    assert (await run(default, message("ok", attributes={"language_code": "sw"}))).language is None
+    assert (await run_offline(default, message("ok", attributes={"language_code": "sw"}))).language is None
     with_default = detector(default="en")
-    m = await run(with_default, message("👍"))
+    m = await run_offline(with_default, message("👍"))
     assert (m.language, m.tags.labels["language_detection"]["source"]) == ("en", "default")
     no_hints = detector(use_sender_locale=False, default="en")
-    assert (await run(no_hints, message("ok", attributes={"language_code": "pt"}))).language == "en"
+    assert (await run_offline(no_hints, message("ok", attributes={"language_code": "pt"}))).language == "en"
 
 
 async def test_the_text_wins_over_the_sender_locale(default: LanguageDetection) -> None:
     # Telegram's language_code is the app's UI language, not what the customer writes in.
-    m = await run(default, message("Mi pedido no ha llegado todavía", attributes={"language_code": "en"}))
+    m = await run_offline(default, message("Mi pedido no ha llegado todavía", attributes={"language_code": "en"}))
     assert m.language == "es"
 
 
 async def test_a_language_set_by_the_channel_is_kept(default: LanguageDetection) -> None:
-    m = await run(default, message("My order arrived broken", language="de"))
+    m = await run_offline(default, message("My order arrived broken", language="de"))
     assert m.language == "de"
     assert m.tags.labels["language_detection"] == {"source": "channel"}
     overwrite = detector(keep_existing=False)
-    m = await run(overwrite, message("My order arrived broken and I want a refund", language="de"))
+    m = await run_offline(overwrite, message("My order arrived broken and I want a refund", language="de"))
     assert m.language == "en"
     # Not sure of the text: the channel's language stays.
-    m = await run(overwrite, message("ok", language="de"))
+    m = await run_offline(overwrite, message("ok", language="de"))
     assert (m.language, m.tags.labels["language_detection"]["source"]) == ("de", "channel")
 
 
 async def test_subject_and_html_only_bodies(default: LanguageDetection) -> None:
     html = "<html><style>p {color: red}</style><p>Bonjour, je voudrais annuler ma commande</p>"
     html_only = Content(type="email", html=html)
-    assert (await run(default, message(content=html_only))).language == "fr"
+    assert (await run_offline(default, message(content=html_only))).language == "fr"
     subject = Content(type="email", subject="Reklamation: Bestellung beschädigt", text="Siehe Anhang, bitte prüfen.")
-    assert (await run(default, message(content=subject))).language == "de"
+    assert (await run_offline(default, message(content=subject))).language == "de"
 
 
 async def test_restricting_languages_and_low_accuracy_mode() -> None:
     only = detector(languages=["en", "es"], low_accuracy=True)
-    assert (await run(only, message("Mi pedido llegó roto, quiero un reembolso"))).language == "es"
+    assert (await run_offline(only, message("Mi pedido llegó roto, quiero un reembolso"))).language == "es"
     # Chinese is not a candidate: the Han shortcut does not apply and lingua has no Han model.
-    assert (await run(only, message("我的订单在哪里"))).language is None
+    assert (await run_offline(only, message("我的订单在哪里"))).language is None
 
 
 def test_the_detector_is_built_once_per_configuration() -> None:

@@ -23,7 +23,6 @@ from gateway.model import Content, Message, Party
 from gateway.pipeline.chain import build_chain
 from gateway.pipeline.worker import Worker
 from gateway.plugins import PluginRegistry, load_plugins
-from gateway.processor import ProcessorContext
 from gateway.runtime import Runtime
 from plugins.sentiment import (
     LinearModels,
@@ -35,7 +34,7 @@ from plugins.sentiment import (
 )
 from plugins.sentiment.features import FeatureSpec, bucket, featurize, tokens
 from plugins.sentiment.linear import MODELS_DIR, LinearModel
-from tests.conftest import api_body, messages_of, read_records, sign
+from tests.conftest import api_body, messages_of, read_records, run_offline, sign
 from tests.test_worker import running
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,16 +57,6 @@ def message(text: str | None, language: str | None = None, **fields: Any) -> Mes
     )
 
 
-async def run(processor: SentimentAnalysis, m: Message) -> Message:
-    async def never(_: Any) -> None:
-        raise AssertionError("sentiment emits nothing")
-
-    ctx = ProcessorContext(store=None, emit=never, emit_event=never)  # type: ignore[arg-type]  # no Redis needed
-    result = await processor.process(m, ctx)
-    assert isinstance(result, Message)
-    return result
-
-
 @pytest.fixture(scope="module")
 def default() -> SentimentAnalysis:
     return analysis()
@@ -88,7 +77,7 @@ def default() -> SentimentAnalysis:
     ],
 )
 async def test_obvious_texts(default: SentimentAnalysis, text: str, language: str, label: str) -> None:
-    m = await run(default, message(text, language))
+    m = await run_offline(default, message(text, language))
     sentiment = m.tags.sentiment
     assert sentiment is not None
     assert sentiment.label == label
@@ -106,27 +95,27 @@ async def test_obvious_texts(default: SentimentAnalysis, text: str, language: st
 async def test_model_is_chosen_by_language(default: SentimentAnalysis) -> None:
     # Regional subtags count as their language; an unset language means default_language (en).
     for language in ("zh-CN", "zh_Hant"):
-        zh = await run(default, message("服务态度很好，谢谢", language))
+        zh = await run_offline(default, message("服务态度很好，谢谢", language))
         assert zh.tags.sentiment is not None and zh.tags.sentiment.model == "linear-zh-v1"
-    unset = await run(default, message("Worst airline ever, never again"))
+    unset = await run_offline(default, message("Worst airline ever, never again"))
     assert unset.tags.sentiment is not None and unset.tags.sentiment.model == "linear-en-v1"
     assert unset.tags.sentiment.label == "negative"
     # No model for Spanish: no sentiment rather than an English model's guess.
-    es = await run(default, message("El peor servicio, nunca más", "es"))
+    es = await run_offline(default, message("El peor servicio, nunca más", "es"))
     assert es.tags.sentiment is None and "sentiment" not in es.tags.labels
     # Without a default language, a message of unknown language is skipped too.
     skip = analysis(default_language="")
-    assert (await run(skip, message("Worst airline ever"))).tags.sentiment is None
+    assert (await run_offline(skip, message("Worst airline ever"))).tags.sentiment is None
 
 
 async def test_nothing_to_score(default: SentimentAnalysis) -> None:
     for m in (message(None), message("   ")):
-        assert (await run(default, m)).tags.sentiment is None
+        assert (await run_offline(default, m)).tags.sentiment is None
 
 
 async def test_subject_and_html_only_bodies_are_scored(default: SentimentAnalysis) -> None:
     html = Content(type="email", html="<p>Terrible service, my bag was lost and nobody called me back</p>")
-    m = await run(default, message(None, "en", content=html))
+    m = await run_offline(default, message(None, "en", content=html))
     assert m.tags.sentiment is not None and m.tags.sentiment.label == "negative"
 
 
@@ -277,7 +266,7 @@ async def test_a_plugin_model_replaces_the_default_by_configuration(
         ("fine", None, "positive"),
         ("bad 服务", "zh", "negative"),
     ):
-        m = await run(processor, message(text, language))
+        m = await run_offline(processor, message(text, language))
         assert m.tags.sentiment is not None
         assert (m.tags.sentiment.label, m.tags.sentiment.model) == (label, f"keyword-test/{language or 'en'}")
     # blocking = True: predictions ran in worker threads, never on the event loop's thread.
@@ -289,8 +278,8 @@ async def test_per_language_model_overrides(plugin_registry: tuple[PluginRegistr
     processor = sentiment_chain(
         registry, {"models": {"es": "keyword-test"}, "options": {"keyword-test": {"negative": ["peor"]}}}
     )
-    es = await run(processor, message("El peor servicio", "es"))
-    en = await run(processor, message("Worst service ever", "en"))
+    es = await run_offline(processor, message("El peor servicio", "es"))
+    en = await run_offline(processor, message("Worst service ever", "en"))
     assert es.tags.sentiment is not None and es.tags.sentiment.model == "keyword-test/es"
     assert en.tags.sentiment is not None and en.tags.sentiment.model == "linear-en-v1"
 
