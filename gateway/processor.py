@@ -7,7 +7,7 @@ with a real Redis and a plain list as the outbox.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, ClassVar
@@ -40,6 +40,11 @@ class ProcessorContext:
     clock: Callable[[], datetime] = field(default=utcnow)
 
 
+# What a processor's batch call says about one message: the (possibly new) message, a Drop, or
+# the exception it failed with.
+BatchResult = Message | Drop | Exception
+
+
 class Processor:
     """Base class of processors. Subclass, set ``name`` (and ``Settings``), override ``process``."""
 
@@ -59,3 +64,22 @@ class Processor:
 
     async def process(self, message: Message, ctx: ProcessorContext) -> Message | Drop:
         raise NotImplementedError
+
+    async def process_batch(self, items: Sequence[tuple[Message, ProcessorContext]]) -> list[BatchResult]:
+        """Process the messages of one fetch together (models vectorize, Redis checks pipeline).
+
+        ``items`` holds only messages this processor applies to, in fetch order: messages of one
+        partition (hence of one conversation) keep their offset order, and an override must give
+        a later message of a conversation the effects of an earlier one (cooldowns, first
+        contact...) exactly as one-by-one processing would. Returns one result per item, in
+        order: the message, a :class:`Drop`, or the exception that message failed with (the
+        worker then retries that message alone and, after ``max_attempts``, dead-letters it).
+        The default calls :meth:`process` for each message in order.
+        """
+        results: list[BatchResult] = []
+        for message, ctx in items:
+            try:
+                results.append(await self.process(message, ctx))
+            except Exception as exc:
+                results.append(exc)
+        return results

@@ -40,7 +40,7 @@ from gateway.model import (
     encode,
     utcnow,
 )
-from gateway.processor import Drop, Processor, ProcessorContext, ProcessorSettings
+from gateway.processor import BatchResult, Drop, Processor, ProcessorContext, ProcessorSettings
 from gateway.provider_http import ProviderResponse, basic_auth, call_provider, raise_for_response, retry_after_seconds
 from gateway.routes import Route, channel_instances
 from gateway.signing import (
@@ -59,6 +59,7 @@ __all__ = [
     "Accepted",
     "Attachment",
     "AuthenticationError",
+    "BatchResult",
     "Channel",
     "ChannelError",
     "ChannelServices",
