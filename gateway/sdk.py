@@ -23,6 +23,12 @@ from gateway.channel import (
     SendResult,
     WebhookRequest,
 )
+from gateway.helpers.calendar import WEEKDAYS, BusinessHours, load_calendars
+from gateway.helpers.calendar import format_error as format_calendar_error
+from gateway.helpers.keywords import KeywordMatcher
+from gateway.helpers.keywords import normalize as normalize_for_match
+from gateway.helpers.priority import PRIORITY_RANK, Priority, add_tags, raise_priority
+from gateway.helpers.text import html_to_text, message_text, primary_language, readable_text
 from gateway.hookspecs import hookimpl
 from gateway.model import (
     Attachment,
@@ -56,10 +62,13 @@ API_VERSION = "1.0"
 
 __all__ = [
     "API_VERSION",
+    "PRIORITY_RANK",
+    "WEEKDAYS",
     "Accepted",
     "Attachment",
     "AuthenticationError",
     "BatchResult",
+    "BusinessHours",
     "Channel",
     "ChannelError",
     "ChannelServices",
@@ -73,12 +82,14 @@ __all__ = [
     "Ingest",
     "IngestError",
     "IngestOutcome",
+    "KeywordMatcher",
     "Location",
     "Message",
     "ParseResult",
     "Party",
     "PayloadError",
     "Postback",
+    "Priority",
     "Processor",
     "ProcessorContext",
     "ProcessorSettings",
@@ -92,16 +103,25 @@ __all__ = [
     "StoreUnavailable",
     "Tags",
     "WebhookRequest",
+    "add_tags",
     "basic_auth",
     "call_provider",
     "channel_instances",
     "constant_time_equals",
     "encode",
+    "format_calendar_error",
     "hmac_sha1_b64",
     "hmac_sha256_b64",
     "hmac_sha256_hex",
     "hookimpl",
+    "html_to_text",
+    "load_calendars",
+    "message_text",
+    "normalize_for_match",
+    "primary_language",
     "raise_for_response",
+    "raise_priority",
+    "readable_text",
     "retry_after_seconds",
     "utcnow",
     "verify_prefixed_hex",

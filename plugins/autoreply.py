@@ -31,6 +31,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from gateway.sdk import (
+    BusinessHours,
     Content,
     Message,
     Party,
@@ -40,8 +41,8 @@ from gateway.sdk import (
     StoreUnavailable,
     Tags,
     hookimpl,
+    load_calendars,
 )
-from plugins.business_hours import BusinessHours, load_calendars
 
 log = structlog.get_logger(__name__)
 

@@ -14,13 +14,23 @@ from typing import Annotated, Any, Literal
 import msgspec
 import structlog
 
-from gateway.sdk import Message, Processor, ProcessorContext, ProcessorSettings, Routing, hookimpl
-from plugins.textmatch import KeywordMatcher, normalize
+from gateway.sdk import (
+    KeywordMatcher,
+    Message,
+    Priority,
+    Processor,
+    ProcessorContext,
+    ProcessorSettings,
+    Routing,
+    add_tags,
+    hookimpl,
+    message_text,
+    normalize_for_match,
+    primary_language,
+    raise_priority,
+)
 
 log = structlog.get_logger(__name__)
-
-Priority = Literal["low", "normal", "high", "urgent"]
-PRIORITY_RANK: dict[str, int] = {"low": 0, "normal": 1, "high": 2, "urgent": 3}
 
 DEFAULT_KEYWORDS: dict[str, list[str]] = {
     "en": [
@@ -42,38 +52,12 @@ DEFAULT_KEYWORDS: dict[str, list[str]] = {
 }
 
 
-def raise_priority(current: str | None, floor: str) -> Priority:
-    """The higher of two priorities: escalation and routing never lower one set earlier."""
-    if current is None or PRIORITY_RANK[floor] > PRIORITY_RANK[current]:
-        return floor  # type: ignore[return-value]
-    return current  # type: ignore[return-value]
-
-
-def add_tags(message: Message, tags: list[str]) -> None:
-    """Append to ``tags.labels["tags"]`` without duplicates (processing may be retried)."""
-    existing = message.tags.labels.get("tags")
-    current: list[Any] = list(existing) if isinstance(existing, list) else [] if existing is None else [existing]
-    current.extend(tag for tag in tags if tag not in current)
-    message.tags.labels["tags"] = current
-
-
-def message_text(message: Message) -> str:
-    """What a human wrote: subject and text (captions of attachments too)."""
-    parts = [message.content.subject, message.content.text]
-    parts.extend(a.caption for a in message.content.attachments)
-    return "\n".join(p for p in parts if p)
-
-
-def primary_language(tag: str | None) -> str | None:
-    return tag.replace("_", "-").split("-")[0].lower() if tag else None
-
-
 class EscalationSettings(ProcessorSettings, kw_only=True, forbid_unknown_fields=True):
     threshold: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.8  # negative sentiment score >= threshold
     priority: Priority = "high"  # the minimum priority of an escalated message
     tag: Annotated[str, msgspec.Meta(min_length=1)] = "escalated"
     # Complaint keywords per language ("*" applies to every language); replaces the defaults
-    # when given. See plugins/textmatch.py for the matching rules (case-insensitive, whole word
+    # when given. See gateway/helpers/keywords.py for the matching rules (case-insensitive, whole word
     # for Latin scripts, substring for CJK).
     keywords: dict[str, list[str]] = msgspec.field(default_factory=lambda: dict(DEFAULT_KEYWORDS))
     # Added to ``keywords``: keep the defaults and add your own words.
@@ -121,7 +105,7 @@ class Escalation(Processor):
             reasons.append(f"sentiment=negative({sentiment.score:.2f})")
             details["sentiment_score"] = sentiment.score
         text = message_text(message)
-        found = self._matcher(message.language).find(normalize(text), normalized=True) if text else []
+        found = self._matcher(message.language).find(normalize_for_match(text), normalized=True) if text else []
         if found:
             reasons.append("keyword=" + ",".join(found))
             details["keywords"] = found

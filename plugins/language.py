@@ -32,9 +32,7 @@ import msgspec
 import structlog
 from lingua import IsoCode639_1, LanguageDetector, LanguageDetectorBuilder
 
-from gateway.sdk import Message, Processor, ProcessorContext, ProcessorSettings, hookimpl
-from plugins.email.mime import html_to_text
-from plugins.escalation import message_text
+from gateway.sdk import Message, Processor, ProcessorContext, ProcessorSettings, hookimpl, html_to_text, message_text
 
 log = structlog.get_logger(__name__)
 

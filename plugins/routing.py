@@ -22,10 +22,24 @@ import msgspec
 import structlog
 from redis.exceptions import RedisError
 
-from gateway.sdk import Message, Processor, ProcessorContext, ProcessorSettings, Routing, hookimpl
-from plugins.business_hours import BusinessHours, format_error, load_calendars
-from plugins.escalation import PRIORITY_RANK, add_tags, message_text, primary_language, raise_priority
-from plugins.textmatch import KeywordMatcher, normalize
+from gateway.sdk import (
+    PRIORITY_RANK,
+    BusinessHours,
+    KeywordMatcher,
+    Message,
+    Processor,
+    ProcessorContext,
+    ProcessorSettings,
+    Routing,
+    add_tags,
+    format_calendar_error,
+    hookimpl,
+    load_calendars,
+    message_text,
+    normalize_for_match,
+    primary_language,
+    raise_priority,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -61,7 +75,7 @@ class When(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     channel: StrOrList | None = None  # channel type: "whatsapp", "email", "telegram"...
     instance: StrOrList | None = None  # channel instance name: "support-wa"
     tier: StrOrList | None = None  # customer tier from [tiers] or the Redis hash (case-insensitive)
-    keywords: list[str] | None = None  # any of them, see plugins/textmatch.py
+    keywords: list[str] | None = None  # any of them, see gateway/helpers/keywords.py
     regex: StrOrList | None = None  # Python re syntax, searched in subject + text + captions
     language: StrOrList | None = None  # "zh" matches "zh", "zh-CN", "zh-Hant"...
     sentiment: SentimentLabel | list[SentimentLabel] | None = None
@@ -128,7 +142,7 @@ class RoutingSettings(ProcessorSettings, kw_only=True, forbid_unknown_fields=Tru
             try:
                 policies[name] = table if isinstance(table, SlaPolicy) else msgspec.convert(table, SlaPolicy)
             except msgspec.ValidationError as exc:
-                raise ValueError(format_error(exc, f"sla.{name}")) from None
+                raise ValueError(format_calendar_error(exc, f"sla.{name}")) from None
             calendar = policies[name].business_hours
             if calendar is not None and calendar not in self.calendars:
                 raise ValueError(f"sla.{name}.business_hours: {self._unknown('calendar', calendar, self.calendars)}")
@@ -422,7 +436,7 @@ class Router(Processor):
         existing_tags = message.tags.labels.get("tags")
         facts = Facts(
             message=message,
-            text=normalize(raw_text),
+            text=normalize_for_match(raw_text),
             raw_text=raw_text,
             tags=[str(t) for t in existing_tags] if isinstance(existing_tags, list) else [],
         )

@@ -26,6 +26,7 @@ from gateway.pipeline.worker import Worker
 from gateway.plugins import load_plugins
 from gateway.processor import ProcessorContext
 from gateway.runtime import Runtime
+from gateway.sdk import WEEKDAYS, BusinessHours
 from gateway.store.redis import RedisStore, StoreUnavailable
 from gateway.tracing import child_traceparent
 from plugins.autoreply import (
@@ -37,7 +38,6 @@ from plugins.autoreply import (
     render,
     ticket_of,
 )
-from plugins.business_hours import WEEKDAYS, BusinessHours
 from tests.conftest import api_body, messages_of, produce_raw, read_records, sign, topic_size
 from tests.test_dispatch import Provider, dispatching
 from tests.test_worker import running

@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from plugins.business_hours import BusinessHours, load_calendars
+from gateway.sdk import BusinessHours, load_calendars
 
 WEEKDAYS_9_TO_6 = {d: ["09:00-12:00", "13:00-18:00"] for d in ("mon", "tue", "wed", "thu", "fri")}
 

@@ -34,10 +34,9 @@ from email.message import EmailMessage
 from email.message import Message as Compat32Message
 from email.parser import BytesParser
 from email.utils import collapse_rfc2231_value, getaddresses, parsedate_to_datetime
-from html.parser import HTMLParser
 from typing import Any
 
-from gateway.sdk import Attachment, Channel, Content, Message, Party, PayloadError
+from gateway.sdk import Attachment, Channel, Content, Message, Party, PayloadError, html_to_text
 
 __all__ = [
     "decode_bytes",
@@ -307,72 +306,6 @@ def mail_date(value: str | None) -> datetime | None:
     if parsed.tzinfo is None:  # "-0000": the sender did not know its offset (RFC 5322 3.3)
         return parsed.replace(tzinfo=UTC)
     return parsed.astimezone(UTC)
-
-
-# --- HTML to text ------------------------------------------------------------------------------
-
-
-class _TextExtractor(HTMLParser):
-    """Readable text from an HTML body; blockquote content comes out "> "-quoted so that the reply
-    trimmer removes quoted history from HTML-only mail the same way as from plain text."""
-
-    _BLOCK = frozenset(
-        {"p", "div", "br", "tr", "li", "ul", "ol", "table", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "pre"}
-    )
-    _SKIP = frozenset({"script", "style", "head", "title"})
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.lines: list[str] = []
-        self.current: list[str] = []
-        self.quote_depth = 0
-        self.skip_depth = 0
-        self.line_depth = 0
-
-    def _break(self) -> None:
-        text = re.sub(r"[ \t\r\n\u00a0]+", " ", "".join(self.current)).strip()
-        self.current = []
-        if text or (self.lines and self.lines[-1] != ""):
-            self.lines.append(("> " * self.line_depth) + text if text else "")
-        self.line_depth = self.quote_depth
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in self._SKIP:
-            self.skip_depth += 1
-        elif tag == "blockquote":
-            self._break()
-            self.quote_depth += 1
-            self.line_depth = self.quote_depth
-        elif tag in self._BLOCK:
-            self._break()
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in self._SKIP:
-            self.skip_depth = max(0, self.skip_depth - 1)
-        elif tag == "blockquote":
-            self._break()
-            self.quote_depth = max(0, self.quote_depth - 1)
-            self.line_depth = self.quote_depth
-        elif tag in self._BLOCK:
-            self._break()
-
-    def handle_data(self, data: str) -> None:
-        if not self.skip_depth:
-            self.current.append(data)
-
-    def text(self) -> str:
-        self._break()
-        return "\n".join(self.lines).strip()
-
-
-def html_to_text(html: str) -> str:
-    parser = _TextExtractor()
-    try:
-        parser.feed(html)
-        parser.close()
-    except (AssertionError, ValueError):  # pathological markup: keep what was read
-        pass
-    return parser.text()
 
 
 # --- quoted replies and signatures -------------------------------------------------------------

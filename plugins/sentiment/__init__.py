@@ -25,9 +25,17 @@ from typing import Annotated, Any
 import msgspec
 import structlog
 
-from gateway.sdk import Message, Processor, ProcessorContext, ProcessorSettings, Sentiment, hookimpl
-from plugins.email.mime import html_to_text
-from plugins.escalation import message_text, primary_language
+from gateway.sdk import (
+    Message,
+    Processor,
+    ProcessorContext,
+    ProcessorSettings,
+    Sentiment,
+    hookimpl,
+    html_to_text,
+    message_text,
+    primary_language,
+)
 from plugins.sentiment.linear import MODELS_DIR, LinearModel
 from plugins.sentiment.types import ModelFactory, Prediction, SentimentLabel, SentimentModel
 
