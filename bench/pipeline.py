@@ -1,23 +1,32 @@
 """Pipeline throughput and end-to-end latency through `gateway worker` with the default processors.
 
-Usage: .venv/bin/python -m bench.pipeline [--messages 2000] [--rounds 3] [--rate 50] [--seconds 10]
+Usage: .venv/bin/python -m bench.pipeline [--messages 4000] [--rounds 3] [--rate 1000] [--seconds 10]
+       [--data ../shared/data/sentiment]
 
-Runs `gateway serve` and two `gateway worker` processes on an embedded broker and Redis:
+Runs a `gateway serve` and a `gateway worker` per variant on an embedded broker and Redis:
 - **full**: every built-in processor (language, sentiment, escalation, routing with rules,
   auto-replies with FAQ and acknowledgements), as `gateway dev` runs them;
 - **bare**: the same worker with only `passthrough`, i.e. the cost of consume + produce + commit.
 Throughput: records produced straight onto each worker's inbound topic, timed from the first send
 to the last output seen on the processed topic (both workers are warm). Rounds alternate, so the
 full/bare ratio is measured under the same machine noise.
-Latency: webhooks posted to `gateway serve` at a fixed rate; from the 2xx to the record on
-`gateway.processed.v1` (matched by the worker's ``input-id`` header).
+Latency: webhooks posted to each variant's `gateway serve` at a fixed rate, one variant after the
+other; from the 2xx to the record on the processed topic (matched by the worker's ``input-id``
+header). Memory: each worker's resident set size at the end.
+
+Texts: real customer-like text matters (models cache per word, so eight texts repeated flatter
+the chain), so when ``--data`` names the labelled sentiment files, messages cycle through up to
+20,000 of their texts (English and Chinese, shuffled with a fixed seed); otherwise through a
+small built-in list of eight.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import json
+import random
 import statistics
 import tempfile
 import time
@@ -111,6 +120,26 @@ secret = "env:BENCH_SECRET"
     )
 
 
+def load_texts(directory: Path | None, limit: int = 20_000) -> list[str]:
+    """Texts of the labelled CSV files (column ``text``) in a fixed shuffled order, or TEXTS."""
+    if directory is None or not directory.is_dir():
+        return list(TEXTS)
+    texts: list[str] = []
+    for path in sorted(directory.glob("*.csv")):
+        with path.open(encoding="utf-8", newline="") as handle:
+            texts.extend(row["text"] for row in csv.DictReader(handle) if row.get("text"))
+    random.Random(20261204).shuffle(texts)
+    return texts[:limit] or list(TEXTS)
+
+
+def rss_mib(pid: int) -> float:
+    """Resident set size of a process (Linux /proc), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
 def inbound(run: str, i: int) -> Message:
     return Message(
         direction="inbound",
@@ -119,7 +148,7 @@ def inbound(run: str, i: int) -> Message:
         external_id=f"{run}-{i}",
         conversation_id=f"api:{run}-{i % 100}",
         sender=Party(id=f"cust-{i % 100}", name="Ada"),
-        content=Content(text=TEXTS[i % len(TEXTS)]),
+        content=Content(text=CORPUS[i % len(CORPUS)]),
     )
 
 
@@ -183,9 +212,9 @@ async def latency(url: str, outputs: Outputs, rate: float, seconds: float) -> tu
             body = json.dumps(
                 {
                     "id": f"{run}-{i}",
-                    "conversation_id": f"lat-{run}-{i % 50}",
-                    "sender": {"id": f"cust-{i % 50}", "name": "Ada"},
-                    "text": TEXTS[i % len(TEXTS)],
+                    "conversation_id": f"lat-{run}-{i % 500}",
+                    "sender": {"id": f"cust-{i % 500}", "name": "Ada"},
+                    "text": CORPUS[i % len(CORPUS)],
                 },
                 ensure_ascii=False,
             ).encode()
@@ -203,13 +232,23 @@ async def latency(url: str, outputs: Outputs, rate: float, seconds: float) -> tu
     return percentile(samples, 0.5), percentile(samples, 0.99)
 
 
+CORPUS: list[str] = list(TEXTS)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--messages", type=int, default=2000, help="messages per throughput round")
+    parser.add_argument("--messages", type=int, default=4000, help="messages per throughput round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--rate", type=float, default=50.0, help="offered webhook rate for the latency run")
-    parser.add_argument("--seconds", type=float, default=10.0, help="duration of the latency run")
+    parser.add_argument("--rate", type=float, default=1000.0, help="offered webhook rate for the latency runs")
+    parser.add_argument("--seconds", type=float, default=10.0, help="duration of each latency run")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=Path("../shared/data/sentiment"),
+        help="directory of labelled CSV files whose texts the messages carry (built-in texts if absent)",
+    )
     args = parser.parse_args()
+    CORPUS[:] = load_texts(args.data)
 
     with services() as svc, tempfile.TemporaryDirectory() as tmp:
         setups = {}
@@ -221,10 +260,11 @@ async def main() -> None:
             write_config(config, svc.bootstrap, svc.redis_url, port, prefix, variant)
             setups[variant] = (prefix, port)
             commands.append([GATEWAY, "worker", "--config", str(config)])
-            if variant == "full":
-                commands.append([GATEWAY, "serve", "--config", str(config)])
-        with processes(*commands, env={"BENCH_SECRET": SECRET}):
-            await wait_listening(setups["full"][1])
+            commands.append([GATEWAY, "serve", "--config", str(config)])
+        with processes(*commands, env={"BENCH_SECRET": SECRET}) as started:
+            workers = {"full": started[0].pid, "bare": started[2].pid}
+            for _, port in setups.values():
+                await wait_listening(port)
             producer = AIOKafkaProducer(bootstrap_servers=svc.bootstrap, linger_ms=5, acks="all")
             await producer.start()
             followers = {v: Outputs(svc.bootstrap, f"{p}processed.v1") for v, (p, _) in setups.items()}
@@ -238,8 +278,11 @@ async def main() -> None:
                     for variant, (prefix, _) in setups.items():
                         topic = f"{prefix}inbound.v1"
                         rates[variant].append(await throughput(producer, followers[variant], topic, args.messages))
-                url = f"http://127.0.0.1:{setups['full'][1]}/webhooks/api"
-                p50, p99 = await latency(url, followers["full"], args.rate, args.seconds)
+                latencies: dict[str, tuple[float, float]] = {}
+                for variant, (_, port) in setups.items():
+                    url = f"http://127.0.0.1:{port}/webhooks/api"
+                    latencies[variant] = await latency(url, followers[variant], args.rate, args.seconds)
+                memory = {variant: rss_mib(pid) for variant, pid in workers.items()}
             finally:
                 for follower in followers.values():
                     await follower.stop()
@@ -252,8 +295,12 @@ async def main() -> None:
         print(f"  {variant:5} {summary(values, 'msg/s')}")
     per_round = ", ".join(f"{r:.2f}" for r in ratios)
     print(f"  full/bare ratio: median {statistics.median(ratios):.2f} (per round: {per_round})")
-    print(f"end-to-end latency, webhook 2xx -> processed topic, {args.rate:.0f} msg/s for {args.seconds:.0f} s:")
-    print(f"  p50 {p50:.1f} ms  p99 {p99:.1f} ms")
+    print(f"texts: {len(CORPUS)} distinct")
+    print(f"end-to-end latency, webhook 2xx -> processed topic, {args.rate:.0f} msg/s for {args.seconds:.0f} s each:")
+    for variant, (p50, p99) in latencies.items():
+        print(f"  {variant:5} p50 {p50:.1f} ms  p99 {p99:.1f} ms")
+    print(f"  full/bare p99: {latencies['full'][1] / latencies['bare'][1]:.2f}")
+    print("worker RSS at the end: " + ", ".join(f"{v} {mib:.0f} MiB" for v, mib in memory.items()))
 
 
 if __name__ == "__main__":
