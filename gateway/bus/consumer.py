@@ -10,6 +10,12 @@
   partition is rewound to the first unfinished record and retried after a pause, never skipped.
 - On rebalance the revoked partitions' finished offsets are committed before they are given up,
   and nothing is committed for a partition we no longer own.
+- With a ``batch_handler`` (the worker), all records of one poll are handed over together and it
+  answers one outcome per record. Per partition, the records before the first failed one are
+  settled exactly as above; from the failed record on, that partition falls back to the
+  per-record path (the batch counts as the failed record's first attempt, then retries with
+  backoff, then ``dead_letter``; the records after it are handled one by one again), so a
+  partition's records still finish in offset order and nothing after a failure is published first.
 """
 
 from __future__ import annotations
@@ -32,7 +38,19 @@ Record: TypeAlias = ConsumerRecord[bytes, bytes]
 # A handler may return the pending acknowledgement of the outputs it enqueued: the runner awaits
 # it before the record counts as done, so several records' outputs travel to the broker together.
 Handler = Callable[[Record], Awaitable[PendingAck | None]]
+# One outcome per record of a batch: its pending acknowledgement (or None: nothing to wait for), or
+# the exception it failed with (``BrokerUnavailable``: its outputs could not be handed over).
+Outcome: TypeAlias = PendingAck | Exception | None
+# Gets every record of one poll (each partition's records in offset order), returns their outcomes
+# in the same order. It must not publish anything for a record that follows a failed record of its
+# partition (the runner handles those again, one by one, after the failed one): answer
+# ``Deferred()`` for them.
+BatchHandler = Callable[[list[Record]], Awaitable[list[Outcome]]]
 DeadLetter = Callable[[Record, BaseException, int], Awaitable[None]]
+
+
+class Deferred(Exception):
+    """The outcome of a record not attempted because an earlier record of its partition failed."""
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -61,11 +79,13 @@ class ConsumerRunner:
         max_attempts: int = 3,
         retry_backoff_ms: int = 200,
         name: str = "consumer",
+        batch_handler: BatchHandler | None = None,
     ) -> None:
         self.kafka = kafka
         self.topics = topics
         self.group_id = group_id
         self.handler = handler
+        self.batch_handler = batch_handler
         self.dead_letter = dead_letter
         self.max_attempts = max_attempts
         self.retry_backoff_s = retry_backoff_ms / 1000
@@ -129,14 +149,44 @@ class ConsumerRunner:
             log.info("consumer_stopped", consumer=self.name)
 
     async def _process(self, batch: dict[TopicPartition, list[Record]]) -> None:
-        await asyncio.gather(*(self._process_partition(tp, records) for tp, records in batch.items()))
+        if self.batch_handler is None:
+            await asyncio.gather(*(self._process_partition(tp, records) for tp, records in batch.items()))
+            return
+        records = [record for partition in batch.values() for record in partition]
+        try:
+            outcomes = await self.batch_handler(records)
+            if len(outcomes) != len(records):
+                raise RuntimeError(f"batch handler returned {len(outcomes)} outcomes for {len(records)} records")
+        except Exception as exc:  # the batch as a whole failed: each partition falls back from its start
+            outcomes = [exc] * len(records)
+        start = 0
+        jobs = []
+        for tp, partition in batch.items():
+            jobs.append(self._process_partition(tp, partition, outcomes[start : start + len(partition)]))
+            start += len(partition)
+        await asyncio.gather(*jobs)
 
-    async def _process_partition(self, tp: TopicPartition, records: list[Record]) -> None:
+    async def _process_partition(
+        self, tp: TopicPartition, records: list[Record], outcomes: list[Outcome] | None = None
+    ) -> None:
+        """Handle (or, with ``outcomes`` from the batch handler, settle) one partition's records in order."""
         async with self._partition_slots:
             pending: list[tuple[Record, PendingAck | None]] = []
-            for record in records:
+            failed: Exception | None = None  # the batch's error for the first record handled again
+            for i, record in enumerate(records):
                 try:
-                    pending.append((record, await self._handle(record)))
+                    if outcomes is not None:
+                        outcome = outcomes[i]
+                        if not isinstance(outcome, Exception):
+                            pending.append((record, outcome))
+                            continue
+                        if isinstance(outcome, BrokerUnavailable):
+                            raise outcome
+                        # From here on this partition goes record by record, as without a batch.
+                        failed = None if isinstance(outcome, Deferred) else outcome
+                        outcomes = None
+                    pending.append((record, await self._handle(record, failed)))
+                    failed = None
                 except BrokerUnavailable as exc:
                     if await self._settle(tp, pending):
                         await self._rewind(tp, record, exc)
@@ -169,9 +219,14 @@ class ConsumerRunner:
         self._consumer.seek(tp, record.offset)
         await asyncio.sleep(self.retry_backoff_s * 5 or 1)
 
-    async def _handle(self, record: Record) -> PendingAck | None:
+    async def _handle(self, record: Record, failed: Exception | None = None) -> PendingAck | None:
+        """Handle one record with retries, then dead-letter it; ``failed``: its first attempt
+        (in a batch) already failed with this error."""
         for attempt in range(1, self.max_attempts + 1):
             try:
+                if failed is not None:
+                    first, failed = failed, None
+                    raise first
                 return await self.handler(record)
             except BrokerUnavailable:
                 raise

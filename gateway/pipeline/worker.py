@@ -3,16 +3,26 @@
 Outputs (the processed message, auto-replies, events) are published together and acknowledged
 before the input's offset is committed, so a crash anywhere means reprocessing, never loss.
 The processed record keeps the inbound message id, so downstream drops reprocessed duplicates.
+
+Batches: the records of one poll go through the chain together (``handle_batch``): each processor
+gets one ``process_batch`` call with the live messages it applies to, in fetch order. A message
+that fails (or whose processor's batch call raised) stops there, and so do the messages after it
+in its partition: the consumer runner retries it alone through ``handle`` (the per-message path,
+``Processor.process``), then the ones after it, so per-conversation order, retries and the DLQ
+work exactly as with one message at a time.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import msgspec
 import structlog
 
-from gateway.bus.consumer import ConsumerRunner, Record
+from gateway.bus.consumer import ConsumerRunner, Deferred, Outcome, Record
 from gateway.bus.producer import OutgoingRecord, PendingAck, header, record_for
-from gateway.model import DeliveryEvent, Message
-from gateway.processor import Drop, Processor, ProcessorContext
+from gateway.model import DeliveryEvent, Message, decode_message
+from gateway.processor import BatchResult, Drop, Processor, ProcessorContext
 from gateway.runtime import Runtime
 from gateway.tracing import child_traceparent
 
@@ -26,6 +36,57 @@ class ProcessorFailed(Exception):
         self.error = error
 
 
+class _Item:
+    """One message on its way through the chain: its context and what it emitted so far."""
+
+    __slots__ = ("_topics", "ctx", "failed", "message", "outputs", "ran", "record", "result", "traceparent")
+
+    def __init__(self, worker: Worker, record: Record, message: Message) -> None:
+        self.record = record
+        self.message = message
+        self.traceparent = child_traceparent(header(record.headers, "traceparent"))
+        self.outputs: list[OutgoingRecord] = []
+        self.ran: list[str] = []
+        self.result: Message | Drop = message
+        self.failed: ProcessorFailed | None = None
+        self._topics = worker.runtime.topics
+        self.ctx = ProcessorContext(store=worker.runtime.store, emit=self.emit, emit_event=self.emit_event)
+
+    async def emit(self, reply: Message) -> None:
+        message_id = self.message.id
+        reply.in_reply_to = reply.in_reply_to or message_id
+        self.outputs.append(
+            record_for(
+                self._topics.outbound,
+                reply,
+                traceparent=self.traceparent,
+                key=reply.conversation_id,
+                extra_headers=[("input-id", message_id)],
+            )
+        )
+
+    async def emit_event(self, event: DeliveryEvent) -> None:
+        self.outputs.append(
+            record_for(
+                self._topics.events,
+                event,
+                traceparent=self.traceparent,
+                key=event.conversation_id or event.external_id,
+            )
+        )
+
+    def take(self, processor: str, result: Message | Drop) -> None:
+        """Record a processor's result for this message."""
+        self.ran.append(processor)
+        self.result = result
+        if not isinstance(result, Drop):
+            self.message = result
+
+
+def _partition(item: _Item) -> tuple[str, int]:
+    return item.record.topic, item.record.partition
+
+
 class Worker:
     def __init__(self, runtime: Runtime, chain: list[Processor]) -> None:
         self.runtime = runtime
@@ -36,12 +97,19 @@ class Worker:
             topics=[runtime.topics.inbound],
             group_id=worker.group_id,
             handler=self.handle,
+            batch_handler=self.handle_batch,
             dead_letter=self.dead_letter,
             concurrency=worker.concurrency,
             max_attempts=worker.max_attempts,
             retry_backoff_ms=worker.retry_backoff_ms,
             name="worker",
         )
+        processed = runtime.metrics.processed
+        self._counted = {
+            "ok": processed.labels("worker", "ok"),
+            "dropped": processed.labels("worker", "dropped"),
+            "quarantined": processed.labels("worker", "quarantined"),
+        }
 
     async def run(self) -> None:
         await self.runner.run()
@@ -50,69 +118,134 @@ class Worker:
         self.runner.stop()
 
     async def handle(self, record: Record) -> PendingAck | None:
-        runtime = self.runtime
-        traceparent = child_traceparent(header(record.headers, "traceparent"))
-        decoded = await runtime.decode_record(record, "process")
+        """One record through the chain, message by message (``Processor.process``): the path of
+        retries, and of the records after a failure in a batch. Raises ProcessorFailed."""
+        decoded = await self.runtime.decode_record(record, "process")
         if decoded is None:
-            runtime.metrics.processed.labels("worker", "quarantined").inc()
+            self._counted["quarantined"].inc()
             return None
-        message = decoded
-
-        outputs: list[OutgoingRecord] = []
-
-        async def emit(reply: Message) -> None:
-            reply.in_reply_to = reply.in_reply_to or message.id
-            outputs.append(
-                record_for(
-                    runtime.topics.outbound,
-                    reply,
-                    traceparent=traceparent,
-                    key=reply.conversation_id,
-                    extra_headers=[("input-id", message.id)],
-                )
-            )
-
-        async def emit_event(event: DeliveryEvent) -> None:
-            outputs.append(
-                record_for(
-                    runtime.topics.events,
-                    event,
-                    traceparent=traceparent,
-                    key=event.conversation_id or event.external_id,
-                )
-            )
-
-        ctx = ProcessorContext(store=runtime.store, emit=emit, emit_event=emit_event)
-        result: Message | Drop = message
-        ran: list[str] = []
+        item = _Item(self, record, decoded)
         for processor in self.chain:
+            message = item.message
             if not processor.applies_to(message):
                 continue
             try:
-                result = await processor.process(message, ctx)
+                result = await processor.process(message, item.ctx)
             except Exception as exc:
                 raise ProcessorFailed(processor.name, exc) from exc
-            ran.append(processor.name)
+            item.take(processor.name, result)
             if isinstance(result, Drop):
                 break
-            message = result
+        return await self._publish(item)
+
+    async def handle_batch(self, records: list[Record]) -> list[Outcome]:
+        """All records of one poll through the chain, one ``process_batch`` call per processor.
+
+        Returns one outcome per record (see ``ConsumerRunner``): the pending acknowledgement of its
+        outputs, None (quarantined), the exception it failed with (``ProcessorFailed`` naming the
+        processor), or ``Deferred`` for a record after a failed one of its partition: those are
+        not processed further nor published, the runner handles them again after the failed one."""
+        outcomes: list[Outcome] = [None] * len(records)
+        items: dict[int, _Item] = {}
+        blocked: set[tuple[str, int]] = set()  # partitions with a failed record (so far)
+        for i, record in enumerate(records):
+            partition = (record.topic, record.partition)
+            if partition in blocked:
+                outcomes[i] = Deferred()
+                continue
+            try:
+                message = decode_message(record.value or b"")
+            except (msgspec.ValidationError, msgspec.DecodeError):
+                try:
+                    await self.runtime.decode_record(record, "process")  # quarantines it, as `handle` does
+                except Exception as exc:  # the DLQ publish failed (BrokerUnavailable): retried alone
+                    outcomes[i] = exc
+                    blocked.add(partition)
+                else:
+                    self._counted["quarantined"].inc()
+                continue
+            items[i] = _Item(self, record, message)
+
+        live = list(items.values())
+        for processor in self.chain:
+            if not live:
+                break
+            batch = [item for item in live if processor.applies_to(item.message)]
+            if not batch:
+                continue
+            failures = await self._run_batch(processor, batch)
+            live = [item for item in live if item.failed is None and not isinstance(item.result, Drop)]
+            if failures:
+                # The messages after a failed one of its partition stop here: they run again, one by
+                # one, after it, so no processor sees them before it (one-by-one order).
+                first: dict[tuple[str, int], int] = {}
+                for item in items.values():
+                    if item.failed is not None:
+                        first.setdefault(_partition(item), item.record.offset)
+                live = [item for item in live if item.record.offset <= first.get(_partition(item), item.record.offset)]
+
+        blocked.clear()
+        for i, record in enumerate(records):
+            partition = (record.topic, record.partition)
+            entry = items.get(i)
+            if entry is None:  # quarantined, or deferred or failed while quarantining
+                if isinstance(outcomes[i], Exception):
+                    blocked.add(partition)
+            elif partition in blocked:
+                outcomes[i] = Deferred()
+            elif entry.failed is not None:
+                outcomes[i] = entry.failed
+                blocked.add(partition)
+            else:
+                try:
+                    outcomes[i] = await self._publish(entry)
+                except Exception as exc:  # BrokerUnavailable: the runner rewinds the partition to it
+                    outcomes[i] = exc
+                    blocked.add(partition)
+        return outcomes
+
+    async def _run_batch(self, processor: Processor, batch: list[_Item]) -> int:
+        """One ``process_batch`` call; returns how many of the messages failed."""
+        name = processor.name
+        try:
+            results: Sequence[BatchResult] = await processor.process_batch([(item.message, item.ctx) for item in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"process_batch returned {len(results)} results for {len(batch)} messages")
+        except Exception as exc:  # the whole call failed: each message is retried alone
+            results = [exc] * len(batch)
+        failures = 0
+        for item, result in zip(batch, results, strict=True):
+            if isinstance(result, Exception):
+                failure = ProcessorFailed(name, result)
+                failure.__cause__ = result
+                item.failed = failure
+                failures += 1
+            else:
+                item.take(name, result)
+        return failures
+
+    async def _publish(self, item: _Item) -> PendingAck:
+        """Hand the item's outputs (the processed message first) to the publisher."""
+        runtime = self.runtime
+        result = item.result
+        message = item.message
         if isinstance(result, Drop):
-            log.info("message_dropped", message_id=message.id, processor=ran[-1], reason=result.reason)
+            log.info("message_dropped", message_id=message.id, processor=item.ran[-1], reason=result.reason)
+            outputs = item.outputs
         else:
-            message.trace["processors"] = ",".join(ran)
-            topic = message.routing.topic if message.routing and message.routing.topic else runtime.topics.processed
-            outputs.insert(
-                0,
-                record_for(
-                    topic,
-                    message,
-                    traceparent=traceparent,
-                    key=message.conversation_id,
-                    extra_headers=[("input-id", message.id)],
-                ),
+            message.trace["processors"] = ",".join(item.ran)
+            routing = message.routing
+            topic = routing.topic if routing is not None and routing.topic else runtime.topics.processed
+            processed = record_for(
+                topic,
+                message,
+                traceparent=item.traceparent,
+                key=message.conversation_id,
+                extra_headers=[("input-id", message.id)],
             )
+            outputs = [processed, *item.outputs]
         pending = await runtime.publisher.enqueue(outputs)  # acknowledged before the offset is committed
-        runtime.metrics.processed.labels("worker", "ok" if not isinstance(result, Drop) else "dropped").inc()
+        self._counted["dropped" if isinstance(result, Drop) else "ok"].inc()
         log.debug("message_processed", message_id=message.id, outputs=len(outputs))
         return pending
 
