@@ -68,12 +68,13 @@ DEFAULT_LANGUAGES: list[str] = [
 # Sender attributes that carry a client locale ("en", "pt-BR", "zh_CN"), in the order tried.
 SENDER_HINTS = ("language_code", "locale", "language", "lang")
 # The ISO 639-1 codes among lid.176's labels (the others are 639-3 codes such as "ceb").
-FASTTEXT_CODES = frozenset(
+_FASTTEXT_CODES = (
     "af am an ar as av az ba be bg bh bn bo br bs ca ce co cs cv cy da de dv el en eo es et eu fa fi fr fy ga gd "
     "gl gn gu gv he hi hr ht hu hy ia id ie io is it ja jv ka kk km kn ko ku kv ky la lb li lo lt lv mg mk ml "
     "mn mr ms mt my ne nl nn no oc or os pa pl ps pt qu rm ro ru sa sc sd sh si sk sl so sq sr su sv sw ta te "
-    "tg th tk tl tr tt ug uk ur uz vi vo wa yi yo zh".split()  # noqa: SIM905
+    "tg th tk tl tr tt ug uk ur uz vi vo wa yi yo zh"
 )
+FASTTEXT_CODES = frozenset(_FASTTEXT_CODES.split())
 # CLD2 names a few languages by their old or regional codes.
 CLD2_ALIASES = {"iw": "he", "jw": "jv", "in": "id", "zh-Hant": "zh"}
 # Weight of CLD2 in the average with fastText: 0.5 was the best on held-out short English tweets
@@ -94,7 +95,7 @@ _URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 _HANDLE = re.compile(r"(?<!\w)[@#]\w+")
 # fastText splits on whitespace only: "much!" and "Much" would be other tokens than "much".
-_NOT_LETTERS = re.compile(r"[^\w'’]+")  # noqa: RUF001  (the typographic apostrophe of "don’t")
+_NOT_LETTERS = re.compile(r"[^\w'’]+")  # noqa: RUF001  (U+2019 is an apostrophe too)
 _WORD = re.compile(r"[^\W\d_]+")
 
 # Scripts, their characters and the languages (of the ones fastText knows) that write them.
