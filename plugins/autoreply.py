@@ -12,6 +12,11 @@ Why it is built this way:
   processed again (the worker crashed before committing, a rebalance) finds its stored decision and
   re-emits the very same reply, same outbound id, so the dispatcher's dedup on that id delivers it
   once; the guards are applied to new decisions only and never block the re-emission.
+- The first-contact marker and the out-of-hours "already notified" check are read in that same
+  script, so deciding a message is one script call; ``process_batch`` sends the calls of a whole
+  batch in one pipeline (one round trip). Redis runs them one after the other in batch order, so
+  a later message of a conversation sees exactly what the earlier ones did (their first contact,
+  cooldown, counts, closure notice), as one-by-one processing would.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import hashlib
 import re
 import string
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, cast
@@ -28,9 +33,10 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 import structlog
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from gateway.sdk import (
+    BatchResult,
     BusinessHours,
     Content,
     Message,
@@ -252,36 +258,68 @@ class Candidate:
     templates: Templates
 
 
-# Atomically: an existing decision wins; else cooldown and caps decide between the reply and a skip;
-# a reply takes the cooldown, counts against both caps and, for an out-of-hours notice, marks the
-# closed period as notified. All or nothing, so a crash in between
-# cannot leave a half-taken cooldown or a counted reply that was never decided.
+# Atomically, per message: an existing decision wins (nothing else is touched); else the
+# first-contact marker is renewed (SET ... GET: first contact when it was unset or already held this
+# message's id) and the closed period's notice is looked up, which picks one of the candidate
+# decisions prepared for the four (first contact, notified) cases; then cooldown and caps decide
+# between its reply and a skip; a reply takes the cooldown, counts against both caps and, for an
+# out-of-hours notice, marks the closed period as notified. All or nothing, so a crash in between
+# cannot leave a half-taken cooldown or a counted reply that was never decided. Returns the
+# decision, or nil when nothing applies (nothing stored).
+#
+# KEYS: decision, cooldown, conversation count, instance count, notified closure, first-contact marker
+# ARGV: 1 message id, 2 acknowledgement window ('0': no acknowledgement, marker untouched),
+#   3 current closure ('': open or not tracked), 4 cooldown_s, 5 conversation cap, 6 instance cap,
+#   7 counter TTL, 8 decision TTL, 9 closure mark TTL, 10-13 candidate slot (0: none) for
+#   first*2 + notified, then per slot five values: the reply decision, the cooldown, conversation
+#   cap and instance cap skips, and the closure to mark ('' for none).
 _DECIDE = """
 local existing = redis.call('GET', KEYS[1])
 if existing then return existing end
-local cooldown = tonumber(ARGV[5])
-local conv_cap = tonumber(ARGV[6])
-local inst_cap = tonumber(ARGV[7])
-local decision = ARGV[1]
+local first = 0
+if ARGV[2] ~= '0' then
+  local previous = redis.call('SET', KEYS[6], ARGV[1], 'EX', ARGV[2], 'GET')
+  if (not previous) or previous == ARGV[1] then first = 1 end
+end
+local notified = 0
+if ARGV[3] ~= '' and redis.call('GET', KEYS[5]) == ARGV[3] then notified = 1 end
+local slot = tonumber(ARGV[10 + first * 2 + notified])
+if slot == 0 then return false end
+local base = 14 + (slot - 1) * 5
+local cooldown = tonumber(ARGV[4])
+local conv_cap = tonumber(ARGV[5])
+local inst_cap = tonumber(ARGV[6])
+local decision = ARGV[base]
 local holder = redis.call('GET', KEYS[2])
-if cooldown > 0 and holder and holder ~= ARGV[8] then
-  decision = ARGV[2]
+if cooldown > 0 and holder and holder ~= ARGV[1] then
+  decision = ARGV[base + 1]
 elseif conv_cap > 0 and (tonumber(redis.call('GET', KEYS[3])) or 0) >= conv_cap then
-  decision = ARGV[3]
+  decision = ARGV[base + 2]
 elseif inst_cap > 0 and (tonumber(redis.call('GET', KEYS[4])) or 0) >= inst_cap then
-  decision = ARGV[4]
+  decision = ARGV[base + 3]
 else
-  if cooldown > 0 then redis.call('SET', KEYS[2], ARGV[8], 'EX', cooldown) end
-  if ARGV[11] ~= '' then redis.call('SET', KEYS[5], ARGV[11], 'EX', ARGV[12]) end
+  if cooldown > 0 then redis.call('SET', KEYS[2], ARGV[1], 'EX', cooldown) end
+  if ARGV[base + 4] ~= '' then redis.call('SET', KEYS[5], ARGV[base + 4], 'EX', ARGV[9]) end
   for i = 3, 4 do
-    if redis.call('INCR', KEYS[i]) == 1 then redis.call('EXPIRE', KEYS[i], ARGV[9]) end
+    if redis.call('INCR', KEYS[i]) == 1 then redis.call('EXPIRE', KEYS[i], ARGV[7]) end
   end
 end
-redis.call('SET', KEYS[1], decision, 'EX', ARGV[10])
+redis.call('SET', KEYS[1], decision, 'EX', ARGV[8])
 return decision
 """
+_DECIDE_SHA = hashlib.sha1(_DECIDE.encode()).hexdigest()  # noqa: S324 - the script's name in Redis
 
 _decision_decoder = msgspec.json.Decoder(Decision)
+
+
+@dataclass(slots=True)
+class _Plan:
+    """One message's decision script call."""
+
+    message: Message
+    ctx: ProcessorContext
+    keys: list[str]
+    args: list[str | bytes | int]
 
 
 def _copy_party(party: Party) -> Party:
@@ -308,26 +346,55 @@ class AutoReply(Processor):
             )
             for entry in self.config.faq
         ]
-        self._script_client: Any = None  # the Redis client the decision script is registered with
-        self._script: Any = None
+        self._own_ids = frozenset(i.casefold() for i in self.config.own_ids)
 
     # -- entry point
 
     async def process(self, message: Message, ctx: ProcessorContext) -> Message:
-        reason = self.loop_guard(message)
-        if reason is not None:
-            message.tags.labels["auto_reply"] = {"skipped": reason}
-            return message
-        try:
-            decision = await self._decision(message, ctx)
-        except (StoreUnavailable, RedisError, OSError) as exc:
+        [result] = await self.process_batch([(message, ctx)])
+        if isinstance(result, Exception):
+            raise result
+        assert isinstance(result, Message)
+        return result
+
+    async def process_batch(self, items: Sequence[tuple[Message, ProcessorContext]]) -> list[BatchResult]:
+        """The decisions of all messages in one Redis round trip (one script call per message,
+        pipelined, run by Redis in batch order): the same results as one message at a time."""
+        results: list[BatchResult] = []
+        plans: list[tuple[int, _Plan]] = []  # (index in items, plan) of the messages to decide
+        for message, ctx in items:
+            reason = self.loop_guard(message)
+            if reason is not None:
+                message.tags.labels["auto_reply"] = {"skipped": reason}
+            else:
+                try:
+                    plans.append((len(results), self._plan(message, ctx)))
+                except Exception as exc:  # a bug or bad data in this message only: it alone is retried
+                    results.append(exc)
+                    continue
+            results.append(message)
+        if plans:
+            outcomes = await self._decide([plan for _, plan in plans])
+            for (i, plan), outcome in zip(plans, outcomes, strict=True):
+                results[i] = await self._apply(plan, outcome)
+        return results
+
+    async def _apply(self, plan: _Plan, outcome: bytes | Exception | None) -> BatchResult:
+        """Label the message with its decision and emit the reply."""
+        message, ctx = plan.message, plan.ctx
+        if isinstance(outcome, Exception):
+            if not isinstance(outcome, (StoreUnavailable, RedisError, OSError)):
+                return outcome
             if self.config.on_store_error == "fail":  # the worker retries, then dead-letters
-                raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
-            log.warning("autoreply_store_unavailable", message_id=message.id, error=type(exc).__name__)
+                error = StoreUnavailable(f"{type(outcome).__name__}: {outcome}")
+                error.__cause__ = outcome
+                return error
+            log.warning("autoreply_store_unavailable", message_id=message.id, error=type(outcome).__name__)
             message.tags.labels["auto_reply"] = {"skipped": "store_unavailable"}
             return message
-        if decision is None:
+        if outcome is None:  # nothing applied: no label
             return message
+        decision = _decision_decoder.decode(outcome)
         label: dict[str, Any] = {"kind": decision.kind, "template": decision.template}
         if decision.language:
             label["language"] = decision.language
@@ -361,7 +428,7 @@ class AutoReply(Processor):
             settings.channels is not None and message.channel not in settings.channels
         ):
             return "channel"
-        own = {i.casefold() for i in settings.own_ids}
+        own = self._own_ids
         sender = message.sender
         if (
             (message.recipient is not None and sender.id == message.recipient.id)
@@ -378,21 +445,70 @@ class AutoReply(Processor):
 
     # -- deciding
 
-    async def _decision(self, message: Message, ctx: ProcessorContext) -> Decision | None:
+    def _plan(self, message: Message, ctx: ProcessorContext) -> _Plan:
+        """The decision script's keys and arguments: every reply this message could get, one per
+        outcome of the first-contact and closure checks the script makes (no I/O here)."""
         store = ctx.store
-        key = store.key("autoreply", "decision", message.id)
-        stored = await store.client.get(key)
-        if stored is not None:  # reprocessing: the same reply again, or the same skip
-            return _decision_decoder.decode(stored)
+        settings = self.config
         now = ctx.clock()
-        first = await self._first_contact(message, ctx)
+        ack = settings.acknowledgement
         closure = self.closure(message, now)
-        closure_key = store.key("autoreply", "notified", message.conversation_id)
-        notified = closure is not None and await store.client.get(closure_key) == closure.encode()
-        candidate = self.choose(message, now, first, closure_notified=notified)
-        if candidate is None:
-            return None
-        mark = closure if candidate.kind == "out_of_hours" and closure is not None else ""
+        conversation = message.conversation_id
+        faq = self._candidate("faq", message, now, False) if "faq" in settings.order else None
+        ooh = self._candidate("out_of_hours", message, now, False) if "out_of_hours" in settings.order else None
+        slots: dict[tuple[str, str], int] = {}
+        combos = ["0", "0", "0", "0"]  # slot per first*2 + notified
+        candidates: list[str | bytes] = []
+        for first in (False, True) if ack is not None else (False,):
+            for notified in (False, True) if closure is not None else (False,):
+                candidate = self._pick(faq, ooh if not notified else None, first)
+                if candidate is None:
+                    continue
+                slot = slots.get((candidate.kind, candidate.template))
+                if slot is None:
+                    slot = slots[(candidate.kind, candidate.template)] = len(slots) + 1
+                    candidates.extend(self._decisions(message, candidate, now, closure))
+                combos[first * 2 + notified] = str(slot)
+        day = now.astimezone(UTC).date().isoformat()
+        keys = [
+            store.key("autoreply", "decision", message.id),
+            store.key("autoreply", "cooldown", conversation),
+            store.key("autoreply", "day", day, "conversation", conversation),
+            store.key("autoreply", "day", day, "instance", message.instance),
+            store.key("autoreply", "notified", conversation),
+            store.key("autoreply", "seen", conversation),
+        ]
+        args: list[str | bytes | int] = [
+            message.id,
+            ack.window_s if ack is not None else 0,
+            closure or "",
+            settings.cooldown_s,
+            settings.max_per_conversation_per_day,
+            settings.max_per_instance_per_day,
+            2 * DAY_S,
+            settings.decision_ttl_s,
+            30 * DAY_S,
+            *combos,
+            *candidates,
+        ]
+        return _Plan(message, ctx, keys, args)
+
+    def _pick(self, faq: Candidate | None, ooh: Candidate | None, first_contact: bool) -> Candidate | None:
+        """The first applicable kind in the configured order, from the precomputed candidates."""
+        acknowledgement = self.config.acknowledgement
+        for kind in self.config.order:
+            if kind == "faq" and faq is not None:
+                return faq
+            if kind == "out_of_hours" and ooh is not None:
+                return ooh
+            if kind == "acknowledgement" and first_contact and acknowledgement is not None:
+                return Candidate("acknowledgement", "acknowledgement", acknowledgement.templates)
+        return None
+
+    def _decisions(
+        self, message: Message, candidate: Candidate, now: datetime, closure: str | None
+    ) -> list[str | bytes]:
+        """The script's five values for one candidate: reply, the three skips, the closure to mark."""
         reply, language = self.build_reply(message, candidate, now)
 
         def decided(reply: Message | None = None, skipped: str | None = None) -> bytes:
@@ -401,50 +517,46 @@ class AutoReply(Processor):
             )
             return msgspec.json.encode(decision)
 
-        day = now.astimezone(UTC).date().isoformat()
-        settings = self.config
-        raw = await self._decide_script(ctx)(
-            keys=[
-                key,
-                store.key("autoreply", "cooldown", message.conversation_id),
-                store.key("autoreply", "day", day, "conversation", message.conversation_id),
-                store.key("autoreply", "day", day, "instance", message.instance),
-                closure_key,
-            ],
-            args=[
-                decided(reply=reply),
-                decided(skipped="cooldown"),
-                decided(skipped="conversation_cap"),
-                decided(skipped="instance_cap"),
-                settings.cooldown_s,
-                settings.max_per_conversation_per_day,
-                settings.max_per_instance_per_day,
-                message.id,
-                2 * DAY_S,
-                settings.decision_ttl_s,
-                mark,
-                30 * DAY_S,
-            ],
-        )
-        return _decision_decoder.decode(raw)
+        mark = closure if candidate.kind == "out_of_hours" and closure is not None else ""
+        return [
+            decided(reply=reply),
+            decided(skipped="cooldown"),
+            decided(skipped="conversation_cap"),
+            decided(skipped="instance_cap"),
+            mark,
+        ]
 
-    def _decide_script(self, ctx: ProcessorContext) -> Any:
-        client = ctx.store.client
-        if self._script_client is not client:
-            self._script_client, self._script = client, client.register_script(_DECIDE)
-        return self._script
+    async def _decide(self, plans: list[_Plan]) -> list[bytes | Exception | None]:
+        """Run the decision script for every plan, in order: one pipeline per Redis client."""
+        outcomes: list[bytes | Exception | None] = [None] * len(plans)
+        groups: dict[int, list[int]] = {}
+        for i, plan in enumerate(plans):
+            groups.setdefault(id(plan.ctx.store.client), []).append(i)
+        for indexes in groups.values():
+            client = plans[indexes[0]].ctx.store.client
+            try:
+                results = await self._run_scripts(client, [plans[i] for i in indexes])
+            except (RedisError, OSError) as exc:
+                results = [exc] * len(indexes)
+            for i, result in zip(indexes, results, strict=True):
+                outcomes[i] = result
+        return outcomes
 
-    async def _first_contact(self, message: Message, ctx: ProcessorContext) -> bool:
-        """First message of the conversation within the window (sliding: every message renews it).
-
-        The marker holds the id of the last message, so the same message processed again after a
-        crash still counts as the first contact it was."""
-        ack = self.config.acknowledgement
-        if ack is None:
-            return False
-        key = ctx.store.key("autoreply", "seen", message.conversation_id)
-        previous = await ctx.store.client.set(key, message.id, ex=ack.window_s, get=True)
-        return previous is None or previous == message.id.encode()
+    @staticmethod
+    async def _run_scripts(client: Any, plans: list[_Plan]) -> list[bytes | Exception | None]:
+        pipe = client.pipeline(transaction=False)
+        for plan in plans:
+            pipe.evalsha(_DECIDE_SHA, len(plan.keys), *plan.keys, *plan.args)
+        results: list[Any] = await pipe.execute(raise_on_error=False)
+        missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+        if missing:  # first use on this server (or after SCRIPT FLUSH): load it, run those again
+            await client.script_load(_DECIDE)
+            pipe = client.pipeline(transaction=False)
+            for i in missing:
+                pipe.evalsha(_DECIDE_SHA, len(plans[i].keys), *plans[i].keys, *plans[i].args)
+            for i, result in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
+                results[i] = result
+        return results
 
     def closure(self, message: Message, now: datetime) -> str | None:
         """Identifies the closed period ``now`` falls in (by when it ends), or None when open.
