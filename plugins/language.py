@@ -42,7 +42,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 
 import msgspec
 import structlog
@@ -57,6 +57,9 @@ from gateway.sdk import (
     html_to_text,
     message_text,
 )
+
+if TYPE_CHECKING:
+    from lingua import LanguageDetector
 
 log = structlog.get_logger(__name__)
 
@@ -389,6 +392,14 @@ class LanguageDetection(Processor):
         self.config = settings
         self.languages = frozenset(settings.languages)
         self.model = build_model(self.languages, settings.detector, settings.low_accuracy)
+
+    @property
+    def detector(self) -> LanguageDetector:
+        """A lingua detector for the configured languages, for callers of the former API (such as
+        bench.sentiment.evaluate); built on first use, never by the processor itself."""
+        model = build_model(self.languages, "lingua", self.config.low_accuracy)
+        assert isinstance(model, Lingua)
+        return model.detector
 
     def detect_many(self, texts: Sequence[str]) -> list[Detection]:
         """One model call for all the texts that the script does not decide."""
