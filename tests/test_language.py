@@ -214,6 +214,7 @@ async def test_batch_gives_the_same_results_as_one_by_one(default: LanguageDetec
         "My order arrived broken", "我的订单在哪里", "ok", "😀", "Bonjour, ma commande est en retard",
         "спасибо", "Mi pedido no ha llegado", "", "Danke", "ご注文の商品が届きません",
     ]  # fmt: skip
+    assert default.detect_many(texts) == [default.detect(t) for t in texts]  # no fallback hides a failure
     single = [await run_offline(default, message(t, attributes={"language_code": "de"})) for t in texts]
     batch_input = [message(t, attributes={"language_code": "de"}) for t in texts]
     batch_input.append(message("Keep this", language="it"))
