@@ -28,6 +28,7 @@ from gateway.processor import ProcessorContext
 from gateway.runtime import Runtime
 from gateway.sdk import WEEKDAYS, BusinessHours
 from gateway.store.redis import RedisStore, StoreUnavailable
+from gateway.testing import isolated_store
 from gateway.tracing import child_traceparent
 from plugins.autoreply import (
     AcknowledgementSettings,
@@ -679,3 +680,133 @@ async def test_worker_and_dispatcher_deliver_a_redelivered_reply_once(
     assert [m.id for m in replies][:2] == [replies[0].id] * 2 and replies[2].id != replies[0].id
     assert {e.message_id for e in events} == {replies[0].id, replies[2].id}
     assert all(e.status == "sent" for e in events)
+
+
+# --- batches -----------------------------------------------------------------------------------------------------
+
+
+def outcomes(results: list[Message], outbox: list[Message]) -> tuple[list[dict[str, Any]], list[tuple[Any, ...]]]:
+    """Labels and replies, with reply ids replaced by their order of first appearance (ids are new
+    per run; equal ids, i.e. re-emissions, stay equal)."""
+    order: dict[str, int] = {}
+    for reply in outbox:
+        order.setdefault(reply.id, len(order))
+    labels = []
+    for message in results:
+        label = dict(message.tags.labels.get("auto_reply", {}))
+        if "id" in label:
+            label["id"] = order[label["id"]]
+        labels.append(label)
+    replies = [(order[r.id], r.conversation_id, r.in_reply_to, r.content.text, r.tags.labels) for r in outbox]
+    return labels, replies
+
+
+BATCH_SCENARIOS: dict[str, tuple[datetime, dict[str, Any], list[Message]]] = {
+    # Open: first contact only for the first message of a new customer, the first reply's cooldown
+    # holds back the second, a redelivery in the same batch re-emits the same reply, the instance
+    # cap falls where it would one by one.
+    "open": (
+        MONDAY_10,
+        {"cooldown_s": 600, "max_per_instance_per_day": 4},
+        [
+            inbound("hello", conversation="a", external_id="a-1"),
+            inbound("and the price?", conversation="a", external_id="a-2"),
+            inbound("hello", conversation="b", external_id="b-1"),
+            inbound("bot says hi", conversation="b", external_id="b-bot", tags=Tags(labels={"from_bot": True})),
+            inbound("thanks", conversation="b", external_id="b-2"),
+            inbound("what is the price", conversation="c", external_id="c-1"),
+            inbound("hello", conversation="d", external_id="d-1"),
+            inbound("hello", conversation="e", external_id="e-1"),
+            inbound("price?", conversation="f", external_id="f-1"),
+        ],
+    ),
+    # Daily cap per conversation without a cooldown: the third reply of one conversation is held back.
+    "caps": (
+        MONDAY_10,
+        {"max_per_conversation_per_day": 2},
+        [inbound("price?", conversation="g", external_id=f"g-{i}") for i in range(3)]
+        + [inbound("hello", conversation="h", external_id="h-1")],
+    ),
+    # Closed: one out-of-hours notice per conversation and closed period, the FAQ still answers.
+    "closed": (
+        datetime(2026, 11, 21, 12, 0, tzinfo=UTC),
+        {},
+        [
+            inbound("hello", conversation="i", external_id="i-1"),
+            inbound("anyone?", conversation="i", external_id="i-2"),
+            inbound("price?", conversation="i", external_id="i-3"),
+            inbound("hello", conversation="j", external_id="j-1"),
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("scenario", list(BATCH_SCENARIOS))
+async def test_a_batch_decides_as_one_message_at_a_time(scenario: str, store: RedisStore, redis_url: str) -> None:
+    now, overrides, messages = BATCH_SCENARIOS[scenario]
+    if scenario == "open":
+        messages = [*messages[:4], copy(messages[0]), *messages[4:]]  # a redelivery of a-1 within the batch
+    one_by_one = Harness(store)
+    one_by_one.now = now
+    singles = [await one_by_one.run(processor(**overrides), copy(m)) for m in messages]
+
+    batch_store = isolated_store(redis_url)
+    try:
+        batched = Harness(batch_store)
+        batched.now = now
+        pipelines = 0
+        make_pipeline = batch_store.client.pipeline
+
+        def counting_pipeline(*args: Any, **kwargs: Any) -> Any:
+            nonlocal pipelines
+            pipelines += 1
+            return make_pipeline(*args, **kwargs)
+
+        batch_store.client.pipeline = counting_pipeline  # type: ignore[method-assign]
+        results = await processor(**overrides).process_batch([(copy(m), batched.ctx) for m in messages])
+        assert all(isinstance(r, Message) for r in results)
+        assert pipelines == 1  # every decision of the batch in one round trip
+        assert outcomes(results, batched.outbox) == outcomes(singles, one_by_one.outbox)  # type: ignore[arg-type]
+    finally:
+        keys = [key async for key in batch_store.client.scan_iter(match=f"{batch_store.prefix}*")]
+        if keys:
+            await batch_store.client.delete(*keys)
+        await batch_store.close()
+
+    kinds = [r.tags.labels.get("auto_reply", {}) for r in singles]
+    summary = [label.get("skipped") or label.get("kind") for label in kinds]
+    expected = {
+        "open": [
+            "acknowledgement",  # a-1: first contact
+            "cooldown",  # a-2: FAQ held back by a-1's cooldown
+            "acknowledgement",  # b-1
+            "from_bot",
+            "acknowledgement",  # a-1 again: the same reply
+            None,  # b-2: not a first contact any more
+            "faq",  # c-1
+            "acknowledgement",  # d-1: the instance's 4th reply (the re-emission did not count)
+            "instance_cap",  # e-1
+            "instance_cap",  # f-1
+        ],
+        "caps": ["faq", "faq", "conversation_cap", "acknowledgement"],
+        "closed": ["out_of_hours", None, "faq", "out_of_hours"],
+    }[scenario]
+    assert summary == expected
+    if scenario == "open":
+        assert kinds[0]["id"] == kinds[4]["id"]
+
+
+async def test_a_batch_during_a_store_outage_follows_on_store_error(redis_url: str) -> None:
+    dead = RedisStore(RedisSection(url="redis://127.0.0.1:1/0", key_prefix="x:", socket_timeout_s=0.2))
+    harness = Harness(dead)
+    try:
+        items = [(inbound("hello", conversation=f"c-{i}"), harness.ctx) for i in range(3)]
+        skipped = await processor().process_batch(items)
+        assert [r.tags.labels["auto_reply"] for r in skipped] == [{"skipped": "store_unavailable"}] * 3  # type: ignore[union-attr]
+        failed = await processor(on_store_error="fail").process_batch(
+            [(inbound("hello", conversation=f"c-{i}"), harness.ctx) for i in range(3)]
+        )
+        assert all(isinstance(r, StoreUnavailable) for r in failed)
+        assert harness.outbox == []
+    finally:
+        await dead.close()

@@ -9,8 +9,9 @@ fail once (the narrow fake); the records, partitions, group and commits are real
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
-from gateway.bus.consumer import ConsumerRunner, Record
+from gateway.bus.consumer import ConsumerRunner, Deferred, Outcome, Record
 from gateway.bus.producer import BrokerUnavailable
 from gateway.bus.topics import ensure_topics
 from tests.conftest import make_config, produce_raw
@@ -87,3 +88,89 @@ async def test_refused_outputs_rewind_to_the_first_unacknowledged_record(kafka_b
     second = ConsumerRunner(config.kafka, topics=[topic], group_id=group, handler=follower, dead_letter=dead_letter)
     await run_until(second, seen_sentinel)
     assert later == ["sentinel"]
+
+
+async def run_batches(
+    kafka_bootstrap: str, redis_url: str, outcome_of: Any, handler: Any
+) -> tuple[list[str], list[list[str]]]:
+    """Twelve records of one partition through a runner with a batch handler; ``outcome_of(value)``
+    says what the batch answers for a record (None: a scripted ack). Returns the acknowledged
+    values and the batches seen."""
+    config = make_config(kafka_bootstrap, redis_url)
+    topic = f"{config.gateway.topic_prefix}batched"
+    await ensure_topics(config.kafka, [topic])
+    values = [f"r{i}" for i in range(12)]
+    await produce_raw(kafka_bootstrap, topic, [(b"one-conversation", v.encode()) for v in values])
+    acknowledged: list[str] = []
+    batches: list[list[str]] = []
+    done = asyncio.Event()
+
+    def ack(value: str) -> ScriptedAck:
+        return ScriptedAck(value, False, acknowledged, done if value == values[-1] else None)
+
+    async def batch_handler(records: list[Record]) -> list[Outcome]:
+        batch = [record.value.decode() if record.value else "" for record in records]
+        batches.append(batch)
+        outcomes: list[Outcome] = []
+        for value in batch:
+            if outcomes and isinstance(outcomes[-1], Exception) and not isinstance(outcomes[-1], BrokerUnavailable):
+                outcomes.append(Deferred())  # after a failure of its partition: not attempted
+            else:
+                outcome = outcome_of(value)
+                outcomes.append(ack(value) if outcome is None else outcome)
+        return outcomes
+
+    async def single(record: Record) -> ScriptedAck:
+        value = record.value.decode() if record.value else ""
+        handler(value)
+        return ack(value)
+
+    async def dead_letter(record: Record, exc: BaseException, attempts: int) -> None:
+        raise AssertionError(f"nothing should be dead-lettered: {exc}")
+
+    runner = ConsumerRunner(
+        config.kafka,
+        topics=[topic],
+        group_id=f"{config.gateway.topic_prefix}group",
+        handler=single,
+        batch_handler=batch_handler,
+        dead_letter=dead_letter,
+        retry_backoff_ms=0,
+    )
+    await run_until(runner, done)
+    return acknowledged, batches
+
+
+async def test_a_failure_in_a_batch_settles_what_came_before_and_goes_record_by_record_after(
+    kafka_bootstrap: str, redis_url: str
+) -> None:
+    failing = {"r4"}
+    singles: list[str] = []
+
+    def outcome_of(value: str) -> Exception | None:
+        if value in failing:
+            failing.discard(value)
+            return RuntimeError("scripted: processing failed once")
+        return None
+
+    acknowledged, batches = await run_batches(kafka_bootstrap, redis_url, outcome_of, singles.append)
+    assert acknowledged == [f"r{i}" for i in range(12)]  # each once, in order
+    assert "r4" in batches[0] and singles[0] == "r4"  # retried alone (one more attempt), then the rest
+    assert not {f"r{i}" for i in range(4)} & set(singles)
+    assert singles == [f"r{i}" for i in range(4, 4 + len(singles))]
+
+
+async def test_refused_outputs_in_a_batch_rewind_the_partition(kafka_bootstrap: str, redis_url: str) -> None:
+    refused = {"r5"}
+    singles: list[str] = []
+
+    def outcome_of(value: str) -> Exception | None:
+        if value in refused:
+            refused.discard(value)
+            return BrokerUnavailable("scripted: broker refused the outputs")
+        return None
+
+    acknowledged, batches = await run_batches(kafka_bootstrap, redis_url, outcome_of, singles.append)
+    assert acknowledged == [f"r{i}" for i in range(12)]  # each once, in order: r5 fetched again, not skipped
+    assert singles == []  # a broker outage is not the record's fault: no retries alone
+    assert any(batch[0] == "r5" for batch in batches[1:])
