@@ -33,7 +33,7 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 import structlog
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from gateway.sdk import (
     BatchResult,
@@ -258,56 +258,78 @@ class Candidate:
     templates: Templates
 
 
-# Atomically, per message: an existing decision wins (nothing else is touched); else the
-# first-contact marker is renewed (SET ... GET: first contact when it was unset or already held this
-# message's id) and the closed period's notice is looked up, which picks one of the candidate
-# decisions prepared for the four (first contact, notified) cases; then cooldown and caps decide
-# between its reply and a skip; a reply takes the cooldown, counts against both caps and, for an
-# out-of-hours notice, marks the closed period as notified. All or nothing, so a crash in between
-# cannot leave a half-taken cooldown or a counted reply that was never decided. Returns the
-# decision, or nil when nothing applies (nothing stored).
+# Decides a run of messages, one after the other in the given order, each atomically: an existing
+# decision wins (nothing else is touched); else the first-contact marker is renewed (SET ... GET:
+# first contact when it was unset or already held this message's id) and the closed period's
+# notice is looked up, which picks one of the candidates prepared for the four (first contact,
+# notified) cases; then cooldown and caps decide between its reply and a skip; a reply takes the
+# cooldown, counts against both caps and, for an out-of-hours notice, marks the closed period as
+# notified. All or nothing, so a crash in between cannot leave a half-taken cooldown or a counted
+# reply that was never decided. Returns per message the decision JSON, nil when nothing applies
+# (nothing stored), or "!<error>" when its Redis calls failed (the others still run).
 #
-# KEYS: decision, cooldown, conversation count, instance count, notified closure, first-contact marker
-# ARGV: 1 message id, 2 acknowledgement window ('0': no acknowledgement, marker untouched),
-#   3 current closure ('': open or not tracked), 4 cooldown_s, 5 conversation cap, 6 instance cap,
-#   7 counter TTL, 8 decision TTL, 9 closure mark TTL, 10-13 candidate slot (0: none) for
-#   first*2 + notified, then per slot five values: the reply decision, the cooldown, conversation
-#   cap and instance cap skips, and the closure to mark ('' for none).
+# KEYS, six per message: decision, cooldown, conversation count, instance count, notified closure,
+#   first-contact marker.
+# ARGV: 1 cooldown_s, 2 conversation cap, 3 instance cap, 4 counter TTL, 5 decision TTL, 6 closure
+#   mark TTL, 7 acknowledgement window ('0': no acknowledgement, marker untouched); then per
+#   message: its id, the current closure ('': open or not tracked), four digits giving the
+#   candidate (0: none) for first*2 + notified, the number of candidates, and per candidate the
+#   decision JSON without its closing brace, the reply JSON and the closure to mark ('': none).
 _DECIDE = """
-local existing = redis.call('GET', KEYS[1])
-if existing then return existing end
-local first = 0
-if ARGV[2] ~= '0' then
-  local previous = redis.call('SET', KEYS[6], ARGV[1], 'EX', ARGV[2], 'GET')
-  if (not previous) or previous == ARGV[1] then first = 1 end
-end
-local notified = 0
-if ARGV[3] ~= '' and redis.call('GET', KEYS[5]) == ARGV[3] then notified = 1 end
-local slot = tonumber(ARGV[10 + first * 2 + notified])
-if slot == 0 then return false end
-local base = 14 + (slot - 1) * 5
-local cooldown = tonumber(ARGV[4])
-local conv_cap = tonumber(ARGV[5])
-local inst_cap = tonumber(ARGV[6])
-local decision = ARGV[base]
-local holder = redis.call('GET', KEYS[2])
-if cooldown > 0 and holder and holder ~= ARGV[1] then
-  decision = ARGV[base + 1]
-elseif conv_cap > 0 and (tonumber(redis.call('GET', KEYS[3])) or 0) >= conv_cap then
-  decision = ARGV[base + 2]
-elseif inst_cap > 0 and (tonumber(redis.call('GET', KEYS[4])) or 0) >= inst_cap then
-  decision = ARGV[base + 3]
-else
-  if cooldown > 0 then redis.call('SET', KEYS[2], ARGV[1], 'EX', cooldown) end
-  if ARGV[base + 4] ~= '' then redis.call('SET', KEYS[5], ARGV[base + 4], 'EX', ARGV[9]) end
-  for i = 3, 4 do
-    if redis.call('INCR', KEYS[i]) == 1 then redis.call('EXPIRE', KEYS[i], ARGV[7]) end
+local cooldown = tonumber(ARGV[1])
+local conv_cap = tonumber(ARGV[2])
+local inst_cap = tonumber(ARGV[3])
+local window = ARGV[7]
+
+local function decide(k, id, closure, combos, at)
+  local existing = redis.call('GET', KEYS[k + 1])
+  if existing then return existing end
+  local first = 0
+  if window ~= '0' then
+    local previous = redis.call('SET', KEYS[k + 6], id, 'EX', window, 'GET')
+    if (not previous) or previous == id then first = 1 end
   end
+  local notified = 0
+  if closure ~= '' and redis.call('GET', KEYS[k + 5]) == closure then notified = 1 end
+  local pick = first * 2 + notified + 1
+  local slot = tonumber(string.sub(combos, pick, pick))
+  if slot == 0 then return false end
+  local base = at + (slot - 1) * 3
+  local decision
+  local holder = redis.call('GET', KEYS[k + 2])
+  if cooldown > 0 and holder and holder ~= id then
+    decision = ARGV[base] .. ',"skipped":"cooldown"}'
+  elseif conv_cap > 0 and (tonumber(redis.call('GET', KEYS[k + 3])) or 0) >= conv_cap then
+    decision = ARGV[base] .. ',"skipped":"conversation_cap"}'
+  elseif inst_cap > 0 and (tonumber(redis.call('GET', KEYS[k + 4])) or 0) >= inst_cap then
+    decision = ARGV[base] .. ',"skipped":"instance_cap"}'
+  else
+    decision = ARGV[base] .. ',"reply":' .. ARGV[base + 1] .. '}'
+    if cooldown > 0 then redis.call('SET', KEYS[k + 2], id, 'EX', cooldown) end
+    if ARGV[base + 2] ~= '' then redis.call('SET', KEYS[k + 5], ARGV[base + 2], 'EX', ARGV[6]) end
+    for i = 3, 4 do
+      if redis.call('INCR', KEYS[k + i]) == 1 then redis.call('EXPIRE', KEYS[k + i], ARGV[4]) end
+    end
+  end
+  redis.call('SET', KEYS[k + 1], decision, 'EX', ARGV[5])
+  return decision
 end
-redis.call('SET', KEYS[1], decision, 'EX', ARGV[8])
-return decision
+
+local results = {}
+local at = 8
+for m = 0, #KEYS / 6 - 1 do
+  local ok, result = pcall(decide, m * 6, ARGV[at], ARGV[at + 1], ARGV[at + 2], at + 4)
+  if not ok then
+    if type(result) == 'table' and result.err then result = result.err end
+    result = '!' .. tostring(result)
+  end
+  results[m + 1] = result
+  at = at + 4 + tonumber(ARGV[at + 3]) * 3
+end
+return results
 """
 _DECIDE_SHA = hashlib.sha1(_DECIDE.encode()).hexdigest()  # noqa: S324 - the script's name in Redis
+_CHUNK = 64  # messages per script call: bounds how long one call holds Redis
 
 _decision_decoder = msgspec.json.Decoder(Decision)
 
@@ -319,7 +341,7 @@ class _Plan:
     message: Message
     ctx: ProcessorContext
     keys: list[str]
-    args: list[str | bytes | int]
+    args: list[str | bytes]
 
 
 def _copy_party(party: Party) -> Party:
@@ -358,17 +380,19 @@ class AutoReply(Processor):
         return result
 
     async def process_batch(self, items: Sequence[tuple[Message, ProcessorContext]]) -> list[BatchResult]:
-        """The decisions of all messages in one Redis round trip (one script call per message,
-        pipelined, run by Redis in batch order): the same results as one message at a time."""
+        """The decisions of all messages in one Redis round trip (a pipeline of script calls that
+        decide the messages one after the other, in batch order): the same results as one message
+        at a time."""
         results: list[BatchResult] = []
         plans: list[tuple[int, _Plan]] = []  # (index in items, plan) of the messages to decide
+        keys: dict[tuple[str, ...], tuple[str, ...]] = {}
         for message, ctx in items:
             reason = self.loop_guard(message)
             if reason is not None:
                 message.tags.labels["auto_reply"] = {"skipped": reason}
             else:
                 try:
-                    plans.append((len(results), self._plan(message, ctx)))
+                    plans.append((len(results), self._plan(message, ctx, keys)))
                 except Exception as exc:  # a bug or bad data in this message only: it alone is retried
                     results.append(exc)
                     continue
@@ -445,53 +469,44 @@ class AutoReply(Processor):
 
     # -- deciding
 
-    def _plan(self, message: Message, ctx: ProcessorContext) -> _Plan:
+    def _plan(self, message: Message, ctx: ProcessorContext, keys: dict[tuple[str, ...], tuple[str, ...]]) -> _Plan:
         """The decision script's keys and arguments: every reply this message could get, one per
-        outcome of the first-contact and closure checks the script makes (no I/O here)."""
+        outcome of the first-contact and closure checks the script makes (no I/O here).
+        ``keys``: Redis keys already built in this batch."""
         store = ctx.store
         settings = self.config
         now = ctx.clock()
-        ack = settings.acknowledgement
         closure = self.closure(message, now)
-        conversation = message.conversation_id
         faq = self._candidate("faq", message, now, False) if "faq" in settings.order else None
         ooh = self._candidate("out_of_hours", message, now, False) if "out_of_hours" in settings.order else None
         slots: dict[tuple[str, str], int] = {}
-        combos = ["0", "0", "0", "0"]  # slot per first*2 + notified
-        candidates: list[str | bytes] = []
-        for first in (False, True) if ack is not None else (False,):
-            for notified in (False, True) if closure is not None else (False,):
-                candidate = self._pick(faq, ooh if not notified else None, first)
+        combos = [0, 0, 0, 0]  # candidate slot per first*2 + notified
+        args: list[str | bytes] = [message.id, closure or "", "", ""]
+        for first in (0, 1) if settings.acknowledgement is not None else (0,):
+            for notified in (0, 1) if closure is not None else (0,):
+                candidate = self._pick(faq, None if notified else ooh, bool(first))
                 if candidate is None:
                     continue
                 slot = slots.get((candidate.kind, candidate.template))
                 if slot is None:
                     slot = slots[(candidate.kind, candidate.template)] = len(slots) + 1
-                    candidates.extend(self._decisions(message, candidate, now, closure))
-                combos[first * 2 + notified] = str(slot)
+                    args.extend(self._decision_parts(message, candidate, now, closure))
+                combos[first * 2 + notified] = slot
+        args[2] = "".join(map(str, combos))
+        args[3] = str(len(slots))
+        conversation, instance = message.conversation_id, message.instance
         day = now.astimezone(UTC).date().isoformat()
-        keys = [
-            store.key("autoreply", "decision", message.id),
-            store.key("autoreply", "cooldown", conversation),
-            store.key("autoreply", "day", day, "conversation", conversation),
-            store.key("autoreply", "day", day, "instance", message.instance),
-            store.key("autoreply", "notified", conversation),
-            store.key("autoreply", "seen", conversation),
-        ]
-        args: list[str | bytes | int] = [
-            message.id,
-            ack.window_s if ack is not None else 0,
-            closure or "",
-            settings.cooldown_s,
-            settings.max_per_conversation_per_day,
-            settings.max_per_instance_per_day,
-            2 * DAY_S,
-            settings.decision_ttl_s,
-            30 * DAY_S,
-            *combos,
-            *candidates,
-        ]
-        return _Plan(message, ctx, keys, args)
+        shared = (store.prefix, conversation, instance, day)
+        conversation_keys = keys.get(shared)
+        if conversation_keys is None:
+            conversation_keys = keys[shared] = (
+                store.key("autoreply", "cooldown", conversation),
+                store.key("autoreply", "day", day, "conversation", conversation),
+                store.key("autoreply", "day", day, "instance", instance),
+                store.key("autoreply", "notified", conversation),
+                store.key("autoreply", "seen", conversation),
+            )
+        return _Plan(message, ctx, [store.key("autoreply", "decision", message.id), *conversation_keys], args)
 
     def _pick(self, faq: Candidate | None, ooh: Candidate | None, first_contact: bool) -> Candidate | None:
         """The first applicable kind in the configured order, from the precomputed candidates."""
@@ -505,26 +520,16 @@ class AutoReply(Processor):
                 return Candidate("acknowledgement", "acknowledgement", acknowledgement.templates)
         return None
 
-    def _decisions(
+    def _decision_parts(
         self, message: Message, candidate: Candidate, now: datetime, closure: str | None
-    ) -> list[str | bytes]:
-        """The script's five values for one candidate: reply, the three skips, the closure to mark."""
+    ) -> tuple[bytes, bytes, str]:
+        """The script's three values for one candidate: the decision JSON without its closing brace
+        (the script appends the reply or the skip reason: the same bytes as encoding the whole
+        Decision, whose fields come in declaration order), the reply JSON, the closure to mark."""
         reply, language = self.build_reply(message, candidate, now)
-
-        def decided(reply: Message | None = None, skipped: str | None = None) -> bytes:
-            decision = Decision(
-                kind=candidate.kind, template=candidate.template, language=language, reply=reply, skipped=skipped
-            )
-            return msgspec.json.encode(decision)
-
+        head = msgspec.json.encode(Decision(kind=candidate.kind, template=candidate.template, language=language))
         mark = closure if candidate.kind == "out_of_hours" and closure is not None else ""
-        return [
-            decided(reply=reply),
-            decided(skipped="cooldown"),
-            decided(skipped="conversation_cap"),
-            decided(skipped="instance_cap"),
-            mark,
-        ]
+        return head[:-1], msgspec.json.encode(reply), mark
 
     async def _decide(self, plans: list[_Plan]) -> list[bytes | Exception | None]:
         """Run the decision script for every plan, in order: one pipeline per Redis client."""
@@ -542,20 +547,49 @@ class AutoReply(Processor):
                 outcomes[i] = result
         return outcomes
 
-    @staticmethod
-    async def _run_scripts(client: Any, plans: list[_Plan]) -> list[bytes | Exception | None]:
-        pipe = client.pipeline(transaction=False)
+    def _call(self, pipe: Any, plans: list[_Plan]) -> None:
+        settings = self.config
+        ack = settings.acknowledgement
+        keys: list[str] = []
+        args: list[str | bytes | int] = [
+            settings.cooldown_s,
+            settings.max_per_conversation_per_day,
+            settings.max_per_instance_per_day,
+            2 * DAY_S,
+            settings.decision_ttl_s,
+            30 * DAY_S,
+            ack.window_s if ack is not None else 0,
+        ]
         for plan in plans:
-            pipe.evalsha(_DECIDE_SHA, len(plan.keys), *plan.keys, *plan.args)
-        results: list[Any] = await pipe.execute(raise_on_error=False)
-        missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
-        if missing:  # first use on this server (or after SCRIPT FLUSH): load it, run those again
+            keys.extend(plan.keys)
+            args.extend(plan.args)
+        pipe.evalsha(_DECIDE_SHA, len(keys), *keys, *args)
+
+    async def _run_scripts(self, client: Any, plans: list[_Plan]) -> list[bytes | Exception | None]:
+        """The script over consecutive chunks of ``plans``, all in one pipeline."""
+        chunks = [plans[i : i + _CHUNK] for i in range(0, len(plans), _CHUNK)]
+        pipe = client.pipeline(transaction=False)
+        for chunk in chunks:
+            self._call(pipe, chunk)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:  # first use on this server (or after SCRIPT FLUSH): load it, run those chunks again
             await client.script_load(_DECIDE)
             pipe = client.pipeline(transaction=False)
             for i in missing:
-                pipe.evalsha(_DECIDE_SHA, len(plans[i].keys), *plans[i].keys, *plans[i].args)
-            for i, result in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
-                results[i] = result
+                self._call(pipe, chunks[i])
+            for i, reply in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
+                replies[i] = reply
+        results: list[bytes | Exception | None] = []
+        for chunk, reply in zip(chunks, replies, strict=True):
+            if isinstance(reply, Exception):
+                results.extend([reply] * len(chunk))
+                continue
+            for result in reply:
+                if isinstance(result, bytes) and result.startswith(b"!"):
+                    results.append(ResponseError(result[1:].decode(errors="replace")))
+                else:
+                    results.append(result)
         return results
 
     def closure(self, message: Message, now: datetime) -> str | None:
