@@ -279,3 +279,23 @@ def test_runs_before_the_processors_that_read_the_language(registry: PluginRegis
     assert [p.name for p in chain] == ["language", "sentiment", "escalation", "routing", "autoreply"]
     # And it is part of the default chain (every installed processor) without any configuration.
     assert "language" in [p.name for p in build_chain(config_from_dict({}, {}), registry)]
+
+
+async def test_long_mixed_text_reports_its_mix_not_certainty(default: LanguageDetection) -> None:
+    """Long texts are CLD2's alone: its per-language shares keep a half-and-half text near 0.5."""
+    mixed = default.detect(
+        "Hello team, I ordered a new phone last week and it still has not arrived at my home. "
+        "Bonjour, j'ai commandé un téléphone la semaine dernière et il n'est toujours pas arrivé chez moi."
+    )
+    clean = default.detect(
+        "I ordered a new phone last week and it still has not arrived at my home, could you please check "
+        "where the parcel is now?"
+    )
+    assert clean.language == "en" and clean.confidence > 0.9
+    assert mixed.language in {"en", "fr"} and 0.4 <= mixed.confidence <= 0.7
+
+
+async def test_chinese_with_latin_words_is_decided_by_script_unless_latin_dominates(default: LanguageDetection) -> None:
+    assert default.detect("我的iPhone坏了，怎么办").source == "script"
+    assert default.detect("我的iPhone坏了，怎么办").language == "zh"
+    assert default.detect("My iPhone screen is broken and the store says 维修").source == "text"
