@@ -22,8 +22,10 @@ Why it is built this way:
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import string
+import time
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -268,31 +270,41 @@ class Candidate:
 # reply that was never decided. Returns per message the decision JSON, nil when nothing applies
 # (nothing stored), or "!<error>" when its Redis calls failed (the others still run).
 #
+# A candidate marked "n" was not prepared (the caller guessed the message is no first contact, to
+# spare building a reply nobody gets): when a message needs one, it and every later message are
+# left untouched, the halt key makes the later calls of the same pipeline stop at once, and the
+# caller runs those messages again with every candidate prepared. Results are shorter then.
+#
 # KEYS, six per message: decision, cooldown, conversation count, instance count, notified closure,
-#   first-contact marker.
+#   first-contact marker; then the halt key.
 # ARGV: 1 cooldown_s, 2 conversation cap, 3 instance cap, 4 counter TTL, 5 decision TTL, 6 closure
 #   mark TTL, 7 acknowledgement window ('0': no acknowledgement, marker untouched); then per
-#   message: its id, the current closure ('': open or not tracked), four digits giving the
-#   candidate (0: none) for first*2 + notified, the number of candidates, and per candidate the
+#   message: its id, the current closure ('': open or not tracked), four characters giving the
+#   candidate (0: none, n: not prepared) for first*2 + notified, the number of candidates, and per candidate the
 #   decision JSON without its closing brace, the reply JSON and the closure to mark ('': none).
 _DECIDE = """
 local cooldown = tonumber(ARGV[1])
 local conv_cap = tonumber(ARGV[2])
 local inst_cap = tonumber(ARGV[3])
 local window = ARGV[7]
+local halt = KEYS[#KEYS]
+if redis.call('EXISTS', halt) == 1 then return {} end
 
 local function decide(k, id, closure, combos, at)
   local existing = redis.call('GET', KEYS[k + 1])
   if existing then return existing end
   local first = 0
   if window ~= '0' then
-    local previous = redis.call('SET', KEYS[k + 6], id, 'EX', window, 'GET')
+    local previous = redis.call('GET', KEYS[k + 6])
     if (not previous) or previous == id then first = 1 end
   end
   local notified = 0
   if closure ~= '' and redis.call('GET', KEYS[k + 5]) == closure then notified = 1 end
   local pick = first * 2 + notified + 1
-  local slot = tonumber(string.sub(combos, pick, pick))
+  local choice = string.sub(combos, pick, pick)
+  if choice == 'n' then return '?' end
+  if window ~= '0' then redis.call('SET', KEYS[k + 6], id, 'EX', window) end
+  local slot = tonumber(choice)
   if slot == 0 then return false end
   local base = at + (slot - 1) * 3
   local decision
@@ -317,11 +329,14 @@ end
 
 local results = {}
 local at = 8
-for m = 0, #KEYS / 6 - 1 do
+for m = 0, (#KEYS - 1) / 6 - 1 do
   local ok, result = pcall(decide, m * 6, ARGV[at], ARGV[at + 1], ARGV[at + 2], at + 4)
   if not ok then
     if type(result) == 'table' and result.err then result = result.err end
     result = '!' .. tostring(result)
+  elseif result == '?' then
+    redis.call('SET', halt, '1', 'EX', 60)
+    return results
   end
   results[m + 1] = result
   at = at + 4 + tonumber(ARGV[at + 3]) * 3
@@ -330,6 +345,7 @@ return results
 """
 _DECIDE_SHA = hashlib.sha1(_DECIDE.encode()).hexdigest()  # noqa: S324 - the script's name in Redis
 _CHUNK = 64  # messages per script call: bounds how long one call holds Redis
+_RECENT_MAX = 100_000  # conversations remembered for guessing "no first contact"
 
 _decision_decoder = msgspec.json.Decoder(Decision)
 
@@ -369,6 +385,8 @@ class AutoReply(Processor):
             for entry in self.config.faq
         ]
         self._own_ids = frozenset(i.casefold() for i in self.config.own_ids)
+        # (key prefix, conversation) -> when this process last decided a message of it (monotonic)
+        self._recent: dict[tuple[str, str], float] = {}
 
     # -- entry point
 
@@ -469,30 +487,48 @@ class AutoReply(Processor):
 
     # -- deciding
 
-    def _plan(self, message: Message, ctx: ProcessorContext, keys: dict[tuple[str, ...], tuple[str, ...]]) -> _Plan:
+    def _plan(
+        self, message: Message, ctx: ProcessorContext, keys: dict[tuple[str, ...], tuple[str, ...]], guess: bool = True
+    ) -> _Plan:
         """The decision script's keys and arguments: every reply this message could get, one per
         outcome of the first-contact and closure checks the script makes (no I/O here).
-        ``keys``: Redis keys already built in this batch."""
+        ``keys``: Redis keys already built in this batch. With ``guess``, a candidate only a first
+        contact would get is not prepared when this process saw the conversation within the
+        window (the script asks for it again in the rare case it is needed after all)."""
         store = ctx.store
         settings = self.config
         now = ctx.clock()
+        ack = settings.acknowledgement
+        seen_at = time.monotonic()
+        recent = (store.prefix, message.conversation_id)
+        if ack is not None:
+            last = self._recent.get(recent)
+            if len(self._recent) >= _RECENT_MAX:
+                self._recent.clear()
+            self._recent[recent] = seen_at
+            guess = guess and last is not None and seen_at - last < ack.window_s / 2
+        else:
+            guess = False
         closure = self.closure(message, now)
         faq = self._candidate("faq", message, now, False) if "faq" in settings.order else None
         ooh = self._candidate("out_of_hours", message, now, False) if "out_of_hours" in settings.order else None
         slots: dict[tuple[str, str], int] = {}
-        combos = [0, 0, 0, 0]  # candidate slot per first*2 + notified
+        combos = ["0", "0", "0", "0"]  # candidate slot per first*2 + notified ("n": not prepared)
         args: list[str | bytes] = [message.id, closure or "", "", ""]
-        for first in (0, 1) if settings.acknowledgement is not None else (0,):
+        for first in (0, 1) if ack is not None else (0,):
             for notified in (0, 1) if closure is not None else (0,):
                 candidate = self._pick(faq, None if notified else ooh, bool(first))
                 if candidate is None:
                     continue
                 slot = slots.get((candidate.kind, candidate.template))
                 if slot is None:
+                    if first and guess:
+                        combos[first * 2 + notified] = "n"
+                        continue
                     slot = slots[(candidate.kind, candidate.template)] = len(slots) + 1
                     args.extend(self._decision_parts(message, candidate, now, closure))
-                combos[first * 2 + notified] = slot
-        args[2] = "".join(map(str, combos))
+                combos[first * 2 + notified] = str(slot)
+        args[2] = "".join(combos)
         args[3] = str(len(slots))
         conversation, instance = message.conversation_id, message.instance
         day = now.astimezone(UTC).date().isoformat()
@@ -532,22 +568,28 @@ class AutoReply(Processor):
         return head[:-1], msgspec.json.encode(reply), mark
 
     async def _decide(self, plans: list[_Plan]) -> list[bytes | Exception | None]:
-        """Run the decision script for every plan, in order: one pipeline per Redis client."""
+        """Run the decision script for every plan, in order: one pipeline per Redis client (and a
+        second one from the first message that needed a candidate that was not prepared)."""
         outcomes: list[bytes | Exception | None] = [None] * len(plans)
         groups: dict[int, list[int]] = {}
         for i, plan in enumerate(plans):
             groups.setdefault(id(plan.ctx.store.client), []).append(i)
         for indexes in groups.values():
-            client = plans[indexes[0]].ctx.store.client
+            group = [plans[i] for i in indexes]
+            client = group[0].ctx.store.client
             try:
-                results = await self._run_scripts(client, [plans[i] for i in indexes])
+                results = await self._run_scripts(client, group)
+                if len(results) < len(group):  # the rest again, every candidate prepared
+                    keys: dict[tuple[str, ...], tuple[str, ...]] = {}
+                    rest = [self._plan(p.message, p.ctx, keys, guess=False) for p in group[len(results) :]]
+                    results.extend(await self._run_scripts(client, rest))
             except (RedisError, OSError) as exc:
                 results = [exc] * len(indexes)
             for i, result in zip(indexes, results, strict=True):
                 outcomes[i] = result
         return outcomes
 
-    def _call(self, pipe: Any, plans: list[_Plan]) -> None:
+    def _call(self, pipe: Any, plans: list[_Plan], halt: str) -> None:
         settings = self.config
         ack = settings.acknowledgement
         keys: list[str] = []
@@ -563,21 +605,24 @@ class AutoReply(Processor):
         for plan in plans:
             keys.extend(plan.keys)
             args.extend(plan.args)
+        keys.append(halt)
         pipe.evalsha(_DECIDE_SHA, len(keys), *keys, *args)
 
     async def _run_scripts(self, client: Any, plans: list[_Plan]) -> list[bytes | Exception | None]:
-        """The script over consecutive chunks of ``plans``, all in one pipeline."""
+        """The script over consecutive chunks of ``plans``, all in one pipeline. Returns the results
+        of the plans before the first one that needed a candidate that was not prepared."""
         chunks = [plans[i : i + _CHUNK] for i in range(0, len(plans), _CHUNK)]
+        halt = plans[0].ctx.store.key("autoreply", "halt", os.urandom(8).hex())
         pipe = client.pipeline(transaction=False)
         for chunk in chunks:
-            self._call(pipe, chunk)
+            self._call(pipe, chunk, halt)
         replies: list[Any] = await pipe.execute(raise_on_error=False)
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:  # first use on this server (or after SCRIPT FLUSH): load it, run those chunks again
             await client.script_load(_DECIDE)
             pipe = client.pipeline(transaction=False)
             for i in missing:
-                self._call(pipe, chunks[i])
+                self._call(pipe, chunks[i], halt)
             for i, reply in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
                 replies[i] = reply
         results: list[bytes | Exception | None] = []
@@ -590,6 +635,8 @@ class AutoReply(Processor):
                     results.append(ResponseError(result[1:].decode(errors="replace")))
                 else:
                     results.append(result)
+            if len(reply) < len(chunk):  # halted: nothing after this ran
+                break
         return results
 
     def closure(self, message: Message, now: datetime) -> str | None:

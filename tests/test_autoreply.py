@@ -810,3 +810,51 @@ async def test_a_batch_during_a_store_outage_follows_on_store_error(redis_url: s
         assert harness.outbox == []
     finally:
         await dead.close()
+
+
+async def test_a_first_contact_the_batch_did_not_expect_is_decided_in_order(store: RedisStore, redis_url: str) -> None:
+    """The processor skips preparing acknowledgements for conversations it saw recently; when one
+    is a first contact after all (its marker expired), the script stops there (later calls of the
+    pipeline too) and that message and all after it are decided again, in order: the instance cap
+    still falls exactly where it does one message at a time."""
+    overrides = {"out_of_hours": None, "max_per_instance_per_day": 66}
+    later = [inbound("thanks", conversation="x", external_id="x-2")]
+    later += [inbound("hello", conversation=f"c{i}", external_id=f"c{i}") for i in range(70)]
+    later += [inbound("more", conversation="x", external_id="x-3")]
+    first = inbound("hello", conversation="x", external_id="x-1")
+
+    async def run(target: RedisStore, batched: bool) -> tuple[Any, int]:
+        harness = Harness(target)
+        p = processor(**overrides)
+        await harness.run(p, copy(first))
+        await target.client.delete(target.key("autoreply", "seen", "x"))  # expired, or evicted
+        pipelines = 0
+        make_pipeline = target.client.pipeline
+
+        def counting_pipeline(*args: Any, **kwargs: Any) -> Any:
+            nonlocal pipelines
+            pipelines += 1
+            return make_pipeline(*args, **kwargs)
+
+        target.client.pipeline = counting_pipeline  # type: ignore[method-assign]
+        if batched:
+            results = await p.process_batch([(copy(m), harness.ctx) for m in later])
+        else:
+            results = [await processor(**overrides).process(copy(m), harness.ctx) for m in later]
+        return outcomes(results, harness.outbox), pipelines  # type: ignore[arg-type]
+
+    expected, _ = await run(store, batched=False)
+    batch_store = isolated_store(redis_url)
+    try:
+        got, pipelines = await run(batch_store, batched=True)
+    finally:
+        keys = [key async for key in batch_store.client.scan_iter(match=f"{batch_store.prefix}*")]
+        if keys:
+            await batch_store.client.delete(*keys)
+        await batch_store.close()
+    assert got == expected
+    assert pipelines == 2  # the guess was wrong once: one more round trip
+    labels = expected[0]
+    assert labels[0]["kind"] == "acknowledgement"  # x-2: first contact again
+    assert [label.get("skipped") for label in labels[1:]].count("instance_cap") == 6  # c64..c69
+    assert labels[-1] == {}  # x-3: not a first contact
