@@ -73,8 +73,12 @@ class Processor:
         a later message of a conversation the effects of an earlier one (cooldowns, first
         contact...) exactly as one-by-one processing would. Returns one result per item, in
         order: the message, a :class:`Drop`, or the exception that message failed with (the
-        worker then retries that message alone and, after ``max_attempts``, dead-letters it).
-        The default calls :meth:`process` for each message in order.
+        worker then retries that message alone, through :meth:`process`, and after
+        ``max_attempts`` attempts, the batch's counting as the first, dead-letters it; the
+        messages after it in its partition are not given to later processors of the chain but
+        run again one by one after it). Raising fails every item the same way. Since retries use
+        :meth:`process`, both must give the same results. The default calls :meth:`process` for
+        each message in order.
         """
         results: list[BatchResult] = []
         for message, ctx in items:
