@@ -1,4 +1,5 @@
-"""Unit tests of small building blocks: ids (UUIDv7), W3C traceparent, signature helpers."""
+# ruff: noqa: RUF001  (keyword tests use full-width letters and punctuation on purpose)
+"""Unit tests of small building blocks: ids (UUIDv7), W3C traceparent, signature helpers, keyword matching."""
 
 from __future__ import annotations
 
@@ -7,10 +8,14 @@ import hashlib
 import hmac
 import re
 import time
+import unicodedata
 import uuid
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from gateway.helpers.keywords import KeywordMatcher, _pattern, normalize
 from gateway.ids import new_id
 from gateway.signing import (
     constant_time_equals,
@@ -183,3 +188,77 @@ def test_verify_prefixed_hex_rejects_tampered_body_and_wrong_secret() -> None:
     assert not verify_prefixed_hex(header, SECRET, BODY + b" ")
     assert not verify_prefixed_hex(header, SECRET, b"Hello, World?")
     assert not verify_prefixed_hex(header, SECRET + "!", BODY)
+
+
+# --- keyword matching -----------------------------------------------------------------------------------
+
+COMPLAINTS = [
+    "complaint", "complain", "unacceptable", "lawyer", "legal action", "sue you", "refund", "chargeback",
+    "scam", "fraud", "disgusting", "worst service", "cancel my account",
+    "投诉", "差评", "退款", "骗子", "欺诈", "律师", "起诉", "消协", "太差", "垃圾", "曝光", "举报",
+]  # fmt: skip
+# Overlapping, nested, punctuation-only, multi-word, full-width, folding (ß) and mixed-script keywords.
+TRICKY = [
+    "sue", "sue you", "you", "!!!", "c++", "c", "money back", "Straße", "ＲＥＦＵＮＤ", "退款", "退",
+    "refund退款", "a b c", "ab", "b", "é", "e\u0301", "ǅ", "k", "\u212a",
+]  # fmt: skip
+SAMPLES = [
+    "I want a refund!!! now",
+    "Sue you? I will SUE YOU and my lawyer agrees",
+    "refunded already, no complaints",
+    "我要退款，太差了，投诉！",
+    "refund退款 please",
+    "ＲＥＦＵＮＤ and STRASSE",
+    "c++ or c# or c",
+    "money\n\t back",
+    "a  b\u00a0c ab b",
+    "",
+    "nothing to see here",
+    "\u212a is Kelvin, ǆ is a digraph, e\u0301 and é",
+]
+
+
+def reference_find(keywords: list[str], text: str) -> list[str]:
+    """The matcher's definition: every keyword's own pattern searched in the normalized text."""
+    haystack = normalize(text)
+    unique = dict.fromkeys(k for k in keywords if k.strip())
+    return [k for k in unique if _pattern(k).search(haystack)]
+
+
+@pytest.mark.parametrize("keywords", [COMPLAINTS, TRICKY, COMPLAINTS + TRICKY, ["refund"], []])
+@pytest.mark.parametrize("text", SAMPLES)
+def test_keyword_matcher_equals_searching_every_pattern(keywords: list[str], text: str) -> None:
+    matcher = KeywordMatcher(keywords)
+    assert matcher.find(text) == reference_find(keywords, text)
+    assert matcher.find(normalize(text), normalized=True) == reference_find(keywords, text)
+
+
+def test_keyword_matcher_documented_semantics() -> None:
+    matcher = KeywordMatcher(["refund", "退款", "money back", "Straße", "!!!", "sue you", "sue"])
+    assert matcher.find("ＲＥＦＵＮＤ now") == ["refund"]
+    assert matcher.find("refunded") == []
+    assert matcher.find("refund退款") == ["refund", "退款"]
+    assert matcher.find("我要退款") == ["退款"]
+    assert matcher.find("MONEY \n back") == ["money back"]
+    assert matcher.find("STRASSE") == ["Straße"]
+    assert matcher.find("what!!!") == ["!!!"]
+    assert matcher.find("I will sue you") == ["sue you", "sue"]  # overlapping keywords are each found
+
+
+_ALPHABET = st.sampled_from(list("abcefkorsuynd !+#\n\t\u00a0\u3000退款投诉太差ßSSＲé\u0301ǅ\u212aK-_.,"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    keywords=st.lists(st.text(_ALPHABET, min_size=0, max_size=6), max_size=6)
+    | st.lists(st.sampled_from(COMPLAINTS + TRICKY), max_size=8),
+    text=st.text(_ALPHABET, max_size=40) | st.sampled_from(SAMPLES),
+)
+def test_keyword_matcher_equals_searching_every_pattern_on_any_text(keywords: list[str], text: str) -> None:
+    assert KeywordMatcher(keywords).find(text) == reference_find(keywords, text)
+
+
+def test_normalize_is_nfkc_then_casefold_for_short_and_long_texts() -> None:
+    for text in ("ＲＥＦＵＮＤ Straße", "ＲＥＦＵＮＤ Straße " * 1000):
+        assert normalize(text) == unicodedata.normalize("NFKC", text).casefold()
+        assert normalize(text) == normalize(text)  # cached or not, the same answer

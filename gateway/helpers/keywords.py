@@ -6,10 +6,18 @@ without spaces (Han, Hiragana/Katakana, Hangul, Thai, Lao, Khmer, Myanmar) match
 ``退款`` is found in ``我要退款``. Every other keyword matches whole words only: ``refund`` does
 not match ``refunded``, but does match ``refund退款`` (a CJK neighbour is a boundary). Spaces inside
 a keyword match any run of whitespace.
+
+Speed (escalation and routing scan every message, and most contain no keyword): a keyword can
+only match where each of its words occurs verbatim in the normalized text, so one search for any
+keyword's longest word (a single alternation of literals) rejects most texts at once, and a
+keyword's own pattern runs only when its longest word is a substring of the text. The result is
+exactly that of searching every keyword's pattern, in configuration order. :func:`normalize`
+remembers its last results, so the processors that normalize the same text pay once.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -29,13 +37,32 @@ _UNSPACED_CHAR = re.compile(f"[{_UNSPACED}]")
 # A word character that is not of an unspaced script: what must not touch a whole-word keyword.
 _WORD = f"[^\\W{_UNSPACED}]"
 
+# normalize() keeps the results for this many recent texts of up to this length: a worker's batch
+# goes through escalation, then routing (then auto-replies), each normalizing the same texts.
+_CACHED_TEXTS = 1024
+_CACHED_MAX_CHARS = 4096
 
-def normalize(text: str) -> str:
+
+def _normalize(text: str) -> str:
     return unicodedata.normalize("NFKC", text).casefold()
 
 
+_normalize_cached = functools.lru_cache(maxsize=_CACHED_TEXTS)(_normalize)
+
+
+def normalize(text: str) -> str:
+    """NFKC, then casefold: the form both keywords and texts are compared in."""
+    if len(text) > _CACHED_MAX_CHARS:
+        return _normalize(text)
+    return _normalize_cached(text)
+
+
+def _words(keyword: str) -> list[str]:
+    return normalize(keyword).split()
+
+
 def _pattern(keyword: str) -> re.Pattern[str]:
-    words = normalize(keyword).split()
+    words = _words(keyword)
     body = r"\s+".join(re.escape(w) for w in words)
     if _UNSPACED_CHAR.search(keyword) or not words:
         return re.compile(body)
@@ -51,9 +78,16 @@ class KeywordMatcher:
     def __init__(self, keywords: Iterable[str]) -> None:
         self.keywords: list[str] = []
         self._patterns: list[tuple[str, re.Pattern[str]]] = []
+        # (keyword, its longest word, its pattern): the pattern can only match where the word occurs.
+        self._checks: list[tuple[str, str, re.Pattern[str]]] = []
         for keyword in dict.fromkeys(k for k in keywords if k.strip()):
+            pattern = _pattern(keyword)
             self.keywords.append(keyword)
-            self._patterns.append((keyword, _pattern(keyword)))
+            self._patterns.append((keyword, pattern))
+            self._checks.append((keyword, max(_words(keyword), key=len, default=""), pattern))
+        needles = sorted({needle for _, needle, _ in self._checks}, key=len, reverse=True)
+        # No prefilter when a keyword normalizes to nothing (its empty pattern matches every text).
+        self._prefilter = re.compile("|".join(re.escape(n) for n in needles)) if needles and all(needles) else None
 
     def __bool__(self) -> bool:
         return bool(self._patterns)
@@ -62,4 +96,7 @@ class KeywordMatcher:
         """The keywords found, in configuration order. Pass ``normalized=True`` for a text
         already run through :func:`normalize` (saves work when several matchers scan it)."""
         haystack = text if normalized else normalize(text)
-        return [keyword for keyword, pattern in self._patterns if pattern.search(haystack)]
+        prefilter = self._prefilter
+        if prefilter is not None and prefilter.search(haystack) is None:
+            return []
+        return [keyword for keyword, needle, pattern in self._checks if needle in haystack and pattern.search(haystack)]
