@@ -1,13 +1,12 @@
 # ruff: noqa: RUF001  (Chinese texts use full-width punctuation on purpose)
 """The sentiment processor: the shipped English and Chinese models on obvious texts, model choice by
-language, the neutral band, stable feature hashing across processes, model replacement by a plugin
+language, the neutral band, batch predictions equal to single ones, the model file format, the
+training library (CSV loading, training on a fixture, metrics), model replacement by a plugin
 through configuration, and language + sentiment + escalation + routing in the real worker chain."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import threading
 import types
@@ -23,6 +22,7 @@ from gateway.model import Content, Message, Party
 from gateway.pipeline.chain import build_chain
 from gateway.pipeline.worker import Worker
 from gateway.plugins import PluginRegistry, load_plugins
+from gateway.processor import ProcessorContext
 from gateway.runtime import Runtime
 from plugins.sentiment import (
     LinearModels,
@@ -31,9 +31,10 @@ from plugins.sentiment import (
     SentimentSettings,
     register_model,
     registered_models,
+    training,
 )
-from plugins.sentiment.features import FeatureSpec, bucket, featurize, tokens
-from plugins.sentiment.linear import MODELS_DIR, LinearModel
+from plugins.sentiment.model import FORMAT, MODELS_DIR, LinearModel
+from plugins.sentiment.ngrams import FeatureSpec, features, scan
 from tests.conftest import api_body, messages_of, read_records, run_offline, sign
 from tests.test_worker import running
 
@@ -81,7 +82,7 @@ async def test_obvious_texts(default: SentimentAnalysis, text: str, language: st
     sentiment = m.tags.sentiment
     assert sentiment is not None
     assert sentiment.label == label
-    assert sentiment.model == f"linear-{language}-v1"
+    assert sentiment.model == f"linear-{language}-v2"
     assert 0.5 <= sentiment.score <= 1.0
     extra = m.tags.labels["sentiment"]
     assert -1.0 <= extra["polarity"] <= 1.0
@@ -96,9 +97,9 @@ async def test_model_is_chosen_by_language(default: SentimentAnalysis) -> None:
     # Regional subtags count as their language; an unset language means default_language (en).
     for language in ("zh-CN", "zh_Hant"):
         zh = await run_offline(default, message("服务态度很好，谢谢", language))
-        assert zh.tags.sentiment is not None and zh.tags.sentiment.model == "linear-zh-v1"
+        assert zh.tags.sentiment is not None and zh.tags.sentiment.model == "linear-zh-v2"
     unset = await run_offline(default, message("Worst airline ever, never again"))
-    assert unset.tags.sentiment is not None and unset.tags.sentiment.model == "linear-en-v1"
+    assert unset.tags.sentiment is not None and unset.tags.sentiment.model == "linear-en-v2"
     assert unset.tags.sentiment.label == "negative"
     # No model for Spanish: no sentiment rather than an English model's guess.
     es = await run_offline(default, message("El peor servicio, nunca más", "es"))
@@ -120,15 +121,15 @@ async def test_subject_and_html_only_bodies_are_scored(default: SentimentAnalysi
 
 
 def constant_model(path: Path, bias: list[float], classes: list[str], band: float) -> Path:
-    spec = FeatureSpec(n_buckets=1 << 4, word_ngrams=1, char_ngrams=(0, 0))
-    meta = {"name": "tiny-zh", "language": "zh", "spec": spec.to_dict(), "neutral_band": band}
-    np.savez_compressed(
-        path,
-        weights=np.zeros((spec.n_buckets, len(classes)), dtype=np.float16),
+    """A model that knows one feature (the character 好) with zero weight: only the bias counts."""
+    model = LinearModel(
+        meta={"name": "tiny-zh", "language": "zh", "spec": FeatureSpec().to_dict(), "neutral_band": band},
+        vocabulary=["h:好"],
+        weights=np.zeros((1, len(classes)), dtype=np.float32),
         bias=np.asarray(bias, dtype=np.float32),
-        classes=np.asarray(classes),
-        meta=np.asarray(json.dumps(meta)),
+        classes=classes,
     )
+    model.save(path)
     return path
 
 
@@ -152,11 +153,22 @@ def test_the_shipped_chinese_model_has_a_calibrated_band() -> None:
     assert LinearModel.load(MODELS_DIR / "en.npz").classes == ("negative", "neutral", "positive")
 
 
-def test_model_files_are_compact_and_documented() -> None:
-    for path in MODELS_DIR.glob("*.npz"):
-        assert path.stat().st_size < 2_000_000, path
+def test_model_files_are_compact_self_describing_and_documented() -> None:
     readme = (MODELS_DIR / "README.md").read_text(encoding="utf-8")
-    assert "CC BY-NC-SA 4.0" in readme
+    assert "CC BY-NC-SA 4.0" in readme and "MIT" in readme  # the airline data; VADER's lexicon
+    paths = sorted(MODELS_DIR.glob("*.npz"))
+    assert {p.stem for p in paths} >= {"en", "zh", "en-commercial"}
+    for path in paths:
+        assert path.stat().st_size < 5_000_000, path
+        model = LinearModel.load(path)
+        assert model.name in readme, model.name
+        meta = model.meta
+        assert meta["format"] == FORMAT and meta["version"] == 2 and meta["language"] == path.stem[:2]
+        assert all(info["licence"] for info in meta["data"].values())
+        assert meta["metrics"]["held_out"] and meta["training"]["features"] == model.n_features
+    commercial = LinearModel.load(MODELS_DIR / "en-commercial.npz")
+    assert "en_airline_tweets" not in commercial.meta["data"]
+    assert "en_airline_tweets" in LinearModel.load(MODELS_DIR / "en.npz").meta["data"]
 
 
 def test_a_model_directory_of_your_own(tmp_path: Path) -> None:
@@ -167,43 +179,223 @@ def test_a_model_directory_of_your_own(tmp_path: Path) -> None:
     assert prediction is not None and prediction.model == "tiny-zh" and prediction.label == "positive"
     with pytest.raises(ValueError, match="no linear sentiment model for en"):
         LinearModels({"directory": str(tmp_path), "languages": ["en"]})
+    # A variant is chosen by file name; <language>-<variant>.npz is never picked on its own.
+    constant_model(tmp_path / "zh-other.npz", [5.0, 0.0], ["negative", "positive"], 0.2)
+    assert LinearModels({"directory": str(tmp_path)}).by_language["zh"].bias[1] == 5.0
+    other = LinearModels({"directory": str(tmp_path), "files": {"zh": "zh-other"}}).predict("好", "zh")
+    assert other is not None and other.label == "negative"
+    with pytest.raises(ValueError, match="no linear sentiment model file"):
+        LinearModels({"directory": str(tmp_path), "files": {"zh": "nope"}})
 
 
-# --- features ----------------------------------------------------------------------------------------
+# --- features and the runtime ------------------------------------------------------------------------
 
 
-def test_tokens_normalize_what_says_nothing_about_sentiment() -> None:
-    assert tokens("@united I LOVE it sooooo much!!! 😍 http://t.co/x 2 hrs late &amp; don't") == [
-        "<user>", "i", "love", "it", "soo", "much", "!!!", "😍", "<url>", "<num>", "hrs", "late", "don't",
+def test_units_normalize_what_says_nothing_about_sentiment() -> None:
+    spec = FeatureSpec(char_ngrams=(0, 0), word_bigrams=False)
+    found = features("@united I LOVE it sooooo much!!! 😍 http://t.co/x 2 hrs late &amp; don't", spec)
+    assert found == [
+        "s:<user>", "w:i", "w:love", "w:it", "w:soo", "w:much", "s:!!!", "s:😍", "s:<url>", "s:<num>",
+        "w:hrs", "w:late", "w:don't",
     ]  # fmt: skip
-    assert tokens("我要退款ＲＥＦＵＮＤ！") == ["我", "要", "退", "款", "refund", "!"]
+    # Full-width letters and punctuation are folded; a Han run is one unit, a Latin word another.
+    assert scan("我要退款ＲＥＦＵＮＤ！") == [("我要退款", "", "", ""), ("", "refund", "", ""), ("", "", "!", "")]
 
 
-FEATURE_SNIPPET = """
-import json, sys
-from plugins.sentiment.features import FeatureSpec, featurize
-texts = json.loads(sys.argv[1])
-print(json.dumps([sorted(featurize(t, FeatureSpec()).items()) for t in texts]))
-"""
+def test_negation_marks_the_rest_of_the_clause() -> None:
+    spec = FeatureSpec(char_ngrams=(0, 0), word_bigrams=False)
+    assert features("not good, but fine", spec) == ["w:not", "~good", "w:but", "w:fine"]
+    assert features("I don't like it! love it", spec) == ["w:i", "w:don't", "~like", "~it", "s:!", "w:love", "w:it"]
+    assert "~good" not in features("good", FeatureSpec(negation=True))
 
 
-def test_feature_hashing_is_stable_across_processes() -> None:
-    texts = ["Worst service ever, I want a refund!", "送餐太慢了，饭都凉了", "ok 👍"]
-    here = [[list(pair) for pair in sorted(featurize(t, FeatureSpec()).items())] for t in texts]
-    for seed in ("1", "2"):  # Python's own str hash differs per seed; ours must not
-        env = {**os.environ, "PYTHONHASHSEED": seed}
-        out = subprocess.run(
-            [sys.executable, "-c", FEATURE_SNIPPET, json.dumps(texts)],
-            capture_output=True,
-            text=True,
-            check=True,
-            env=env,
-            cwd=ROOT,
-        )
-        assert json.loads(out.stdout) == here
-    # Pinned values: a change of hash function or normalization would silently break every shipped model.
-    assert bucket("w1:refund", 1 << 18) == (86510, -1.0)
-    assert bucket("w1:退", 1 << 18) == (113228, -1.0)
+def test_the_lexicon_adds_valence_features_flipped_by_negation() -> None:
+    spec = FeatureSpec(char_ngrams=(0, 0), word_bigrams=False, lexicon=True)
+    lexicon = {"good": 1.9, "bad": -2.5}
+    assert features("good and not bad", spec, lexicon) == [
+        "w:good", "x:pos1", "w:and", "w:not", "~bad", "x:pos2", "x:pos>=1", "x:pos>=2",
+    ]  # fmt: skip
+
+
+TEXTS = [
+    "Thank you so much, the crew was amazing!!",
+    "My flight was cancelled and I'm not happy, not happy at all. Worst service ever",
+    "@delta what's the baggage policy? http://t.co/abc 2 bags",
+    "sooooo gooood 😍😍",
+    "送餐太慢了，饭都凉了，再也不点了",
+    "好好好好好！！！",
+    "手机很好用，物流也快, but the box was damaged",
+    "",
+    "   ",
+    "???",
+    "The product is not bad; not great either.",
+]
+
+
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_the_runtime_computes_the_reference_features(language: str) -> None:
+    """The cached, vectorized runtime gives the logits of the plain feature list (ngrams.features)."""
+    model = LinearModel.load(MODELS_DIR / f"{language}.npz")
+    for text in TEXTS:
+        rows = [row for f in features(text, model.spec, model.lexicon) if (row := model.row(f)) is not None]
+        expected = model.bias + (model.weights[rows].sum(axis=0) / np.sqrt(len(rows)) if rows else 0.0)
+        assert model.logits([text])[0] == pytest.approx(expected, abs=1e-4), text
+    # Batches (twice: cold, then from the unit cache) equal one text at a time.
+    single = np.vstack([model.logits([text]) for text in TEXTS])
+    for _ in range(2):
+        assert np.allclose(model.logits(TEXTS), single, atol=1e-5)
+
+
+def test_batch_predictions_are_the_single_ones() -> None:
+    models = LinearModels({})
+    texts = [*TEXTS, *TEXTS]
+    languages: list[str | None] = ["en", "zh", None, "es", "zh"] * 4 + ["en", "en"]
+    assert models.predict_batch(texts, languages) == [
+        models.predict(t, lang) for t, lang in zip(texts, languages, strict=True)
+    ]
+    assert models.predict_batch([], []) == []
+
+
+async def test_process_batch_tags_like_process(default: SentimentAnalysis) -> None:
+    def batch() -> list[Message]:
+        return [
+            message("Worst airline ever, never again", "en"),
+            message("非常好吃，送餐很快", "zh-CN"),
+            message("El peor servicio", "es"),
+            message(None),
+            message(None, "en", content=Content(type="email", html="<p>Terrible service, nobody called back</p>")),
+            message("Thanks a lot, great help"),  # no language: default_language
+        ]
+
+    async def never(_: Any) -> None:
+        raise AssertionError("nothing is emitted")
+
+    ctx = ProcessorContext(store=None, emit=never, emit_event=never)  # type: ignore[arg-type]
+    singles = [await run_offline(default, m) for m in batch()]
+    results = await default.process_batch([(m, ctx) for m in batch()])
+    assert len(results) == len(singles)
+    for got, want in zip(results, singles, strict=True):
+        assert isinstance(got, Message)
+        assert got.tags.sentiment == want.tags.sentiment
+        assert got.tags.labels.get("sentiment") == want.tags.labels.get("sentiment")
+    assert [m.tags.sentiment is not None for m in singles] == [True, True, False, False, True, True]
+
+
+def test_model_file_round_trip(tmp_path: Path) -> None:
+    model = LinearModel.load(MODELS_DIR / "en.npz")
+    model.save(tmp_path / "copy.npz")
+    copy = LinearModel.load(tmp_path / "copy.npz")
+    assert copy.meta == model.meta and copy.classes == model.classes and copy.lexicon == model.lexicon
+    assert copy.spec == model.spec and copy.n_features == model.n_features
+    assert np.allclose(copy.logits(TEXTS), model.logits(TEXTS), atol=1e-3)  # float16 weights on disk
+    not_a_model = tmp_path / "other.npz"
+    np.savez(not_a_model, meta=np.asarray(json.dumps({"name": "x"})))
+    with pytest.raises(ValueError, match="not a gateway-sentiment-linear/2 model file"):
+        LinearModel.load(not_a_model)
+
+
+# --- the training library -----------------------------------------------------------------------------
+
+POSITIVE = ["great", "excellent", "love it", "wonderful", "happy", "perfect", "fantastic", "amazing", "nice", "best"]
+NEGATIVE = ["awful", "terrible", "hate it", "horrible", "broken", "worst", "useless", "disappointing", "bad", "poor"]
+NEUTRAL = ["arrives on monday", "what time is it", "the box is blue", "order number", "sent by post", "tomorrow"]
+
+
+def fixture_csv(path: Path, *, neutral: bool = True) -> Path:
+    """A tiny labelled file: templates around clearly positive / negative / neutral phrases."""
+    lines = ["label,text,extra"]
+    for i in range(60):
+        lines.append(f"positive,The service was {POSITIVE[i % 10]} #{i},x")
+        lines.append(f'negative,"The service was {NEGATIVE[i % 10]}, {i}",x')
+        if neutral:
+            lines.append(f"neutral,The parcel {NEUTRAL[i % 6]} {i},x")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_training_on_a_small_csv_learns(tmp_path: Path) -> None:
+    rows = training.load_labelled_csv([fixture_csv(tmp_path / "shop.csv")])
+    assert len(rows) == 180 and rows[0] == ("positive", "The service was great #0", "shop")
+    settings = training.TrainSettings(spec=FeatureSpec(char_ngrams=(0, 0)), min_df=1)
+    steps: list[str] = []
+    model = training.train(
+        "en", rows, settings=settings, name="shop-en", meta={"data": "fixture"}, progress=steps.append
+    )
+    assert steps and model.name == "shop-en" and model.meta["data"] == "fixture"
+    assert model.classes == ("negative", "neutral", "positive")
+    assert model.predict("wonderful, I love it").label == "positive"
+    assert model.predict("this is awful and useless").label == "negative"
+    assert model.predict("the parcel arrives on monday").label == "neutral"
+    report = training.evaluate(model, rows)
+    assert report["accuracy"] > 0.95 and report["two_way"]["rows"] == 120
+    # Saved and loaded, it predicts the same.
+    training.save(model, tmp_path / "shop.npz")
+    [loaded] = training.load(tmp_path / "shop.npz").predict_batch(["so happy"])
+    assert loaded.label == "positive" and loaded.score == pytest.approx(model.predict("so happy").score, abs=1e-3)
+
+
+def test_two_class_training_calibrates_a_neutral_band(tmp_path: Path) -> None:
+    rows = training.load_labelled_csv([fixture_csv(tmp_path / "a.csv", neutral=False)])
+    model = training.train("en", rows, settings=training.TrainSettings(spec=FeatureSpec(char_ngrams=(0, 0)), min_df=1))
+    assert model.classes == ("negative", "positive")
+    assert "neutral_band_table" in model.meta and 0.0 <= model.neutral_band < 0.7
+
+
+def test_cross_validation_reports_held_out_and_leave_one_out(tmp_path: Path) -> None:
+    rows = training.load_labelled_csv([fixture_csv(tmp_path / "a.csv"), fixture_csv(tmp_path / "b.csv")])
+    train_part, test_part = training.split(rows)
+    assert len(test_part) == 72 and {r[2] for r in test_part} == {"a", "b"}
+    assert training.split(rows) == (train_part, test_part)  # fixed seed
+    settings = training.TrainSettings(spec=FeatureSpec(char_ngrams=(0, 0)), min_df=1)
+    report = training.cross_validate("en", rows, settings=settings)
+    assert set(report["held_out"]) == set(report["lodo"]) == {"a", "b"}
+    assert report["lodo_two_way_mean"] > 0.9
+
+
+def test_metrics_of_a_known_confusion() -> None:
+    truth = ["positive", "positive", "negative", "negative", "neutral", "neutral"]
+    predicted = ["positive", "negative", "negative", "negative", "positive", "neutral"]
+    m = training.metrics(truth, predicted)
+    assert m["rows"] == 6 and m["accuracy"] == pytest.approx(4 / 6)
+    assert m["per_class"]["negative"] == pytest.approx({"precision": 2 / 3, "recall": 1.0, "f1": 0.8, "support": 2})
+    assert m["per_class"]["positive"] == pytest.approx({"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2})
+    assert m["per_class"]["neutral"] == pytest.approx({"precision": 1.0, "recall": 0.5, "f1": 2 / 3, "support": 2})
+    assert m["macro_f1"] == pytest.approx((0.8 + 0.5 + 2 / 3) / 3)
+    assert m["confusion"] == {
+        "labels": ["negative", "neutral", "positive"],
+        "matrix": [[2, 0, 0], [0, 1, 1], [1, 0, 1]],
+    }
+    two = training.two_way(truth, [0.9, 0.4, 0.1, 0.2, 0.9, 0.5], [0.1, 0.6, 0.9, 0.8, 0.1, 0.5])
+    assert two["rows"] == 4 and two["accuracy"] == 0.75  # neutral rows are left out
+
+
+@pytest.mark.parametrize(
+    ("content", "error"),
+    [
+        ("label,review\npositive,good\n", r"bad\.csv: the header needs the columns label and text \(missing: text"),
+        ("label,text\npositive,good\nhappy,great\n", r"bad\.csv, line 3: label 'happy' is not one of negative"),
+        ("label,text\n", r"bad\.csv: no labelled rows"),
+    ],
+)
+def test_bad_csv_files_are_named_with_the_problem(tmp_path: Path, content: str, error: str) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(training.LabelledDataError, match=error):
+        training.load_labelled_csv([path])
+
+
+def test_training_needs_both_polarities(tmp_path: Path) -> None:
+    path = tmp_path / "one.csv"
+    path.write_text("label,text\npositive,good\npositive,great\n", encoding="utf-8")
+    with pytest.raises(training.LabelledDataError, match="needs negative and positive rows"):
+        training.train("en", training.load_labelled_csv([path]))
+
+
+def test_training_without_scikit_learn_names_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setitem(sys.modules, "sklearn.linear_model", None)  # import fails as if not installed
+    rows = training.load_labelled_csv([fixture_csv(tmp_path / "a.csv")])
+    with pytest.raises(ImportError, match=r"scikit-learn and scipy .*pip install -e '\.\[dev\]'"):
+        training.train("en", rows, settings=training.TrainSettings(spec=FeatureSpec(char_ngrams=(0, 0))))
 
 
 # --- pluggable models ----------------------------------------------------------------------------------
@@ -281,7 +473,7 @@ async def test_per_language_model_overrides(plugin_registry: tuple[PluginRegistr
     es = await run_offline(processor, message("El peor servicio", "es"))
     en = await run_offline(processor, message("Worst service ever", "en"))
     assert es.tags.sentiment is not None and es.tags.sentiment.model == "keyword-test/es"
-    assert en.tags.sentiment is not None and en.tags.sentiment.model == "linear-en-v1"
+    assert en.tags.sentiment is not None and en.tags.sentiment.model == "linear-en-v2"
 
 
 @pytest.mark.parametrize(
@@ -308,7 +500,7 @@ def test_registering_a_taken_name_needs_replace() -> None:
 def test_a_factory_must_return_a_model() -> None:
     from plugins.sentiment import create_model
 
-    register_model("not-a-model", lambda options: object(), replace=True)  # type: ignore[arg-type,return-value]
+    register_model("not-a-model", lambda options: object(), replace=True)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="not a SentimentModel"):
         create_model("not-a-model", {})
 
@@ -357,7 +549,7 @@ async def test_language_and_sentiment_in_the_worker_chain(
     angry = by_id["s-1"]
     assert angry.language == "en"
     assert angry.tags.sentiment is not None
-    assert (angry.tags.sentiment.label, angry.tags.sentiment.model) == ("negative", "linear-en-v1")
+    assert (angry.tags.sentiment.label, angry.tags.sentiment.model) == ("negative", "linear-en-v2")
     assert angry.tags.sentiment.score >= 0.8
     assert angry.tags.labels["escalation"]["reason"].startswith("sentiment=negative(")
     assert angry.routing is not None
@@ -372,7 +564,7 @@ async def test_language_and_sentiment_in_the_worker_chain(
     assert happy.language == "zh"
     assert happy.tags.labels["language_detection"]["source"] == "script"
     assert happy.tags.sentiment is not None
-    assert (happy.tags.sentiment.label, happy.tags.sentiment.model) == ("positive", "linear-zh-v1")
+    assert (happy.tags.sentiment.label, happy.tags.sentiment.model) == ("positive", "linear-zh-v2")
     assert happy.routing is not None and (happy.routing.rule, happy.routing.queue) == ("chinese", "zh-desk")
 
     spanish = by_id["s-3"]

@@ -1,21 +1,31 @@
-"""Evaluate the shipped sentiment models on the held-out 20%, against lexicon baselines, and time
-the language + sentiment processors per message.
+"""Evaluate the sentiment models: held-out 20% of each file, leave-one-dataset-out, the VADER and
+SnowNLP baselines on the same rows, and the cost per message.
 
-Usage: .venv/bin/python -m bench.sentiment.evaluate --data /work/shared/data/sentiment [--models DIR]
+Usage: .venv/bin/python -m bench.sentiment.evaluate [--data ../shared/data/sentiment]
+       [--models DIR] [--languages en zh] [--skip-baselines] [--json FILE]
 
-Prints a Markdown report (the source of BENCHMARKS.md, "Sentiment"). The models are read through
-the runtime code (plugins/sentiment/linear.py), so what is measured is what ships. Baselines:
-VADER (English lexicon and rules; compound >= 0.05 positive, <= -0.05 negative, else neutral) and
-SnowNLP (Chinese naive Bayes shipped with the package, trained on product reviews; >= 0.5 positive).
+Prints Markdown tables (the source of BENCHMARKS.md, "Sentiment"). Accuracy figures come from
+plugins.sentiment.training.cross_validate with the shipped settings: the held-out model is trained
+on 80% of every file of the language (the 20% is never trained or tuned on), each leave-one-out
+model on the other files; they are scored through the runtime code (plugins/sentiment/model.py).
+"Two-way" means the positive and negative rows only, the call being P(positive) vs P(negative).
+The cost is that of the shipped model files (--models), on held-out texts the process has not
+seen, after warming it on training texts as a running worker would be.
+
+Baselines: VADER 3.3.2 (English lexicon and rules; compound >= 0.05 positive, <= -0.05 negative,
+else neutral; two-way: compound >= 0 positive) and SnowNLP 0.12.3 (Chinese naive Bayes shipped
+with the package, trained on product reviews; P(positive) >= 0.5 positive).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import platform
+import resource
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -24,106 +34,157 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from sklearn.metrics import accuracy_score, f1_score
 
-from bench.sentiment.data import SEED, split
-from plugins.sentiment.linear import MODELS_DIR, LinearModel
+from plugins.sentiment import training
+from plugins.sentiment.model import LABELS, MODELS_DIR, LinearModel
 
-
-def metrics(truth: Sequence[str], predicted: Sequence[str]) -> tuple[float, float]:
-    return float(accuracy_score(truth, predicted)), float(f1_score(truth, predicted, average="macro"))
+DATA = Path("../shared/data/sentiment")
+Baseline = Callable[[Sequence[str]], list[tuple[str, float, float]]]  # texts -> (label, P(pos), P(neg))
 
 
-def vader() -> Callable[[str], str]:
+def vader() -> tuple[str, Baseline]:
     from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
     analyzer = SentimentIntensityAnalyzer()
 
-    def label(text: str) -> str:
-        compound = analyzer.polarity_scores(text)["compound"]
-        return "positive" if compound >= 0.05 else "negative" if compound <= -0.05 else "neutral"
+    def run(texts: Sequence[str]) -> list[tuple[str, float, float]]:
+        out = []
+        for text in texts:
+            compound = analyzer.polarity_scores(text)["compound"]
+            label = "positive" if compound >= 0.05 else "negative" if compound <= -0.05 else "neutral"
+            out.append((label, float(compound >= 0), float(compound < 0)))
+        return out
 
-    return label
+    return "VADER 3.3.2", run
 
 
-def snownlp() -> Callable[[str], str]:
+def snownlp() -> tuple[str, Baseline]:
     from snownlp import SnowNLP
 
-    def label(text: str) -> str:
-        return "positive" if SnowNLP(text).sentiments >= 0.5 else "negative"
+    def run(texts: Sequence[str]) -> list[tuple[str, float, float]]:
+        out = []
+        for text in texts:
+            p = float(SnowNLP(text).sentiments) if text.strip() else 0.5
+            out.append(("positive" if p >= 0.5 else "negative", p, 1 - p))
+        return out
 
-    return label
+    return "SnowNLP 0.12.3", run
 
 
-def evaluate_language(data_dir: Path, models_dir: Path, language: str) -> list[str]:
-    data = split(data_dir, language)
-    model = LinearModel.load(models_dir / f"{language}.npz")
-    truth = data.test_labels
+def baseline_metrics(baseline: Baseline, rows: Sequence[training.Row]) -> dict[str, Any]:
+    results = baseline([text for _, text, _ in rows])
+    truth = [label for label, _, _ in rows]
+    metrics = training.metrics(truth, [label for label, _, _ in results])
+    metrics["two_way"] = training.two_way(truth, [p for _, p, _ in results], [n for _, _, n in results])
+    return metrics
+
+
+def fmt(m: dict[str, Any]) -> str:
+    two = m["two_way"]
+    return f"{m['accuracy']:.3f} | {m['macro_f1']:.3f} | {two['accuracy']:.3f} | {two['macro_f1']:.3f}"
+
+
+def label_counts(rows: Sequence[training.Row]) -> str:
+    counts: dict[str, int] = {}
+    for label, _, _ in rows:
+        counts[label] = counts.get(label, 0) + 1
+    return " / ".join(f"{counts[label]:,} {label[:3]}" for label in LABELS if label in counts)
+
+
+def accuracy_tables(data: Path, language: str, *, baselines: bool, say: Callable[[str], None]) -> dict[str, Any]:
+    files = sorted(data.glob(f"{language}_*.csv"))
+    rows = training.load_labelled_csv(files)
+    settings = training.default_settings(language)
     started = time.perf_counter()
-    predictions = [model.predict(text) for text in data.test_texts]
-    per_text_ms = (time.perf_counter() - started) * 1000 / len(truth)
-    baseline_name, baseline = ("VADER 3.3.2", vader()) if language == "en" else ("SnowNLP 0.12.3", snownlp())
-    base_acc, base_f1 = metrics(truth, [baseline(text) for text in data.test_texts])
-    counts = ", ".join(f"{label} {truth.count(label)}" for label in sorted(set(truth)))
+    report = training.cross_validate(language, rows, settings=settings, progress=say)
+    seconds = time.perf_counter() - started
+    _, test = training.split(rows)
+    name, baseline = (vader() if language == "en" else snownlp()) if baselines else ("", None)
     lines = [
-        f"**{language}**: {model.name}, {len(truth)} held-out texts ({counts}), "
-        f"model inference {per_text_ms:.2f} ms/text",
+        f"**{language}**: settings {settings.spec}, C={settings.c}, NB scaling {settings.nb_scaling}, "
+        f"class weight {settings.class_weight}, sources balanced {settings.balance_sources}, "
+        f"lexicon {settings.lexicon}; {len(report['lodo']) + 1} trainings in {seconds:.0f} s",
         "",
-        "| classifier | accuracy | macro-F1 |",
-        "| --- | ---: | ---: |",
+        "Held-out 20% of each file (model trained on the other 80% of every file of the language):",
+        "",
+        "| file | rows | model | accuracy | macro-F1 | two-way accuracy | two-way macro-F1 |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: |",
     ]
-    if model.neutral_band:  # two-class data: argmax alone, then what the neutral band does
-        probs = [model.probabilities(text) for text in data.test_texts]
-        argmax = [max(p, key=p.__getitem__) for p in probs]
-        acc, f1 = metrics(truth, argmax)
-        lines.append(f"| {model.name} (positive/negative) | {acc:.3f} | {f1:.3f} |")
-        labels = [p.label for p in predictions]
-        decided = [(t, p) for t, p in zip(truth, labels, strict=True) if p != "neutral"]
-        share = 1 - len(decided) / len(truth)
-        acc_decided, f1_decided = metrics([t for t, _ in decided], [p for _, p in decided])
+    base: dict[str, Any] = {"held_out": {}, "lodo": {}}
+    for source, m in report["held_out"].items():
+        part = [r for r in test if r[2] == source]
+        lines.append(f"| {source} | {label_counts(part)} | linear | {fmt(m)} |")
+        if baseline is not None:
+            b = base["held_out"][source] = baseline_metrics(baseline, part)
+            lines.append(f"| | | {name} | {fmt(b)} |")
+    lines += [
+        "",
+        "Leave one dataset out (trained on the other files, tested on all of this one):",
+        "",
+        "| left out | rows | model | accuracy | macro-F1 | two-way accuracy | two-way macro-F1 |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for source, m in report["lodo"].items():
+        part = [r for r in rows if r[2] == source]
+        lines.append(f"| {source} | {label_counts(part)} | linear | {fmt(m)} |")
+        if baseline is not None:
+            b = base["lodo"][source] = baseline_metrics(baseline, part)
+            lines.append(f"| | | {name} | {fmt(b)} |")
+    if report["lodo"]:
+        mean = report["lodo_two_way_mean"]
+        line = f"| **mean** | | linear | | | | **{mean:.3f}** |"
+        lines.append(line)
+        if baseline is not None:
+            b_mean = statistics.fmean(m["two_way"]["macro_f1"] for m in base["lodo"].values())
+            lines.append(f"| | | {name} | | | | {b_mean:.3f} |")
+    print("\n".join([*lines, ""]), flush=True)
+    return {"report": report, "baseline": base}
+
+
+def cost_table(data: Path, models: Path, languages: Sequence[str]) -> list[str]:
+    """Per-message cost of the shipped models on unseen held-out texts, after warming the process
+    on training texts: amortized in batches, and one message at a time."""
+    lines = [
+        "| model | texts (median chars) | batch of 500 | batch of 100 | one at a time: median | p99 |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for language in languages:
+        model = LinearModel.load(models / f"{language}.npz")
+        rows = training.load_labelled_csv(sorted(data.glob(f"{language}_*.csv")))
+        train_rows, test = training.split(rows)
+        model.logits([text for _, text, _ in train_rows[::3][:20000]])  # a worker that has seen traffic
+        texts = [text for _, text, _ in test[::2]][:6000]
+        thirds = [texts[i::3] for i in range(3)]  # each measured on texts not seen before
+        per: list[float] = []
+        for part, size in zip(thirds[:2], (500, 100), strict=True):
+            started = time.perf_counter()
+            for i in range(0, len(part), size):
+                model.predict_batch(part[i : i + size])
+            per.append((time.perf_counter() - started) / len(part) * 1e6)
+        single = []
+        for text in thirds[2]:
+            started = time.perf_counter()
+            model.predict(text)
+            single.append((time.perf_counter() - started) * 1e6)
+        q = statistics.quantiles(single, n=100)
+        chars = statistics.median(len(t) for t in texts)
         lines.append(
-            f"| {model.name} with neutral band {model.neutral_band:.2f}: {share:.1%} neutral, "
-            f"on the rest | {acc_decided:.3f} | {f1_decided:.3f} |"
+            f"| {model.name} | {len(texts):,} ({chars:.0f}) | {per[0]:.1f} µs | {per[1]:.1f} µs "
+            f"| {statistics.median(single):.1f} µs | {q[98]:.1f} µs |"
         )
-    else:
-        acc, f1 = metrics(truth, [p.label for p in predictions])
-        lines.append(f"| {model.name} | {acc:.3f} | {f1:.3f} |")
-    lines.append(f"| baseline: {baseline_name} | {base_acc:.3f} | {base_f1:.3f} |")
     return lines
 
 
-def language_calibration(data_dir: Path) -> list[str]:
-    """How often lingua's best guess is right on short English texts, by confidence floor; and
-    what building the detector costs (the first one in this process)."""
-    from plugins.language import LanguageDetection, LanguageSettings
-
-    started = time.perf_counter()
-    processor = LanguageDetection(LanguageSettings())
-    build_s = time.perf_counter() - started
-    texts = [text.split() for text in split(data_dir, "en").test_texts]
-    lines = [
-        f"Building the detector (17 languages, high accuracy, models preloaded) took {build_s:.1f} s.",
-        "",
-        "| words | share detected at min_confidence 0.4 | of those, English | best guess English (no floor) |",
-        "| ---: | ---: | ---: | ---: |",
-    ]
-    for words in (1, 2, 3, 5, 10):
-        results = []
-        for tokens in texts:
-            text = " ".join(t for t in tokens if not t.startswith(("@", "http")))
-            values = processor.detector.compute_language_confidence_values(" ".join(text.split()[:words]))
-            if values and values[0].value > 0:
-                results.append((values[0].language.iso_code_639_1.name.lower(), values[0].value))
-        kept = [code for code, confidence in results if confidence >= 0.4]
-        lines.append(
-            f"| {words} | {len(kept) / len(results):.1%} | {kept.count('en') / max(1, len(kept)):.1%} "
-            f"| {sum(code == 'en' for code, _ in results) / len(results):.1%} |"
-        )
-    return lines
+def held_out_texts(data: Path, languages: Sequence[str], per_language: int) -> list[str]:
+    texts: list[str] = []
+    for code in languages:
+        _, test = training.split(training.load_labelled_csv(sorted(data.glob(f"{code}_*.csv"))))
+        texts += [text for _, text, _ in test[1::2]][:per_language]
+    return texts
 
 
-async def pipeline_latency(data_dir: Path) -> list[str]:
-    """language + sentiment as the worker runs them, per message, on held-out texts of both languages."""
+async def processor_cost(texts: Sequence[str], languages: Sequence[str]) -> list[str]:
+    """language + sentiment processors as the worker runs them: process_batch on fetches of 200."""
     from gateway.sdk import Content, Message, Party, ProcessorContext
     from plugins.language import LanguageDetection, LanguageSettings
     from plugins.sentiment import SentimentAnalysis, SentimentSettings
@@ -135,33 +196,67 @@ async def pipeline_latency(data_dir: Path) -> list[str]:
         raise AssertionError("nothing is emitted")
 
     ctx = ProcessorContext(store=None, emit=never, emit_event=never)  # type: ignore[arg-type]
-    texts = split(data_dir, "en").test_texts[:1000] + split(data_dir, "zh").test_texts[:1000]
-    timings: dict[str, list[float]] = {"language": [], "sentiment": [], "both": []}
-    for i, text in enumerate(texts):
-        message = Message(
-            direction="inbound",
-            channel="api",
-            instance="api",
-            conversation_id=f"c{i}",
-            sender=Party(id="u"),
-            content=Content(text=text),
-        )
+
+    def messages(part: Sequence[str]) -> list[Message]:
+        return [
+            Message(
+                direction="inbound",
+                channel="api",
+                instance="api",
+                conversation_id=f"c{i}",
+                sender=Party(id="u"),
+                content=Content(text=text),
+            )
+            for i, text in enumerate(part)
+        ]
+
+    warm = messages(texts[:400])  # first use: lazy loads, caches
+    await sentiment.process_batch([(m, ctx) for m in await_all(await language.process_batch([(m, ctx) for m in warm]))])
+    spent = {"language": 0.0, "sentiment": 0.0}
+    batches = [texts[i : i + 200] for i in range(400, len(texts), 200)]
+    count = 0
+    for part in batches:
+        batch = messages(part)
         t0 = time.perf_counter()
-        await language.process(message, ctx)
+        detected = await_all(await language.process_batch([(m, ctx) for m in batch]))
         t1 = time.perf_counter()
-        await sentiment.process(message, ctx)
+        await sentiment.process_batch([(m, ctx) for m in detected])
         t2 = time.perf_counter()
-        timings["language"].append((t1 - t0) * 1000)
-        timings["sentiment"].append((t2 - t1) * 1000)
-        timings["both"].append((t2 - t0) * 1000)
-    lines = [
-        "| per message (ms) | mean | p50 | p99 | max |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        spent["language"] += t1 - t0
+        spent["sentiment"] += t2 - t1
+        count += len(batch)
+    both = spent["language"] + spent["sentiment"]
+    return [
+        f"process_batch on fetches of 200 messages ({count:,} held-out texts, {', '.join(languages)} mixed "
+        f"in file order): language {spent['language'] / count * 1e6:.1f} µs, sentiment "
+        f"{spent['sentiment'] / count * 1e6:.1f} µs, both {both / count * 1e6:.1f} µs per message; "
+        f"peak RSS of this process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB",
     ]
-    for name, values in timings.items():
-        q = statistics.quantiles(values, n=100)
-        lines.append(f"| {name} | {statistics.fmean(values):.2f} | {q[49]:.2f} | {q[98]:.2f} | {max(values):.2f} |")
-    return lines
+
+
+def await_all(results: Sequence[Any]) -> list[Any]:
+    from gateway.sdk import Message
+
+    return [r for r in results if isinstance(r, Message)]
+
+
+def model_memory(models: Path, languages: Sequence[str]) -> str:
+    """RSS growth from loading the model files (measured in this process, before anything else)."""
+    before = _rss_mb()
+    loaded = [LinearModel.load(models / f"{code}.npz") for code in languages]
+    after = _rss_mb()
+    sizes = ", ".join(f"{m.name} {(models / f'{m.language}.npz').stat().st_size / 1e6:.1f} MB" for m in loaded)
+    return f"Model files: {sizes}; loading them grows RSS by {after - before:.0f} MB."
+
+
+def _rss_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 def machine() -> str:
@@ -173,26 +268,37 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}, {platform.system()} {platform.release()}"
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (
+        f"{cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}, {platform.system()} "
+        f"{platform.release()}, load average {load:.1f} at the start"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, required=True, help="directory with the labelled CSV files")
+    parser.add_argument("--data", type=Path, default=DATA, help="directory with the labelled CSV files")
     parser.add_argument("--models", type=Path, default=MODELS_DIR, help="directory of the .npz model files")
+    parser.add_argument("--languages", nargs="+", default=["en", "zh"])
+    parser.add_argument("--skip-baselines", action="store_true")
+    parser.add_argument("--skip-accuracy", action="store_true", help="only the cost tables")
+    parser.add_argument("--json", type=Path, help="also write the full reports here")
+    parser.add_argument("--quiet", action="store_true", help="no training progress lines")
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
-    report = [
-        f"Date {datetime.now(UTC):%Y-%m-%d}; machine: {machine()}; split: 80/20 stratified, seed {SEED}.",
-        "",
-    ]
-    for language in ("en", "zh"):
-        report += [*evaluate_language(args.data, args.models, language), ""]
-    report += ["Language detection on held-out English tweets cut to their first words:", ""]
-    report += [*language_calibration(args.data), ""]
-    report += ["Latency of the two processors on 1,000 English + 1,000 Chinese held-out texts:", ""]
-    report += asyncio.run(pipeline_latency(args.data))
-    print("\n".join(report))
+    say: Callable[[str], None] = (lambda _: None) if args.quiet else (lambda line: print(f"  ({line})", flush=True))
+    print(f"Date {datetime.now(UTC):%Y-%m-%d}; machine: {machine()}; split seed {training.SEED}.\n", flush=True)
+    print(model_memory(args.models, args.languages) + "\n", flush=True)
+    reports: dict[str, Any] = {}
+    if not args.skip_accuracy:
+        for language in args.languages:
+            reports[language] = accuracy_tables(args.data, language, baselines=not args.skip_baselines, say=say)
+    print("Cost per message of the shipped models (one core, held-out texts not seen before):\n")
+    print("\n".join(cost_table(args.data, args.models, args.languages)) + "\n", flush=True)
+    texts = held_out_texts(args.data, args.languages, 2000)
+    print("\n".join(asyncio.run(processor_cost(texts, args.languages))))
+    if args.json:
+        args.json.write_text(json.dumps(reports, indent=1, ensure_ascii=False))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -31,6 +31,11 @@ class SentimentModel(Protocol):
     ``languages`` lists the ISO 639-1 codes it handles (``None``: any language). ``predict`` runs
     on the event loop, so it must be fast (well under a millisecond or two); a model that is slower
     (a transformer, a remote service) sets ``blocking = True`` and is run in a worker thread.
+
+    Optionally, a model also has ``predict_batch(texts, languages) -> list[Prediction | None]``
+    (the :class:`BatchSentimentModel` shape): the processor then scores all the texts of a
+    worker's fetch in one call, which a vectorized model does much faster than one by one. Its
+    results must be those ``predict`` gives for each text.
     """
 
     name: str
@@ -38,6 +43,13 @@ class SentimentModel(Protocol):
     blocking: bool
 
     def predict(self, text: str, language: str | None) -> Prediction | None: ...
+
+
+@runtime_checkable
+class BatchSentimentModel(SentimentModel, Protocol):
+    """A :class:`SentimentModel` that can also score many texts in one call."""
+
+    def predict_batch(self, texts: Sequence[str], languages: Sequence[str | None]) -> list[Prediction | None]: ...
 
 
 class ModelFactory(Protocol):
