@@ -9,12 +9,14 @@ escalated message gets at least ``priority`` (an existing higher priority is kep
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 import msgspec
 import structlog
 
 from gateway.sdk import (
+    BatchResult,
     KeywordMatcher,
     Message,
     Priority,
@@ -85,10 +87,13 @@ class Escalation(Processor):
         self.matchers = {language: KeywordMatcher(words) for language, words in merged.items()}
         self.all_keywords = KeywordMatcher(w for words in merged.values() for w in words)
         self._by_language: dict[str, KeywordMatcher] = {}  # "detected" mode, built on first use
+        self.detected_only = settings.keyword_languages == "detected"
 
     def _matcher(self, language: str | None) -> KeywordMatcher:
+        if not self.detected_only:
+            return self.all_keywords
         primary = primary_language(language)
-        if self.config.keyword_languages == "all" or primary is None:
+        if primary is None:
             return self.all_keywords
         matcher = self._by_language.get(primary)
         if matcher is None:
@@ -98,22 +103,27 @@ class Escalation(Processor):
 
     def assess(self, message: Message) -> dict[str, Any] | None:
         """Why the message is escalated (None when it is not): the label stored under ``escalation``."""
+        sentiment = message.tags.sentiment
+        angry = sentiment is not None and sentiment.label == "negative" and sentiment.score >= self.config.threshold
+        content = message.content
+        # message_text(), without building its parts when there is only the text (the usual case)
+        text = (content.text or "") if not content.subject and not content.attachments else message_text(message)
+        found = self._matcher(message.language).find(normalize_for_match(text), normalized=True) if text else []
+        if not angry and not found:
+            return None
         reasons: list[str] = []
         details: dict[str, Any] = {}
-        sentiment = message.tags.sentiment
-        if sentiment is not None and sentiment.label == "negative" and sentiment.score >= self.config.threshold:
+        if angry:
+            assert sentiment is not None
             reasons.append(f"sentiment=negative({sentiment.score:.2f})")
             details["sentiment_score"] = sentiment.score
-        text = message_text(message)
-        found = self._matcher(message.language).find(normalize_for_match(text), normalized=True) if text else []
         if found:
             reasons.append("keyword=" + ",".join(found))
             details["keywords"] = found
-        if not reasons:
-            return None
         return {"reason": "; ".join(reasons), **details}
 
-    async def process(self, message: Message, ctx: ProcessorContext) -> Message:
+    def escalate(self, message: Message) -> Message:
+        """The whole processor, synchronously (no I/O): ``process`` and ``process_batch`` share it."""
         verdict = self.assess(message)
         if verdict is None:
             return message
@@ -124,6 +134,20 @@ class Escalation(Processor):
         message.tags.labels["escalation"] = verdict
         log.info("message_escalated", message_id=message.id, priority=routing.priority)
         return message
+
+    async def process(self, message: Message, ctx: ProcessorContext) -> Message:
+        return self.escalate(message)
+
+    async def process_batch(self, items: Sequence[tuple[Message, ProcessorContext]]) -> list[BatchResult]:
+        """One message after the other, as ``process`` (no coroutine per message)."""
+        results: list[BatchResult] = []
+        escalate = self.escalate
+        for message, _ in items:
+            try:
+                results.append(escalate(message))
+            except Exception as exc:
+                results.append(exc)
+        return results
 
 
 @hookimpl

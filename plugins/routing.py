@@ -14,7 +14,8 @@ topic fails ``gateway worker`` with the rule's index and name in the message.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal, cast
 
@@ -24,6 +25,7 @@ from redis.exceptions import RedisError
 
 from gateway.sdk import (
     PRIORITY_RANK,
+    BatchResult,
     BusinessHours,
     KeywordMatcher,
     Message,
@@ -230,21 +232,89 @@ class Facts:
     """What the rules look at, computed at most once per message."""
 
     message: Message
-    text: str  # normalized subject + text + captions
-    raw_text: str  # the same, not normalized (regexes see what the customer wrote)
+    language: str | None  # primary subtag of the message's language
+    tags: list[str]
     first_contact: bool | None = None
     tier: str | None = None
     tier_looked_up: bool = False
-    tags: list[str] = field(default_factory=list)
+    raw: str | None = None  # subject + text + captions (regexes see what the customer wrote); on first use
+    normalized: str | None = None  # the same, normalized for keywords; on first use
+    open: dict[str, bool] | None = None  # calendar name -> open at received_at; on first use
+
+    @property
+    def raw_text(self) -> str:
+        if self.raw is None:
+            self.raw = _text_of(self.message)
+        return self.raw
+
+    @property
+    def text(self) -> str:
+        if self.normalized is None:
+            self.normalized = normalize_for_match(self.raw_text)
+        return self.normalized
+
+
+def _text_of(message: Message) -> str:
+    """message_text(), without building its parts when there is only the text (the usual case)."""
+    content = message.content
+    if not content.subject and not content.attachments:
+        return content.text or ""
+    return message_text(message)
+
+
+def _folded(values: StrOrList | None) -> frozenset[str] | None:
+    wanted = as_list(values)
+    return None if wanted is None else frozenset(w.casefold() for w in wanted)
 
 
 @dataclass(slots=True)
 class CompiledRule:
+    """A rule with its conditions prepared once: sets to look values up in, compiled patterns."""
+
     index: int
     rule: Rule
     keywords: KeywordMatcher | None
     regexes: list[re.Pattern[str]]
     needs_tier: bool
+    channels: frozenset[str] | None = None  # case-folded
+    instances: list[str] | None = None
+    languages: frozenset[str | None] | None = None  # primary subtags
+    tags: list[str] | None = None
+    sentiment: bool = False  # any sentiment condition
+    sentiment_labels: list[SentimentLabel] | None = None
+    calendar: tuple[str, bool] | None = None  # (calendar, open wanted)
+    tiers: frozenset[str] | None = None  # case-folded
+
+    @classmethod
+    def of(cls, index: int, rule: Rule) -> CompiledRule:
+        when = rule.when
+        calendar = (
+            (when.business_hours, True)
+            if when.business_hours is not None
+            else (when.outside_business_hours, False)
+            if when.outside_business_hours is not None
+            else None
+        )
+        languages = as_list(when.language)
+        return cls(
+            index=index,
+            rule=rule,
+            keywords=KeywordMatcher(when.keywords) if when.keywords else None,
+            regexes=[re.compile(p) for p in as_list(when.regex) or []],
+            needs_tier=when.tier is not None,
+            channels=_folded(when.channel),
+            instances=as_list(when.instance),
+            languages=None if languages is None else frozenset(primary_language(w) for w in languages),
+            tags=as_list(when.tags),
+            sentiment=(
+                when.sentiment is not None
+                or when.sentiment_score_min is not None
+                or when.sentiment_score_max is not None
+            ),
+            sentiment_labels=[when.sentiment] if isinstance(when.sentiment, str) else when.sentiment,
+            calendar=calendar,
+            tiers=_folded(when.tier),
+        )
 
 
 def _lookup(labels: dict[str, Any], dotted: str) -> Any:
@@ -279,19 +349,13 @@ class Router(Processor):
         self.config = settings
         self.default = settings.default or Action(queue="general")
         self.window_s = int(parse_duration(settings.first_contact_window).total_seconds())
-        self.rules = [
-            CompiledRule(
-                index=i,
-                rule=rule,
-                keywords=KeywordMatcher(rule.when.keywords) if rule.when.keywords else None,
-                regexes=[re.compile(p) for p in as_list(rule.when.regex) or []],
-                needs_tier=rule.when.tier is not None,
-            )
-            for i, rule in enumerate(settings.rules)
-            if rule.enabled
-        ]
+        self.rules = [CompiledRule.of(i, rule) for i, rule in enumerate(settings.rules) if rule.enabled]
         self.uses_first_contact = any(r.rule.when.first_contact is not None for r in self.rules)
+        # Without first-contact and tier conditions, routing needs no I/O: a batch is routed in one go.
+        self.offline = not self.uses_first_contact and not any(r.needs_tier for r in self.rules)
+        self.first_only = settings.mode == "first"
         self.tiers = {key.casefold(): tier for key, tier in settings.tiers.items()}
+        self.durations = {name: parse_duration(policy.first_response) for name, policy in settings.sla.items()}
         self._script: Any = None
         self._script_client: Any = None
 
@@ -336,39 +400,58 @@ class Router(Processor):
                 return value.decode() if isinstance(value, bytes) else str(value)
         return None
 
+    def facts(self, message: Message) -> Facts:
+        existing_tags = message.tags.labels.get("tags")
+        return Facts(
+            message=message,
+            language=primary_language(message.language),
+            tags=[str(t) for t in existing_tags] if isinstance(existing_tags, list) else [],
+        )
+
     # --- conditions -------------------------------------------------------------------------
 
     async def matches(self, compiled: CompiledRule, facts: Facts, ctx: ProcessorContext) -> list[str] | None:
         """The reasons (``"channel=whatsapp"``, ...) when every condition holds, else None."""
-        when, message = compiled.rule.when, facts.message
+        why = self.conditions(compiled, facts)
+        if why is None or not compiled.needs_tier:
+            return why
+        # last: the only condition that may need a Redis round trip
+        if not facts.tier_looked_up:
+            facts.tier, facts.tier_looked_up = await self._tier(facts.message, ctx), True
+        tier = facts.tier
+        if tier is None or compiled.tiers is None or tier.casefold() not in compiled.tiers:
+            return None
+        why.append(f"tier={tier}")
+        return why
+
+    def conditions(self, compiled: CompiledRule, facts: Facts) -> list[str] | None:
+        """Every condition but the tier (no I/O): the reasons when they all hold, else None.
+
+        Reasons come in a fixed order (channel, instance, language, attachments, tags, labels,
+        sentiment, business hours, keywords, regex, first contact, tier), cheap checks first."""
+        message = facts.message
         why: list[str] = []
-
-        def one_of(condition: StrOrList | None, actual: str | None, label: str, fold: bool = True) -> bool:
-            wanted = as_list(condition)
-            if wanted is None:
-                return True
-            if actual is None:
-                return False
-            if (actual.casefold() not in {w.casefold() for w in wanted}) if fold else (actual not in wanted):
-                return False
-            why.append(f"{label}={actual}")
-            return True
-
-        if not one_of(when.channel, message.channel, "channel"):
-            return None
-        if not one_of(when.instance, message.instance, "instance", fold=False):
-            return None
-        if when.language is not None:
-            wanted = {primary_language(w) for w in as_list(when.language) or []}
-            if primary_language(message.language) not in wanted:
+        if compiled.channels is not None:
+            channel = message.channel
+            if channel is None or channel.casefold() not in compiled.channels:
+                return None
+            why.append(f"channel={channel}")
+        if compiled.instances is not None:
+            instance = message.instance
+            if instance is None or instance not in compiled.instances:
+                return None
+            why.append(f"instance={instance}")
+        if compiled.languages is not None:
+            if facts.language not in compiled.languages:
                 return None
             why.append(f"language={message.language}")
+        when = compiled.rule.when
         if when.has_attachments is not None:
             if bool(message.content.attachments) != when.has_attachments:
                 return None
             why.append(f"attachments={len(message.content.attachments)}")
-        if when.tags is not None:
-            hit = [t for t in as_list(when.tags) or [] if t in facts.tags]
+        if compiled.tags is not None:
+            hit = [t for t in compiled.tags if t in facts.tags]
             if not hit:
                 return None
             why.append("tag=" + ",".join(hit))
@@ -377,42 +460,42 @@ class Router(Processor):
                 if not _label_matches(_lookup(message.tags.labels, key), expected):
                     return None
                 why.append(f"label.{key}={expected}")
-        if not self._sentiment_matches(when, message, why):
+        if compiled.sentiment and not self._sentiment_matches(compiled, message, why):
             return None
-        for key, want_open in (("business_hours", True), ("outside_business_hours", False)):
-            name = getattr(when, key)
-            if name is not None:
-                if self.config.calendar(name).is_open(message.received_at) != want_open:
-                    return None
-                why.append(f"{'open' if want_open else 'closed'}={name}")
+        if compiled.calendar is not None:
+            name, want_open = compiled.calendar
+            hours = facts.open
+            if hours is None:
+                hours = facts.open = {}
+            is_open = hours.get(name)
+            if is_open is None:
+                is_open = hours[name] = self.config.calendar(name).is_open(message.received_at)
+            if is_open != want_open:
+                return None
+            why.append(f"{'open' if want_open else 'closed'}={name}")
         if compiled.keywords is not None:
             found = compiled.keywords.find(facts.text, normalized=True)
             if not found:
                 return None
             why.append("keyword=" + ",".join(found))
         if compiled.regexes:
-            if not any(p.search(facts.raw_text) for p in compiled.regexes):
+            raw_text = facts.raw_text
+            if not any(p.search(raw_text) for p in compiled.regexes):
                 return None
             why.append("regex")
         if when.first_contact is not None:
             if facts.first_contact is None or facts.first_contact != when.first_contact:
                 return None
             why.append(f"first_contact={'yes' if facts.first_contact else 'no'}")
-        if compiled.needs_tier:  # last: the only condition that may need a Redis round trip
-            if not facts.tier_looked_up:
-                facts.tier, facts.tier_looked_up = await self._tier(message, ctx), True
-            if not one_of(when.tier, facts.tier, "tier"):
-                return None
         return why
 
     @staticmethod
-    def _sentiment_matches(when: When, message: Message, why: list[str]) -> bool:
-        if when.sentiment is None and when.sentiment_score_min is None and when.sentiment_score_max is None:
-            return True
+    def _sentiment_matches(compiled: CompiledRule, message: Message, why: list[str]) -> bool:
         sentiment = message.tags.sentiment
         if sentiment is None:
             return False
-        labels = [when.sentiment] if isinstance(when.sentiment, str) else when.sentiment
+        when = compiled.rule.when
+        labels = compiled.sentiment_labels
         if labels is not None and sentiment.label not in labels:
             return False
         if when.sentiment_score_min is not None and sentiment.score < when.sentiment_score_min:
@@ -422,37 +505,63 @@ class Router(Processor):
         why.append(f"sentiment={sentiment.label}({sentiment.score:.2f})")
         return True
 
+    def _matched(
+        self, facts: Facts, compiled: CompiledRule, why: list[str], matched: list[tuple[Rule, list[str]]]
+    ) -> bool:
+        """Record a matching rule; True when evaluation stops there."""
+        rule = compiled.rule
+        matched.append((rule, why))
+        tags = facts.tags
+        tags.extend(t for t in rule.then.tags if t not in tags)
+        return self.first_only or rule.stop
+
+    def match_offline(self, facts: Facts) -> list[tuple[Rule, list[str]]]:
+        """The matching rules with their reasons, when no rule needs I/O (``self.offline``)."""
+        matched: list[tuple[Rule, list[str]]] = []
+        for compiled in self.rules:
+            why = self.conditions(compiled, facts)
+            if why is not None and self._matched(facts, compiled, why, matched):
+                break
+        return matched
+
+    async def match(self, facts: Facts, ctx: ProcessorContext) -> list[tuple[Rule, list[str]]]:
+        """The matching rules with their reasons (first-contact renewed, tiers looked up as needed)."""
+        if self.uses_first_contact:  # always, not lazily: every message must renew the window
+            facts.first_contact = await self._first_contact(facts.message, ctx)
+        matched: list[tuple[Rule, list[str]]] = []
+        for compiled in self.rules:
+            why = await self.matches(compiled, facts, ctx)
+            if why is not None and self._matched(facts, compiled, why, matched):
+                break
+        return matched
+
     # --- actions ----------------------------------------------------------------------------
 
     def due_at(self, message: Message, policy_name: str) -> datetime:
         policy = self.config.policy(policy_name)
-        duration = parse_duration(policy.first_response)
+        duration = self.durations[policy_name]
         if policy.business_hours is None:
             return message.received_at + duration
         return self.config.calendar(policy.business_hours).add_business_time(message.received_at, duration)
 
     async def process(self, message: Message, ctx: ProcessorContext) -> Message:
-        raw_text = message_text(message)
-        existing_tags = message.tags.labels.get("tags")
-        facts = Facts(
-            message=message,
-            text=normalize_for_match(raw_text),
-            raw_text=raw_text,
-            tags=[str(t) for t in existing_tags] if isinstance(existing_tags, list) else [],
-        )
-        if self.uses_first_contact:  # always, not lazily: every message must renew the window
-            facts.first_contact = await self._first_contact(message, ctx)
+        facts = self.facts(message)
+        return self.route(message, self.match_offline(facts) if self.offline else await self.match(facts, ctx))
 
-        matched: list[tuple[Rule, list[str]]] = []
-        for compiled in self.rules:
-            why = await self.matches(compiled, facts, ctx)
-            if why is None:
-                continue
-            matched.append((compiled.rule, why))
-            facts.tags.extend(t for t in compiled.rule.then.tags if t not in facts.tags)
-            if self.config.mode == "first" or compiled.rule.stop:
-                break
+    async def process_batch(self, items: Sequence[tuple[Message, ProcessorContext]]) -> list[BatchResult]:
+        """As ``process`` one message after the other; without I/O, without a coroutine per message."""
+        if not self.offline:
+            return await super().process_batch(items)
+        results: list[BatchResult] = []
+        for message, _ in items:
+            try:
+                results.append(self.route(message, self.match_offline(self.facts(message))))
+            except Exception as exc:
+                results.append(exc)
+        return results
 
+    def route(self, message: Message, matched: list[tuple[Rule, list[str]]]) -> Message:
+        """Set the route from the matching rules (the default route when none matched)."""
         base = self.default
         queue, priority, sla, topic = base.queue, base.priority, base.sla, base.topic
         tags: list[str] = [] if matched else list(base.tags)
