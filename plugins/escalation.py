@@ -122,8 +122,9 @@ class Escalation(Processor):
             details["keywords"] = found
         return {"reason": "; ".join(reasons), **details}
 
-    def escalate(self, message: Message) -> Message:
-        """The whole processor, synchronously (no I/O): ``process`` and ``process_batch`` share it."""
+    def escalate(self, message: Message, logger: Any = log) -> Message:
+        """The whole processor, synchronously (no I/O): ``process`` and ``process_batch`` share it.
+        ``logger``: ``log``, or the logger it stands for (``log.bind()``, once per batch)."""
         verdict = self.assess(message)
         if verdict is None:
             return message
@@ -132,7 +133,7 @@ class Escalation(Processor):
         message.routing = routing
         add_tags(message, [self.config.tag])
         message.tags.labels["escalation"] = verdict
-        log.info("message_escalated", message_id=message.id, priority=routing.priority)
+        logger.info("message_escalated", message_id=message.id, priority=routing.priority)
         return message
 
     async def process(self, message: Message, ctx: ProcessorContext) -> Message:
@@ -142,9 +143,10 @@ class Escalation(Processor):
         """One message after the other, as ``process`` (no coroutine per message)."""
         results: list[BatchResult] = []
         escalate = self.escalate
+        logger = log.bind()  # the configured logger, resolved once per batch rather than per message
         for message, _ in items:
             try:
-                results.append(escalate(message))
+                results.append(escalate(message, logger))
             except Exception as exc:
                 results.append(exc)
         return results

@@ -356,6 +356,7 @@ class Router(Processor):
         self.first_only = settings.mode == "first"
         self.tiers = {key.casefold(): tier for key, tier in settings.tiers.items()}
         self.durations = {name: parse_duration(policy.first_response) for name, policy in settings.sla.items()}
+        self._primary: dict[str | None, object] = {}  # language tag -> primary subtag, as seen
         self._script: Any = None
         self._script_client: Any = None
 
@@ -402,9 +403,15 @@ class Router(Processor):
 
     def facts(self, message: Message) -> Facts:
         existing_tags = message.tags.labels.get("tags")
+        language = message.language
+        primary = self._primary.get(language, _MISSING)
+        if primary is _MISSING:
+            if len(self._primary) >= 1024:
+                self._primary.clear()
+            primary = self._primary[language] = primary_language(language)
         return Facts(
             message=message,
-            language=primary_language(message.language),
+            language=cast(str | None, primary),
             tags=[str(t) for t in existing_tags] if isinstance(existing_tags, list) else [],
         )
 
@@ -553,36 +560,44 @@ class Router(Processor):
         if not self.offline:
             return await super().process_batch(items)
         results: list[BatchResult] = []
+        logger = log.bind()  # the configured logger, resolved once per batch rather than per message
         for message, _ in items:
             try:
-                results.append(self.route(message, self.match_offline(self.facts(message))))
+                results.append(self.route(message, self.match_offline(self.facts(message)), logger))
             except Exception as exc:
                 results.append(exc)
         return results
 
-    def route(self, message: Message, matched: list[tuple[Rule, list[str]]]) -> Message:
-        """Set the route from the matching rules (the default route when none matched)."""
+    def route(self, message: Message, matched: list[tuple[Rule, list[str]]], logger: Any = log) -> Message:
+        """Set the route from the matching rules (the default route when none matched).
+        ``logger``: ``log``, or the logger it stands for (``log.bind()``, once per batch)."""
         base = self.default
         queue, priority, sla, topic = base.queue, base.priority, base.sla, base.topic
-        tags: list[str] = [] if matched else list(base.tags)
-        for rule, _ in matched:
+        tags: list[str] = [] if matched else base.tags  # only read (add_tags copies)
+        if not matched:
+            rule_name, reason = "default", "no rule matched"
+        elif len(matched) == 1:
+            rule, why = matched[0]
             action = rule.then
             queue = action.queue if action.queue is not None else queue
             priority = action.priority if action.priority is not None else priority
             sla = action.sla if action.sla is not None else sla
             topic = action.topic if action.topic is not None else topic
-            tags.extend(t for t in action.tags if t not in tags)
+            tags = action.tags  # duplicates within it are dropped by add_tags, as below
+            rule_name, reason = rule.name, "; ".join(why) or "no conditions"
+        else:
+            for rule, _ in matched:
+                action = rule.then
+                queue = action.queue if action.queue is not None else queue
+                priority = action.priority if action.priority is not None else priority
+                sla = action.sla if action.sla is not None else sla
+                topic = action.topic if action.topic is not None else topic
+                tags.extend(t for t in action.tags if t not in tags)
+            rule_name = ",".join(rule.name for rule, _ in matched)
+            reason = " | ".join(f"{rule.name}: " + ("; ".join(why) or "no conditions") for rule, why in matched)
 
         previous = message.routing
         final_priority = raise_priority(previous.priority if previous else None, priority or "normal")
-        if matched:
-            rule_name = ",".join(rule.name for rule, _ in matched)
-            reason = " | ".join(
-                (f"{rule.name}: " if len(matched) > 1 else "") + ("; ".join(why) or "no conditions")
-                for rule, why in matched
-            )
-        else:
-            rule_name, reason = "default", "no rule matched"
         if previous is not None and PRIORITY_RANK[final_priority] > PRIORITY_RANK[priority or "normal"]:
             reason += f"; priority kept at {final_priority} (set before routing)"
         message.routing = Routing(
@@ -602,7 +617,7 @@ class Router(Processor):
                 "first_response": policy.first_response,
                 "business_hours": policy.business_hours,
             }
-        log.debug("message_routed", message_id=message.id, rule=rule_name, queue=queue, priority=final_priority)
+        logger.debug("message_routed", message_id=message.id, rule=rule_name, queue=queue, priority=final_priority)
         return message
 
 
