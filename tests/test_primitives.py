@@ -262,3 +262,19 @@ def test_normalize_is_nfkc_then_casefold_for_short_and_long_texts() -> None:
     for text in ("ＲＥＦＵＮＤ Straße", "ＲＥＦＵＮＤ Straße " * 1000):
         assert normalize(text) == unicodedata.normalize("NFKC", text).casefold()
         assert normalize(text) == normalize(text)  # cached or not, the same answer
+
+
+def test_normalize_equals_nfkc_casefold_for_every_code_point() -> None:
+    mismatches = [
+        hex(cp)
+        for cp in range(0x110000)
+        if not 0xD800 <= cp < 0xE000
+        and normalize(chr(cp) + "x") != unicodedata.normalize("NFKC", chr(cp) + "x").casefold()
+    ]
+    assert mismatches == []
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(st.characters(exclude_categories=["Cs"]), max_size=12))
+def test_normalize_equals_nfkc_casefold_on_any_text(text: str) -> None:
+    assert normalize(text) == unicodedata.normalize("NFKC", text).casefold()
