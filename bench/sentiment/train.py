@@ -84,7 +84,8 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
 def train_one(data: Path, out: Path, key: str, *, metrics: bool) -> dict[str, Any]:
     shipped = SHIPPED[key]
     started = time.perf_counter()
-    rows = training.load_labelled_csv([data / f"{source}.csv" for source in shipped.sources])
+    # Sorted like bench/sentiment/evaluate.py's files: the same row order gives the same fits.
+    rows = training.load_labelled_csv([data / f"{source}.csv" for source in sorted(shipped.sources)])
     settings = training.default_settings(shipped.language)
     meta: dict[str, Any] = {
         "version": VERSION,

@@ -106,7 +106,7 @@ class LinearModel:
         self._units: dict[str, tuple[int, str, float, bool, int]] = {}
         self._sums = np.zeros((1024, len(classes)), np.float32)  # slot 0: zeros, the padding
         self._slots = 1
-        self._chunks: dict[str, list[tuple[str, str, str, str]]] = {}
+        self._chunks: dict[str, list[Any]] = {}  # piece of text -> its resolved units, see _new_chunk
         self._lock = threading.Lock()
         self._pending_slots: list[int] = []
         self._pending_starts: list[int] = []
@@ -218,15 +218,15 @@ class LinearModel:
         positive = negative = 0
         chunks = self._chunks
         for chunk in normalize(text).split():
-            found = chunks.get(chunk)
-            if found is None:
-                found = chunk_units(chunk)
-                if len(chunk) <= _CHUNK_MAX and len(chunks) < _CHUNK_LIMIT:
-                    chunks[chunk] = found
-            for run, word, symbol, _ in found:
-                if word:
-                    key = ("~" if negated else "w") + word
-                    entry = units.get(key) or self._new_unit("w", word, negated, key)
+            items = chunks.get(chunk) or self._new_chunk(chunk)
+            for item in items:
+                kind = item[0]
+                if kind == "w":
+                    if negated:
+                        key = "~" + item[1]
+                        entry = units.get(key) or self._new_unit("w", item[1], True, key)
+                    else:
+                        entry = item[2]
                     slots.append(entry[0])
                     total += entry[4]
                     if lexicon and entry[2]:
@@ -241,22 +241,39 @@ class LinearModel:
                         negated = True
                     continue
                 previous = ""
-                if run:
-                    runs.append(f" {collapse(run)} ")
-                    continue
-                if symbol:
-                    key = "s" + symbol
-                    entry = units.get(key) or self._new_unit("s", symbol, False, key)
-                    if symbol[0] in "!?":
+                if kind == "r":
+                    runs.append(item[1])
+                elif kind == "s":
+                    entry = item[2]
+                    slots.append(entry[0])
+                    total += entry[4]
+                    if item[1][0] in "!?":
                         negated = False
                 else:
                     negated = False
-                    continue
-                slots.append(entry[0])
-                total += entry[4]
         if positive or negative:
             rows.extend(vocabulary.get(feature, padding) for feature in lexicon_counts(positive, negative))
         return total
+
+    def _new_chunk(self, chunk: str) -> list[Any]:
+        """The units of a white-space-separated piece, resolved: ("w", word, its entry when not
+        negated) | ("r", padded run) | ("s", symbol, entry) | ("|",) for a clause end."""
+        items: list[Any] = []
+        for run, word, symbol, _ in chunk_units(chunk):
+            if word:
+                items.append(("w", word, self._units.get("w" + word) or self._new_unit("w", word, False, "w" + word)))
+            elif run:
+                items.append(("r", f" {collapse(run)} "))
+            elif symbol:
+                key = "s" + symbol
+                items.append(("s", symbol, self._units.get(key) or self._new_unit("s", symbol, False, key)))
+            else:
+                items.append(("|",))
+        if len(chunk) <= _CHUNK_MAX:
+            if len(self._chunks) >= _CHUNK_LIMIT:
+                self._chunks.clear()
+            self._chunks[chunk] = items
+        return items
 
     def _new_unit(self, kind: str, raw: str, negated: bool, key: str) -> tuple[int, str, float, bool, int]:
         value = raw if kind == "s" else collapse(raw)
@@ -298,6 +315,7 @@ class LinearModel:
         with self._lock:
             if self._slots >= _CACHE_LIMIT:
                 self._units.clear()
+                self._chunks.clear()  # its items hold slots
                 self._slots = 1
             for i, text in enumerate(texts):
                 slot_starts.append(len(slots))
