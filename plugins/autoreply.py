@@ -346,6 +346,7 @@ return results
 _DECIDE_SHA = hashlib.sha1(_DECIDE.encode()).hexdigest()  # noqa: S324 - the script's name in Redis
 _CHUNK = 64  # messages per script call: bounds how long one call holds Redis
 _RECENT_MAX = 100_000  # conversations remembered for guessing "no first contact"
+_KEYS_MAX = 20_000  # conversations whose Redis keys are kept (building them hashes the conversation id)
 
 _decision_decoder = msgspec.json.Decoder(Decision)
 
@@ -387,6 +388,8 @@ class AutoReply(Processor):
         self._own_ids = frozenset(i.casefold() for i in self.config.own_ids)
         # (key prefix, conversation) -> when this process last decided a message of it (monotonic)
         self._recent: dict[tuple[str, str], float] = {}
+        # (key prefix, conversation, instance, UTC day) -> the conversation's Redis keys
+        self._keys: dict[tuple[str, ...], tuple[str, ...]] = {}
 
     # -- entry point
 
@@ -403,7 +406,7 @@ class AutoReply(Processor):
         at a time."""
         results: list[BatchResult] = []
         plans: list[tuple[int, _Plan]] = []  # (index in items, plan) of the messages to decide
-        keys: dict[tuple[str, ...], tuple[str, ...]] = {}
+        keys = self._keys
         for message, ctx in items:
             reason = self.loop_guard(message)
             if reason is not None:
@@ -492,9 +495,10 @@ class AutoReply(Processor):
     ) -> _Plan:
         """The decision script's keys and arguments: every reply this message could get, one per
         outcome of the first-contact and closure checks the script makes (no I/O here).
-        ``keys``: Redis keys already built in this batch. With ``guess``, a candidate only a first
-        contact would get is not prepared when this process saw the conversation within the
-        window (the script asks for it again in the rare case it is needed after all)."""
+        ``keys``: conversations' Redis keys already built (in this batch or earlier ones). With
+        ``guess``, a candidate only a first contact would get is not prepared when this process saw
+        the conversation within the window (the script asks for it again in the rare case it is
+        needed after all)."""
         store = ctx.store
         settings = self.config
         now = ctx.clock()
@@ -535,6 +539,8 @@ class AutoReply(Processor):
         shared = (store.prefix, conversation, instance, day)
         conversation_keys = keys.get(shared)
         if conversation_keys is None:
+            if len(keys) >= _KEYS_MAX:
+                keys.clear()
             conversation_keys = keys[shared] = (
                 store.key("autoreply", "cooldown", conversation),
                 store.key("autoreply", "day", day, "conversation", conversation),
@@ -580,8 +586,7 @@ class AutoReply(Processor):
             try:
                 results = await self._run_scripts(client, group)
                 if len(results) < len(group):  # the rest again, every candidate prepared
-                    keys: dict[tuple[str, ...], tuple[str, ...]] = {}
-                    rest = [self._plan(p.message, p.ctx, keys, guess=False) for p in group[len(results) :]]
+                    rest = [self._plan(p.message, p.ctx, self._keys, guess=False) for p in group[len(results) :]]
                     results.extend(await self._run_scripts(client, rest))
             except (RedisError, OSError) as exc:
                 results = [exc] * len(indexes)
