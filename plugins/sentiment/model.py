@@ -48,9 +48,9 @@ from plugins.sentiment.types import Prediction, SentimentLabel
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 LABELS: tuple[SentimentLabel, ...] = ("negative", "neutral", "positive")
 FORMAT = "gateway-sentiment-linear/2"
-_CACHE_LIMIT = 1 << 17  # distinct units remembered per model (~2-5 MB); cleared when full
-_CHUNK_LIMIT = 1 << 16  # distinct white-space-separated pieces whose units are remembered
-_CHUNK_MAX = 24  # ...of at most this many characters (longer ones rarely repeat)
+_CACHE_LIMIT = 1 << 15  # distinct units remembered per model (~8 MB at most); all forgotten when full
+_CHUNK_LIMIT = 1 << 14  # distinct white-space-separated pieces whose units are remembered (~5 MB)
+_CHUNK_MAX = 16  # ...of at most this many characters (longer ones rarely repeat)
 
 
 class LinearModel:
