@@ -136,8 +136,17 @@ class PendingAck:
 
     async def wait(self) -> None:
         """Return once every record is acknowledged; raise BrokerUnavailable otherwise."""
-        if not self._futures:
+        futures = self._futures
+        if not futures:
             return
+        if all(future.done() for future in futures):
+            # Settled already (usual once the first record of a batch was acknowledged: the
+            # others came in the same produce response): nothing to wait for, so no timeout.
+            for future in futures:
+                if future.cancelled() or future.exception() is not None:
+                    break
+            else:
+                return
         try:
             async with asyncio.timeout(self._timeout_s):
                 await _acknowledged(self._futures)

@@ -14,7 +14,9 @@ work exactly as with one message at a time.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 import structlog
@@ -44,7 +46,8 @@ class _Item:
     def __init__(self, worker: Worker, record: Record, message: Message) -> None:
         self.record = record
         self.message = message
-        self.traceparent = child_traceparent(header(record.headers, "traceparent"))
+        parent = header(record.headers, "traceparent")
+        self.traceparent = child_traceparent(parent) if parent else _new_traceparent()
         self.outputs: list[OutgoingRecord] = []
         self.ran: list[str] = []
         self.result: Message | Drop = message
@@ -81,6 +84,12 @@ class _Item:
         self.result = result
         if not isinstance(result, Drop):
             self.message = result
+
+
+def _new_traceparent() -> str:
+    """``child_traceparent(None)``: a new trace, its ids from one call for random bytes."""
+    ids = os.urandom(24).hex()
+    return f"00-{ids[:32]}-{ids[32:]}-01"
 
 
 def _partition(item: _Item) -> tuple[str, int]:
@@ -185,23 +194,30 @@ class Worker:
                 live = [item for item in live if item.record.offset <= first.get(_partition(item), item.record.offset)]
 
         blocked.clear()
-        for i, record in enumerate(records):
-            partition = (record.topic, record.partition)
-            entry = items.get(i)
-            if entry is None:  # quarantined, or deferred or failed while quarantining
-                if isinstance(outcomes[i], Exception):
+        counts = {"ok": 0, "dropped": 0}  # counted once per batch
+        logger = log.bind()  # the configured logger, resolved once per batch rather than per message
+        try:
+            for i, record in enumerate(records):
+                partition = (record.topic, record.partition)
+                entry = items.get(i)
+                if entry is None:  # quarantined, or deferred or failed while quarantining
+                    if isinstance(outcomes[i], Exception):
+                        blocked.add(partition)
+                elif partition in blocked:
+                    outcomes[i] = Deferred()
+                elif entry.failed is not None:
+                    outcomes[i] = entry.failed
                     blocked.add(partition)
-            elif partition in blocked:
-                outcomes[i] = Deferred()
-            elif entry.failed is not None:
-                outcomes[i] = entry.failed
-                blocked.add(partition)
-            else:
-                try:
-                    outcomes[i] = await self._publish(entry)
-                except Exception as exc:  # BrokerUnavailable: the runner rewinds the partition to it
-                    outcomes[i] = exc
-                    blocked.add(partition)
+                else:
+                    try:
+                        outcomes[i] = await self._publish(entry, counts, logger)
+                    except Exception as exc:  # BrokerUnavailable: the runner rewinds the partition to it
+                        outcomes[i] = exc
+                        blocked.add(partition)
+        finally:
+            for outcome, count in counts.items():
+                if count:
+                    self._counted[outcome].inc(count)
         return outcomes
 
     async def _run_batch(self, processor: Processor, batch: list[_Item]) -> int:
@@ -224,13 +240,15 @@ class Worker:
                 item.take(name, result)
         return failures
 
-    async def _publish(self, item: _Item) -> PendingAck:
-        """Hand the item's outputs (the processed message first) to the publisher."""
+    async def _publish(self, item: _Item, counts: dict[str, int] | None = None, logger: Any = log) -> PendingAck:
+        """Hand the item's outputs (the processed message first) to the publisher. ``counts``: add
+        the outcome there (the caller counts a batch at once) rather than to the metric;
+        ``logger``: ``log``, or the logger it stands for (``log.bind()``, once per batch)."""
         runtime = self.runtime
         result = item.result
         message = item.message
         if isinstance(result, Drop):
-            log.info("message_dropped", message_id=message.id, processor=item.ran[-1], reason=result.reason)
+            logger.info("message_dropped", message_id=message.id, processor=item.ran[-1], reason=result.reason)
             outputs = item.outputs
         else:
             message.trace["processors"] = ",".join(item.ran)
@@ -245,8 +263,12 @@ class Worker:
             )
             outputs = [processed, *item.outputs]
         pending = await runtime.publisher.enqueue(outputs)  # acknowledged before the offset is committed
-        self._counted["dropped" if isinstance(result, Drop) else "ok"].inc()
-        log.debug("message_processed", message_id=message.id, outputs=len(outputs))
+        outcome = "dropped" if isinstance(result, Drop) else "ok"
+        if counts is None:
+            self._counted[outcome].inc()
+        else:
+            counts[outcome] += 1
+        logger.debug("message_processed", message_id=message.id, outputs=len(outputs))
         return pending
 
     async def dead_letter(self, record: Record, exc: BaseException, attempts: int) -> None:
