@@ -158,12 +158,50 @@ class PendingAck:
             raise self._publisher._unavailable(self._producer, exc) from exc
 
 
+class _Watchdog:
+    """The deadline of ``Publisher.enqueue`` calls made one after the other: cancels the calling
+    task when the hand-over in progress started more than its timeout ago. One timer serves many
+    calls: when it fires during a later call than the one it was set for, it is set again for that
+    call's deadline; when it fires between calls, it is left unset until the next call."""
+
+    def __init__(self) -> None:
+        self.active = False  # a hand-over is in progress
+        self.expired = False  # ... and this watchdog cancelled its task
+        self._task: asyncio.Task[Any] | None = None
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self, task: asyncio.Task[Any], timeout_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        self.active, self.expired, self._task = True, False, task
+        self._deadline = loop.time() + timeout_s
+        if self._timer is None or self._loop is not loop:  # unset, or set on a loop no longer running
+            self._timer, self._loop = loop.call_at(self._deadline, self._check), loop
+
+    def stop(self) -> None:
+        self.active, self._task = False, None
+
+    def _check(self) -> None:
+        self._timer = None
+        task = self._task
+        if not self.active or task is None:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._deadline:  # set for an earlier call: now this call's deadline
+            self._timer = loop.call_at(self._deadline, self._check)
+            return
+        self.expired = True
+        task.cancel()
+
+
 class Publisher:
     def __init__(self, kafka: KafkaSection) -> None:
         self._kafka = kafka
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
         self._reconnect: asyncio.Task[None] | None = None
+        self._watchdog: _Watchdog | None = _Watchdog()
 
     @property
     def connected(self) -> bool:
@@ -235,16 +273,38 @@ class Publisher:
     async def enqueue(self, records: Sequence[OutgoingRecord]) -> PendingAck:
         """Hand records to the client in order without waiting for the broker; ``wait()`` on the
         result before treating them as stored. Lets a consumer pipeline several inputs' outputs
-        (the client keeps per-partition order) instead of paying a broker round trip per input."""
+        (the client keeps per-partition order) instead of paying a broker round trip per input.
+
+        The hand-over must finish within the publish timeout. A worker enqueues once per record,
+        one after the other, so that deadline is kept by one ``_Watchdog`` timer that serves every
+        call, rather than a timeout (a timer set and cancelled) per call; a call made while
+        another one is in progress in another task uses a timeout of its own."""
         producer = self._connected_producer()
         timeout_s = self._timeout_s()
+        watchdog = self._watchdog
+        task = asyncio.current_task()
+        if watchdog is None or watchdog.active or task is None:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    futures = await _hand_over(producer, records)
+            except TimeoutError as exc:  # the records handed over so far are queued in the client
+                raise self._unavailable(producer, exc, queued=True) from exc
+            except KafkaError as exc:
+                raise self._unavailable(producer, exc) from exc
+            return PendingAck(self, producer, futures, timeout_s)
+        cancelling = task.cancelling()
+        watchdog.start(task, timeout_s)
         try:
-            async with asyncio.timeout(timeout_s):
-                futures = await _hand_over(producer, records)
-        except TimeoutError as exc:  # the records handed over so far are queued in the client
-            raise self._unavailable(producer, exc, queued=True) from exc
+            futures = await _hand_over(producer, records)
+        except asyncio.CancelledError:
+            if watchdog.expired and task.uncancel() <= cancelling:  # ours, not a shutdown's
+                timeout = TimeoutError(f"records not handed over within {timeout_s} s")
+                raise self._unavailable(producer, timeout, queued=True) from timeout
+            raise
         except KafkaError as exc:
             raise self._unavailable(producer, exc) from exc
+        finally:
+            watchdog.stop()
         return PendingAck(self, producer, futures, timeout_s)
 
     def _connected_producer(self) -> AIOKafkaProducer:
