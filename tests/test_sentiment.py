@@ -10,6 +10,7 @@ import json
 import sys
 import threading
 import types
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -462,6 +463,51 @@ async def test_a_plugin_model_replaces_the_default_by_configuration(
         assert m.tags.sentiment is not None
         assert (m.tags.sentiment.label, m.tags.sentiment.model) == (label, f"keyword-test/{language or 'en'}")
     # blocking = True: predictions ran in worker threads, never on the event loop's thread.
+    assert plugin.KeywordModel.threads and threading.get_ident() not in plugin.KeywordModel.threads
+
+
+class FlakyBatchModel:
+    """predict_batch always fails; predict fails on texts containing "boom"."""
+
+    name: str = "flaky"
+    languages: frozenset[str] | None = None
+    blocking: bool = False
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        self.batches = 0
+
+    def predict(self, text: str, language: str | None) -> Prediction | None:
+        if "boom" in text:
+            raise RuntimeError("boom")
+        return Prediction(label="positive", score=0.9, model="flaky", polarity=0.8)
+
+    def predict_batch(self, texts: Any, languages: Any) -> list[Prediction | None]:
+        self.batches += 1
+        raise RuntimeError("the batch call failed")
+
+
+async def test_process_batch_falls_back_to_one_by_one_and_isolates_failures(
+    plugin_registry: tuple[PluginRegistry, Any],
+) -> None:
+    registry, plugin = plugin_registry
+    register_model("flaky-test", FlakyBatchModel, replace=True)
+
+    async def never(_: Any) -> None:
+        raise AssertionError("nothing is emitted")
+
+    ctx = ProcessorContext(store=None, emit=never, emit_event=never)  # type: ignore[arg-type]
+    processor = sentiment_chain(registry, {"model": "flaky-test"})
+    results = await processor.process_batch([(message("fine", "en"), ctx), (message("boom", "en"), ctx)])
+    assert isinstance(results[0], Message) and results[0].tags.sentiment is not None
+    assert results[0].tags.sentiment.model == "flaky"
+    assert isinstance(results[1], RuntimeError) and str(results[1]) == "boom"
+    assert processor.instances["flaky-test"].batches == 1  # type: ignore[attr-defined]
+    # A blocking model without predict_batch: called per message, in worker threads.
+    keyword = sentiment_chain(registry, {"model": "keyword-test", "options": {"keyword-test": {"negative": ["bad"]}}})
+    plugin.KeywordModel.threads.clear()
+    done = await keyword.process_batch([(message("bad", "de"), ctx), (message("good", None), ctx)])
+    labels = [m.tags.sentiment.label for m in done if isinstance(m, Message) and m.tags.sentiment]
+    assert labels == ["negative", "positive"]
     assert plugin.KeywordModel.threads and threading.get_ident() not in plugin.KeywordModel.threads
 
 
