@@ -50,6 +50,7 @@ from gateway.sdk import (
     Tags,
     hookimpl,
     load_calendars,
+    normalize_for_match,
 )
 
 log = structlog.get_logger(__name__)
@@ -279,9 +280,11 @@ class Candidate:
 #   first-contact marker; then the halt key.
 # ARGV: 1 cooldown_s, 2 conversation cap, 3 instance cap, 4 counter TTL, 5 decision TTL, 6 closure
 #   mark TTL, 7 acknowledgement window ('0': no acknowledgement, marker untouched); then per
-#   message: its id, the current closure ('': open or not tracked), four characters giving the
-#   candidate (0: none, n: not prepared) for first*2 + notified, the number of candidates, and per candidate the
-#   decision JSON without its closing brace, the reply JSON and the closure to mark ('': none).
+#   message: its id; one string of four characters giving the candidate (0: none, n: not
+#   prepared) for first*2 + notified, the number of candidates (one digit: at most one per kind)
+#   and the current closure ('': open or not tracked); and per candidate the decision JSON without
+#   its closing brace, the reply JSON and the closure to mark ('': none). (Few arguments per
+#   message: the client's cost of sending a command grows with their number.)
 _DECIDE = """
 local cooldown = tonumber(ARGV[1])
 local conv_cap = tonumber(ARGV[2])
@@ -330,7 +333,8 @@ end
 local results = {}
 local at = 8
 for m = 0, (#KEYS - 1) / 6 - 1 do
-  local ok, result = pcall(decide, m * 6, ARGV[at], ARGV[at + 1], ARGV[at + 2], at + 4)
+  local packed = ARGV[at + 1]
+  local ok, result = pcall(decide, m * 6, ARGV[at], string.sub(packed, 6), string.sub(packed, 1, 4), at + 2)
   if not ok then
     if type(result) == 'table' and result.err then result = result.err end
     result = '!' .. tostring(result)
@@ -339,7 +343,7 @@ for m = 0, (#KEYS - 1) / 6 - 1 do
     return results
   end
   results[m + 1] = result
-  at = at + 4 + tonumber(ARGV[at + 3]) * 3
+  at = at + 2 + tonumber(string.sub(packed, 5, 5)) * 3
 end
 return results
 """
@@ -357,7 +361,7 @@ class _Plan:
 
     message: Message
     ctx: ProcessorContext
-    keys: list[str]
+    keys: list[bytes]
     args: list[str | bytes]
 
 
@@ -389,7 +393,7 @@ class AutoReply(Processor):
         # (key prefix, conversation) -> when this process last decided a message of it (monotonic)
         self._recent: dict[tuple[str, str], float] = {}
         # (key prefix, conversation, instance, UTC day) -> the conversation's Redis keys
-        self._keys: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._keys: dict[tuple[str, ...], tuple[bytes, ...]] = {}
 
     # -- entry point
 
@@ -491,7 +495,11 @@ class AutoReply(Processor):
     # -- deciding
 
     def _plan(
-        self, message: Message, ctx: ProcessorContext, keys: dict[tuple[str, ...], tuple[str, ...]], guess: bool = True
+        self,
+        message: Message,
+        ctx: ProcessorContext,
+        keys: dict[tuple[str, ...], tuple[bytes, ...]],
+        guess: bool = True,
     ) -> _Plan:
         """The decision script's keys and arguments: every reply this message could get, one per
         outcome of the first-contact and closure checks the script makes (no I/O here).
@@ -518,7 +526,7 @@ class AutoReply(Processor):
         ooh = self._candidate("out_of_hours", message, now, False) if "out_of_hours" in settings.order else None
         slots: dict[tuple[str, str], int] = {}
         combos = ["0", "0", "0", "0"]  # candidate slot per first*2 + notified ("n": not prepared)
-        args: list[str | bytes] = [message.id, closure or "", "", ""]
+        args: list[str | bytes] = [message.id.encode(), b""]
         for first in (0, 1) if ack is not None else (0,):
             for notified in (0, 1) if closure is not None else (0,):
                 candidate = self._pick(faq, None if notified else ooh, bool(first))
@@ -532,8 +540,7 @@ class AutoReply(Processor):
                     slot = slots[(candidate.kind, candidate.template)] = len(slots) + 1
                     args.extend(self._decision_parts(message, candidate, now, closure))
                 combos[first * 2 + notified] = str(slot)
-        args[2] = "".join(combos)
-        args[3] = str(len(slots))
+        args[1] = f"{''.join(combos)}{len(slots)}{closure or ''}".encode()  # at most 3 candidates: one digit
         conversation, instance = message.conversation_id, message.instance
         day = now.astimezone(UTC).date().isoformat()
         shared = (store.prefix, conversation, instance, day)
@@ -541,14 +548,18 @@ class AutoReply(Processor):
         if conversation_keys is None:
             if len(keys) >= _KEYS_MAX:
                 keys.clear()
-            conversation_keys = keys[shared] = (
-                store.key("autoreply", "cooldown", conversation),
-                store.key("autoreply", "day", day, "conversation", conversation),
-                store.key("autoreply", "day", day, "instance", instance),
-                store.key("autoreply", "notified", conversation),
-                store.key("autoreply", "seen", conversation),
+            conversation_keys = keys[shared] = tuple(
+                key.encode()  # encoded once: the client passes bytes through as they are
+                for key in (
+                    store.key("autoreply", "cooldown", conversation),
+                    store.key("autoreply", "day", day, "conversation", conversation),
+                    store.key("autoreply", "day", day, "instance", instance),
+                    store.key("autoreply", "notified", conversation),
+                    store.key("autoreply", "seen", conversation),
+                )
             )
-        return _Plan(message, ctx, [store.key("autoreply", "decision", message.id), *conversation_keys], args)
+        decision_key = store.key("autoreply", "decision", message.id).encode()
+        return _Plan(message, ctx, [decision_key, *conversation_keys], args)
 
     def _pick(self, faq: Candidate | None, ooh: Candidate | None, first_contact: bool) -> Candidate | None:
         """The first applicable kind in the configured order, from the precomputed candidates."""
@@ -597,7 +608,7 @@ class AutoReply(Processor):
     def _call(self, pipe: Any, plans: list[_Plan], halt: str) -> None:
         settings = self.config
         ack = settings.acknowledgement
-        keys: list[str] = []
+        keys: list[str | bytes] = []
         args: list[str | bytes | int] = [
             settings.cooldown_s,
             settings.max_per_conversation_per_day,
@@ -686,11 +697,16 @@ class AutoReply(Processor):
             return None
         limit = self.config.max_scan_chars
         text = "\n".join(p for p in (message.content.subject, message.content.text) if p)[:limit]
-        nfkc = unicodedata.normalize("NFKC", text)
-        folded = nfkc.casefold()
+        folded = normalize_for_match(text)  # NFKC + casefold, shared with escalation and routing
+        nfkc: str | None = None  # for regexes, on first use
         for entry, keywords, regex in self._faq:
-            if (keywords is not None and keywords.search(folded)) or (regex is not None and regex.search(nfkc)):
+            if keywords is not None and keywords.search(folded):
                 return entry
+            if regex is not None:
+                if nfkc is None:
+                    nfkc = unicodedata.normalize("NFKC", text)
+                if regex.search(nfkc):
+                    return entry
         return None
 
     def calendar_for(self, message: Message) -> BusinessHours | None:
