@@ -79,7 +79,7 @@ async def test_messages_flow_from_webhook_to_processed(client: Any, runtime: Run
         assert headers_of(record)["input-id"] == json.loads(record.value)["id"]
     # Order within a conversation is kept.
     for conversation in ("c0", "c1"):
-        texts = [m.content.text for m in processed if m.conversation_id == conversation]
+        texts = [m.content.text or "" for m in processed if m.conversation_id == conversation]
         assert texts == sorted(texts, key=lambda t: int(t.split()[1]))
 
 
