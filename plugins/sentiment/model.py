@@ -263,7 +263,7 @@ class LinearModel:
             if word:
                 items.append(("w", word, self._units.get("w" + word) or self._new_unit("w", word, False, "w" + word)))
             elif run:
-                items.append(("r", f" {collapse(run)} "))
+                items.append(("r", f" {run} "))  # collapsed in _run_features
             elif symbol:
                 key = "s" + symbol
                 items.append(("s", symbol, self._units.get(key) or self._new_unit("s", symbol, False, key)))
@@ -350,6 +350,12 @@ class LinearModel:
         lengths = np.array([len(run) + 1 for run in runs], dtype=np.intp)  # + the separator
         points = np.frombuffer("\0".join(runs).encode("utf-32-le") + b"\0\0\0\0", dtype=np.uint32).astype(np.uint64)
         owner = np.repeat(np.array(owners, dtype=np.intp), lengths)
+        # ngrams.collapse_run for all runs at once: a character equal to the two before it goes.
+        repeated = (points[2:] == points[1:-1]) & (points[1:-1] == points[:-2])
+        if repeated.any():
+            keep = np.concatenate([[True, True], ~repeated])
+            points = points[keep]
+            owner = owner[keep]
         real = points != 0
         low, high = self.spec.run_ngrams
         keys: list[Any] = []
@@ -369,6 +375,9 @@ class LinearModel:
             texts.append(owner[:-2][keep])
         key = np.concatenate(keys)
         owner = np.concatenate(texts)
+        order = np.argsort(key)  # sorted needles: each search starts where the last one ended
+        key = key[order]
+        owner = owner[order]
         at = np.minimum(np.searchsorted(self._run_keys, key), len(self._run_keys) - 1)
         hit = self._run_keys[at] == key
         rows = self._run_rows[at[hit]]

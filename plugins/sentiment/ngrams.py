@@ -79,6 +79,14 @@ def _address(match: re.Match[str]) -> str:
     return " <user> " if match.group(1) is None else " <email> "
 
 
+_RUN_REPEAT = re.compile(r"(.)\1{2,}")
+
+
+def collapse_run(run: str) -> str:
+    """A run with any character repeated 3+ times cut to two (``好好好好`` -> ``好好``)."""
+    return _RUN_REPEAT.sub(r"\1\1", run)
+
+
 def collapse(unit: str) -> str:
     """A word or run with letters repeated 3+ times cut to two (``sooooo`` -> ``soo``)."""
     return _REPEAT.sub(r"\1\1", unit)
@@ -218,7 +226,7 @@ def features(text: str, spec: FeatureSpec, lexicon: Lexicon | None = None) -> li
             continue
         previous = ""
         if run:
-            found.extend(unit_features(("r", collapse(run), False), spec))
+            found.extend(unit_features(("r", collapse_run(run), False), spec))
         elif symbol:
             found.extend(unit_features(("s", symbol, False), spec))
             if symbol[0] in "!?":

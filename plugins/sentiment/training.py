@@ -36,6 +36,7 @@ from plugins.sentiment.model import LABELS, LinearModel
 from plugins.sentiment.ngrams import FeatureSpec, features
 
 __all__ = [
+    "FIT_MARK",
     "SEED",
     "LabelledDataError",
     "Row",
@@ -55,6 +56,7 @@ Row = tuple[str, str, str]  # (label, text, source): source is the file's stem
 Progress = Callable[[str], None]
 SEED = 20250101
 TEST_SIZE = 0.2
+FIT_MARK = "fitting"  # in exactly one progress message per model fit (for progress bars)
 
 
 class LabelledDataError(ValueError):
@@ -330,7 +332,7 @@ def _fit(
         weight = np.asarray([len(rows) / (len(source_rows) * source_rows[s]) for s in sources])
     else:
         weight = np.ones(len(rows))
-    say(f"{language}: fitting {len(rows)} texts x {len(vocabulary)} features (C={settings.c})")
+    say(f"{language}: {FIT_MARK} {len(rows)} texts x {len(vocabulary)} features (C={settings.c})")
     classifier = linear_model.LogisticRegression(C=settings.c, class_weight=settings.class_weight, max_iter=2000)
     classifier.fit(x, y, sample_weight=weight)
     classes = [str(c) for c in classifier.classes_]
