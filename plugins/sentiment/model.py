@@ -40,7 +40,6 @@ from plugins.sentiment.ngrams import (
     is_negation,
     lexicon_counts,
     normalize,
-    polarity,
     unit_features,
 )
 from plugins.sentiment.types import Prediction, SentimentLabel
@@ -101,9 +100,10 @@ class LinearModel:
         self.lexicon: dict[str, float] = dict(lexicon or {})
         if self.spec.lexicon and not self.lexicon:
             raise ValueError("the feature spec uses a lexicon and the model has none")
-        # Unit key -> (slot, collapsed text, lexicon valence, is a negation, number of features); a
-        # slot is a row of _sums, the summed weight rows of the unit's features.
-        self._units: dict[str, tuple[int, str, float, bool, int]] = {}
+        # Unit key -> (slot, collapsed text, lexicon valence, is a negation, number of features,
+        # "b:<text> " for word pairs); a slot is a row of _sums, the summed weight rows of the
+        # unit's features.
+        self._units: dict[str, tuple[int, str, float, bool, int, str]] = {}
         self._sums = np.zeros((1024, len(classes)), np.float32)  # slot 0: zeros, the padding
         self._slots = 1
         self._chunks: dict[str, list[Any]] = {}  # piece of text -> its resolved units, see _new_chunk
@@ -213,10 +213,11 @@ class LinearModel:
         padding = self._padding
         bigrams, negation = self.spec.word_bigrams, self.spec.negation
         total = 0
-        previous = ""
+        previous = ""  # "b:<word> " of the word before, "" at a clause start
         negated = False
         positive = negative = 0
         chunks = self._chunks
+        add_slot, add_row = slots.append, rows.append
         for chunk in normalize(text).split():
             items = chunks.get(chunk) or self._new_chunk(chunk)
             for item in items:
@@ -227,16 +228,16 @@ class LinearModel:
                         entry = units.get(key) or self._new_unit("w", item[1], True, key)
                     else:
                         entry = item[2]
-                    slots.append(entry[0])
+                    add_slot(entry[0])
                     total += entry[4]
                     if lexicon and entry[2]:
-                        if polarity(entry[2], negated) == "pos":
+                        if (entry[2] > 0) != negated:  # ngrams.polarity
                             positive += 1
                         else:
                             negative += 1
                     if bigrams and previous:
-                        rows.append(vocabulary.get(f"b:{previous} {entry[1]}", padding))
-                    previous = entry[1]
+                        add_row(vocabulary.get(previous + entry[1], padding))
+                    previous = entry[5]
                     if negation and entry[3]:
                         negated = True
                     continue
@@ -275,7 +276,7 @@ class LinearModel:
             self._chunks[chunk] = items
         return items
 
-    def _new_unit(self, kind: str, raw: str, negated: bool, key: str) -> tuple[int, str, float, bool, int]:
+    def _new_unit(self, kind: str, raw: str, negated: bool, key: str) -> tuple[int, str, float, bool, int, str]:
         value = raw if kind == "s" else collapse(raw)
         found = [
             row
@@ -284,7 +285,7 @@ class LinearModel:
         ]
         slot = self._new_slot(found)
         valence = self.lexicon.get(value, 0.0) if kind == "w" else 0.0
-        entry = (slot, value, valence, kind == "w" and is_negation(value), len(found))
+        entry = (slot, value, valence, kind == "w" and is_negation(value), len(found), f"b:{value} ")
         self._units[key] = entry
         return entry
 
