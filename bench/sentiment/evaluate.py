@@ -275,7 +275,7 @@ async def processor_cost(texts: Sequence[str], languages: Sequence[str]) -> list
 
 
 WORKER_RSS = """
-import asyncio, logging, resource, sys
+import asyncio, logging, sys
 import structlog
 structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
 from gateway.sdk import Content, Message, Party, ProcessorContext
@@ -294,7 +294,8 @@ async def run():
             batch = [m for m in await language.process_batch([(m, ctx) for m in batch]) if isinstance(m, Message)]
         await sentiment.process_batch([(m, ctx) for m in batch])
 asyncio.run(run())
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+# VmHWM, not ru_maxrss: the latter can count the forked parent's memory before exec.
+print(next(int(l.split()[1]) // 1024 for l in open("/proc/self/status") if l.startswith("VmHWM")))
 """
 
 
