@@ -219,7 +219,11 @@ class LinearModel:
         chunks = self._chunks
         add_slot, add_row = slots.append, rows.append
         for chunk in normalize(text).split():
-            items = chunks.get(chunk) or self._new_chunk(chunk)
+            if chunk.isascii() and chunk.isalpha():  # a plain word: no need to scan or cache the piece
+                key = "w" + chunk
+                items: Sequence[Any] = (("w", chunk, units.get(key) or self._new_unit("w", chunk, False, key)),)
+            else:
+                items = chunks.get(chunk) or self._new_chunk(chunk)
             for item in items:
                 kind = item[0]
                 if kind == "w":
