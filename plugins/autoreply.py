@@ -29,7 +29,7 @@ import time
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal, cast
 from zoneinfo import ZoneInfo
 
@@ -390,6 +390,11 @@ class AutoReply(Processor):
             for entry in self.config.faq
         ]
         self._own_ids = frozenset(i.casefold() for i in self.config.own_ids)
+        ack = self.config.acknowledgement
+        self._acknowledgement = (
+            Candidate("acknowledgement", "acknowledgement", ack.templates) if ack is not None else None
+        )
+        self._days: tuple[date, str] | None = None  # the last UTC date seen, as text
         # (key prefix, conversation) -> when this process last decided a message of it (monotonic)
         self._recent: dict[tuple[str, str], float] = {}
         # (key prefix, conversation, instance, UTC day) -> the conversation's Redis keys
@@ -521,7 +526,7 @@ class AutoReply(Processor):
             guess = guess and last is not None and seen_at - last < ack.window_s / 2
         else:
             guess = False
-        closure = self.closure(message, now)
+        closure = self.closure(message, now) if settings.out_of_hours is not None else None
         faq = self._candidate("faq", message, now, False) if "faq" in settings.order else None
         ooh = self._candidate("out_of_hours", message, now, False) if "out_of_hours" in settings.order else None
         slots: dict[tuple[str, str], int] = {}
@@ -542,7 +547,7 @@ class AutoReply(Processor):
                 combos[first * 2 + notified] = str(slot)
         args[1] = f"{''.join(combos)}{len(slots)}{closure or ''}".encode()  # at most 3 candidates: one digit
         conversation, instance = message.conversation_id, message.instance
-        day = now.astimezone(UTC).date().isoformat()
+        day = self._day(now)
         shared = (store.prefix, conversation, instance, day)
         conversation_keys = keys.get(shared)
         if conversation_keys is None:
@@ -561,16 +566,24 @@ class AutoReply(Processor):
         decision_key = store.key("autoreply", "decision", message.id).encode()
         return _Plan(message, ctx, [decision_key, *conversation_keys], args)
 
+    def _day(self, now: datetime) -> str:
+        """``now``'s UTC date as text (the daily caps' keys), remembered for the next message."""
+        today = now.astimezone(UTC).date()
+        days = self._days
+        if days is None or days[0] != today:
+            days = self._days = (today, today.isoformat())
+        return days[1]
+
     def _pick(self, faq: Candidate | None, ooh: Candidate | None, first_contact: bool) -> Candidate | None:
         """The first applicable kind in the configured order, from the precomputed candidates."""
-        acknowledgement = self.config.acknowledgement
+        acknowledgement = self._acknowledgement
         for kind in self.config.order:
             if kind == "faq" and faq is not None:
                 return faq
             if kind == "out_of_hours" and ooh is not None:
                 return ooh
             if kind == "acknowledgement" and first_contact and acknowledgement is not None:
-                return Candidate("acknowledgement", "acknowledgement", acknowledgement.templates)
+                return acknowledgement
         return None
 
     def _decision_parts(
