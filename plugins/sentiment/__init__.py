@@ -98,8 +98,9 @@ class LinearModels:
 
     Options: ``languages`` (subset of the shipped ones to use), ``directory`` (a directory of
     ``<language>.npz`` files written by ``plugins.sentiment.training.save`` instead of the shipped
-    ones), ``files`` (language -> file name without ``.npz`` in that directory, to pick a variant:
-    ``{en = "en-commercial"}``).
+    ones), ``files`` (language -> a file name without ``.npz`` in that directory, to pick a variant:
+    ``{en = "en-commercial"}``, or the path of a ``.npz`` file written by ``gateway sentiment
+    train``: ``{en = "/etc/gateway/sentiment/acme-en.npz"}``).
     """
 
     name = "linear"
@@ -109,8 +110,11 @@ class LinearModels:
         directory = Path(options.get("directory") or MODELS_DIR)
         # <language>.npz are the defaults; <language>-<variant>.npz only when chosen in files.
         available = {path.stem: path for path in sorted(directory.glob("*.npz")) if "-" not in path.stem}
-        for code, stem in dict(options.get("files") or {}).items():
-            path = directory / f"{stem}.npz"
+        for code, reference in dict(options.get("files") or {}).items():
+            # A variant's name in the directory ("en-commercial"), or the path of a trained file.
+            reference = str(reference)
+            is_path = reference.endswith(".npz") or "/" in reference or "\\" in reference
+            path = Path(reference).expanduser() if is_path else directory / f"{reference}.npz"
             if not path.is_file():
                 raise ValueError(f"no linear sentiment model file {path} (files.{code})")
             available[str(code)] = path
@@ -286,3 +290,10 @@ class SentimentAnalysis(Processor):
 @hookimpl
 def register_processors(register: Any) -> None:
     register(SentimentAnalysis)
+
+
+@hookimpl
+def register_commands(register: Any) -> None:
+    from plugins.sentiment.cli import sentiment  # click and the training helpers: only for the command
+
+    register(sentiment)

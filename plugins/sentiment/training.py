@@ -9,7 +9,7 @@ Usage (the ``gateway sentiment`` commands and bench/sentiment/ build on this)::
     report = cross_validate("en", rows)  # held-out 20% of each file, and leave-one-file-out
 
 Loading, splitting, evaluating and saving need numpy only; :func:`train` and
-:func:`cross_validate` need scikit-learn and scipy (``pip install -e '.[dev]'``) and say so when
+:func:`cross_validate` need scikit-learn and scipy (``pip install 'message-gateway[train]'``) and say so when
 they are missing.
 
 The model (see plugins/sentiment/linear.py): the presence of word, word-pair and character
@@ -70,7 +70,7 @@ def _sklearn() -> Any:
     except ImportError as exc:  # pragma: no cover - the dev extra is installed in tests
         raise ImportError(
             f"training a sentiment model needs scikit-learn and scipy ({exc.name} is missing): "
-            "install the dev extra, pip install -e '.[dev]'"
+            "install the train extra, pip install 'message-gateway[train]'"
         ) from exc
     return sklearn.linear_model, scipy.sparse
 
@@ -228,7 +228,7 @@ def vader_lexicon() -> dict[str, float]:
         import vaderSentiment
     except ImportError as exc:
         raise ImportError(
-            "the VADER lexicon needs vaderSentiment: install the dev extra, pip install -e '.[dev]'"
+            "the VADER lexicon needs vaderSentiment: install the train extra, pip install 'message-gateway[train]'"
         ) from exc
     path = Path(vaderSentiment.__file__).parent / "vader_lexicon.txt"
     lexicon: dict[str, float] = {}
