@@ -7,15 +7,25 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
+import msgspec
 import structlog
+
+_ENCODER = msgspec.json.Encoder(enc_hook=str)  # anything msgspec cannot encode is logged as its str()
+
+
+def _dumps(event: Any, **_: Any) -> str:
+    """structlog's JSON serializer, on msgspec: ~5x faster than json.dumps for a log line, which
+    matters for lines written per message (escalations)."""
+    return _ENCODER.encode(event).decode()
 
 
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
     renderer: structlog.types.Processor = (
         structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
         if fmt == "console"
-        else structlog.processors.JSONRenderer()
+        else structlog.processors.JSONRenderer(serializer=_dumps)
     )
     logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(message)s", force=True)
     for noisy in ("aiokafka", "aiohttp.access"):
