@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Mapping, Sequence
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ import numpy.typing as npt
 
 from plugins.sentiment.ngrams import (
     FeatureSpec,
+    Unit,
     chunk_units,
     collapse,
     is_negation,
@@ -47,9 +49,15 @@ from plugins.sentiment.types import Prediction, SentimentLabel
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 LABELS: tuple[SentimentLabel, ...] = ("negative", "neutral", "positive")
 FORMAT = "gateway-sentiment-linear/2"
-_CACHE_LIMIT = 1 << 15  # distinct units remembered per model (~8 MB at most); all forgotten when full
-_CHUNK_LIMIT = 1 << 14  # distinct white-space-separated pieces whose units are remembered (~5 MB)
-_CHUNK_MAX = 16  # ...of at most this many characters (longer ones rarely repeat)
+_CACHE_LIMIT = 1 << 16  # distinct units (and feature slots) remembered per model; all forgotten when full
+_CHUNK_LIMIT = 1 << 15  # distinct white-space-separated pieces whose units are remembered
+_CHUNK_MAX = 24  # ...of at most this many characters (longer ones rarely repeat)
+# The texts of a batch are joined with this between them, then split at white space: a piece of
+# its own, which no normalized text contains (NFKC turns the ligature into "fi"; see the tests).
+_SEPARATOR = "\ufb01"
+_SEPARATOR_SPACED = " \ufb01 "
+# Token kinds.
+_SEP, _WORD, _RUN, _SYMBOL, _RESET, _CLAUSE = range(6)  # _RESET: a "!" / "?" run, ends a negation
 
 
 class LinearModel:
@@ -100,17 +108,35 @@ class LinearModel:
         self.lexicon: dict[str, float] = dict(lexicon or {})
         if self.spec.lexicon and not self.lexicon:
             raise ValueError("the feature spec uses a lexicon and the model has none")
-        # Unit key -> (slot, collapsed text, lexicon valence, is a negation, number of features,
-        # "b:<text> " for word pairs); a slot is a row of _sums, the summed weight rows of the
-        # unit's features.
-        self._units: dict[str, tuple[int, str, float, bool, int, str]] = {}
-        self._sums = np.zeros((1024, len(classes)), np.float32)  # slot 0: zeros, the padding
-        self._slots = 1
-        self._chunks: dict[str, list[Any]] = {}  # piece of text -> its resolved units, see _new_chunk
+        self._use_lexicon = bool(self.lexicon) and self.spec.lexicon
+        # Word pairs ("b:<word> <word>") as integer keys: first word's id * _pair_base + second's,
+        # the ids numbering the words that occur in pairs; sorted for binary search.
+        self._pair_words: dict[str, int] = {}
+        pair_keys: list[int] = []
+        pair_rows: list[int] = []
+        pairs = [(feature[2:].split(" "), row) for feature, row in self.vocabulary.items() if feature[:2] == "b:"]
+        for halves, _ in pairs:
+            for half in halves:
+                self._pair_words.setdefault(half, len(self._pair_words))
+        self._pair_base = max(len(self._pair_words), 1)
+        for halves, row in pairs:
+            if len(halves) == 2:
+                pair_keys.append(self._pair_words[halves[0]] * self._pair_base + self._pair_words[halves[1]])
+                pair_rows.append(row)
+        order = np.argsort(np.array(pair_keys, dtype=np.int64), kind="stable")
+        self._pair_keys = np.array(pair_keys, dtype=np.int64)[order]
+        self._pair_rows = np.array(pair_rows, dtype=np.intp)[order]
+        # The lexicon counts of a text (x:pos>=1..k, x:neg>=1..k, k <= 4) by k: summed rows, count.
+        self._lexicon_sums = np.zeros((2, 5, len(classes)), np.float32)
+        self._lexicon_counts = np.zeros((2, 5), np.int64)
+        for sign, (positive, negative) in enumerate(((4, 0), (0, 4))):
+            for k, feature in enumerate(lexicon_counts(positive, negative), start=1):
+                found = self.vocabulary.get(feature)
+                self._lexicon_sums[sign, k:] += self.weights[found] if found is not None else 0.0
+                self._lexicon_counts[sign, k:] += found is not None
+        # Units seen so far, by their text (a token table; see logits).
         self._lock = threading.Lock()
-        self._pending_slots: list[int] = []
-        self._pending_starts: list[int] = []
-        self._pending_rows: list[int] = []
+        self._reset_tokens()
 
     # --- files ---------------------------------------------------------------------------------
 
@@ -180,18 +206,28 @@ class LinearModel:
 
     # --- inference -----------------------------------------------------------------------------
 
-    def features_of(self, text: str) -> tuple[list[int], list[int]]:
-        """(unit slots, extra weight rows) of a text; for tests and debugging (takes the lock)."""
-        with self._lock:
-            slots: list[int] = []
-            rows: list[int] = []
-            runs: list[str] = []
-            self._encode(text, slots, rows, runs)
-            self._flush()
-            return slots, rows
+    def _reset_tokens(self) -> None:
+        """Forget every token (the table is emptied between batches when full)."""
+        self._tokens: dict[str, int] = {}  # unit text -> token id (0: the separator, 1: any run)
+        self._chunks: dict[str, tuple[int, ...]] = {_SEPARATOR: (0,)}  # piece of text -> token ids
+        self._token_values = ["", ""]  # collapsed words
+        self._kind = np.zeros(1024, np.int8)  # _SEP, _WORD, _RUN, _SYMBOL, _RESET, _CLAUSE
+        self._kind[:2] = (_SEP, _RUN)
+        self._slot = np.zeros(1024, np.intp)  # row of _sums: the summed weights of the features
+        self._slot_negated = np.full(1024, -1, np.intp)  # ...of a word after a negation (-1: not yet)
+        self._count = np.zeros(1024, np.int64)  # number of known features
+        self._count_negated = np.zeros(1024, np.int64)
+        self._negation = np.zeros(1024, bool)  # a word that starts a negation scope
+        self._valence = np.zeros(1024, np.int8)  # the lexicon's sign of a word (0: not in it)
+        self._pair = np.full(1024, -1, np.int64)  # a word's id among the words of the word pairs
+        self._sums = np.zeros((1024, len(self.classes)), np.float32)  # slot 0: zeros
+        self._slots = 1
+        self._pending_slots: list[int] = []
+        self._pending_starts: list[int] = []
+        self._pending_rows: list[int] = []
 
     def _flush(self) -> None:
-        """Compute the weight sums of the units first seen since the last flush."""
+        """Compute the weight sums of the slots made since the last flush."""
         if self._pending_slots:
             sums = np.add.reduceat(
                 self.weights[np.array(self._pending_rows, dtype=np.intp)],
@@ -202,159 +238,172 @@ class LinearModel:
             self._pending_starts.clear()
             self._pending_rows.clear()
 
-    def _encode(self, text: str, slots: list[int], rows: list[int], runs: list[str]) -> int:
-        """Append the text's unit slots, other weight rows (word pairs, lexicon counts; unknown
-        ones as the padding row) and its runs of unspaced script, padded (their n-grams are looked
-        up for the whole batch at once, :meth:`_run_features`); return the number of features of
-        the slots (with repeats). The caller holds the lock."""
-        vocabulary = self.vocabulary
-        units = self._units
-        lexicon = bool(self.lexicon) and self.spec.lexicon
-        padding = self._padding
-        bigrams, negation = self.spec.word_bigrams, self.spec.negation
-        total = 0
-        previous = ""  # "b:<word> " of the word before, "" at a clause start
-        negated = False
-        positive = negative = 0
-        chunks = self._chunks
-        add_slot, add_row = slots.append, rows.append
-        for chunk in normalize(text).split():
-            if chunk.isascii() and chunk.isalpha():  # a plain word: no need to scan or cache the piece
-                key = "w" + chunk
-                items: Sequence[Any] = (("w", chunk, units.get(key) or self._new_unit("w", chunk, False, key)),)
-            else:
-                items = chunks.get(chunk) or self._new_chunk(chunk)
-            for item in items:
-                kind = item[0]
-                if kind == "w":
-                    if negated:
-                        key = "~" + item[1]
-                        entry = units.get(key) or self._new_unit("w", item[1], True, key)
-                    else:
-                        entry = item[2]
-                    add_slot(entry[0])
-                    total += entry[4]
-                    if lexicon and entry[2]:
-                        if (entry[2] > 0) != negated:  # ngrams.polarity
-                            positive += 1
-                        else:
-                            negative += 1
-                    if bigrams and previous:
-                        add_row(vocabulary.get(previous + entry[1], padding))
-                    previous = entry[5]
-                    if negation and entry[3]:
-                        negated = True
-                    continue
-                previous = ""
-                if kind == "r":
-                    runs.append(item[1])
-                elif kind == "s":
-                    entry = item[2]
-                    slots.append(entry[0])
-                    total += entry[4]
-                    if item[1][0] in "!?":
-                        negated = False
-                else:
-                    negated = False
-        if positive or negative:
-            rows.extend(vocabulary.get(feature, padding) for feature in lexicon_counts(positive, negative))
-        return total
-
-    def _new_chunk(self, chunk: str) -> list[Any]:
-        """The units of a white-space-separated piece, resolved: ("w", word, its entry when not
-        negated) | ("r", padded run) | ("s", symbol, entry) | ("|",) for a clause end."""
-        items: list[Any] = []
-        for run, word, symbol, _ in chunk_units(chunk):
-            if word:
-                items.append(("w", word, self._units.get("w" + word) or self._new_unit("w", word, False, "w" + word)))
-            elif run:
-                items.append(("r", f" {run} "))  # collapsed in _run_features
-            elif symbol:
-                key = "s" + symbol
-                items.append(("s", symbol, self._units.get(key) or self._new_unit("s", symbol, False, key)))
-            else:
-                items.append(("|",))
-        if len(chunk) <= _CHUNK_MAX:
-            if len(self._chunks) >= _CHUNK_LIMIT:
-                self._chunks.clear()
-            self._chunks[chunk] = items
-        return items
-
-    def _new_unit(self, kind: str, raw: str, negated: bool, key: str) -> tuple[int, str, float, bool, int, str]:
-        value = raw if kind == "s" else collapse(raw)
-        found = [
-            row
-            for f in unit_features((kind, value, negated), self.spec, self.lexicon)
-            if (row := self.row(f)) is not None
-        ]
-        slot = self._new_slot(found)
-        valence = self.lexicon.get(value, 0.0) if kind == "w" else 0.0
-        entry = (slot, value, valence, kind == "w" and is_negation(value), len(found), f"b:{value} ")
-        self._units[key] = entry
-        return entry
-
-    def _new_slot(self, rows: list[int]) -> int:
+    def _new_slot(self, unit: Unit) -> tuple[int, int]:
+        """A slot for the features of a unit, and their number."""
+        rows = [row for f in unit_features(unit, self.spec, self.lexicon) if (row := self.row(f)) is not None]
         slot = self._slots
         self._slots += 1
-        if slot >= len(self._sums):  # grow (the table is emptied between batches when full)
+        if slot >= len(self._sums):
             self._sums = np.vstack([self._sums, np.zeros_like(self._sums)])
         # The sums are computed for all new units of a batch at once (_flush), not one by one.
         self._pending_slots.append(slot)
         self._pending_starts.append(len(self._pending_rows))
         self._pending_rows.append(self._padding)
         self._pending_rows.extend(rows)
-        return slot
+        return slot, len(rows)
+
+    def _new_chunk(self, chunk: str, runs: list[str]) -> tuple[int, ...]:
+        """The token ids of a white-space-separated piece of text; its runs of unspaced script
+        (token 1) go to ``runs`` (their n-grams are looked up for the whole batch at once)."""
+        ids: list[int] = []
+        tokens = self._tokens
+        for run, word, symbol, _ in chunk_units(chunk):
+            if run:
+                ids.append(1)
+                runs.append(run)
+                continue
+            token = word or symbol or _
+            found = tokens.get(token)
+            ids.append(self._new_token(token, 1 if word else 2 if symbol else 3) if found is None else found)
+        result = tuple(ids)
+        if len(chunk) <= _CHUNK_MAX and 1 not in result:
+            if len(self._chunks) >= _CHUNK_LIMIT:
+                self._chunks = {_SEPARATOR: (0,)}
+            self._chunks[chunk] = result
+        return result
+
+    def _new_token(self, token: str, kind: int) -> int:
+        """Add a unit seen for the first time (kind: 1 word, 2 symbol, 3 clause end) to the token
+        table; return its id."""
+        index = len(self._token_values)
+        if index >= len(self._kind):
+            grow = len(self._kind)
+            self._kind = np.concatenate([self._kind, np.zeros(grow, np.int8)])
+            self._slot = np.concatenate([self._slot, np.zeros(grow, np.intp)])
+            self._slot_negated = np.concatenate([self._slot_negated, np.full(grow, -1, np.intp)])
+            self._count = np.concatenate([self._count, np.zeros(grow, np.int64)])
+            self._count_negated = np.concatenate([self._count_negated, np.zeros(grow, np.int64)])
+            self._negation = np.concatenate([self._negation, np.zeros(grow, bool)])
+            self._valence = np.concatenate([self._valence, np.zeros(grow, np.int8)])
+            self._pair = np.concatenate([self._pair, np.full(grow, -1, np.int64)])
+        value = token
+        if kind == 1:  # a word
+            value = collapse(token)
+            self._kind[index] = _WORD
+            self._slot[index], self._count[index] = self._new_slot(("w", value, False))
+            self._negation[index] = self.spec.negation and is_negation(value)
+            if self._use_lexicon:
+                valence = self.lexicon.get(value, 0.0)
+                self._valence[index] = (valence > 0) - (valence < 0)
+            self._pair[index] = self._pair_words.get(value, -1)
+        elif kind == 2:
+            self._kind[index] = _RESET if token[0] in "!?" else _SYMBOL
+            self._slot[index], self._count[index] = self._new_slot(("s", token, False))
+        else:
+            self._kind[index] = _CLAUSE
+        self._tokens[token] = index
+        self._token_values.append(value)
+        return index
 
     def logits(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        """Logits of many texts at once: (len(texts), classes)."""
-        if not texts:
+        """Logits of many texts at once: (len(texts), classes).
+
+        The texts are normalized one by one (ngrams.normalize), then scanned as one string, a
+        separator unit before each: every unit is a token id (one dict look-up; a unit seen for the
+        first time gets its features' summed weights, :meth:`_new_token`), and the rest is numpy
+        over the batch's token ids: negation scopes from cumulative sums, word pairs as integer
+        keys binary-searched in the model's sorted pair keys, the lexicon counts, and the
+        character n-grams of Han runs (:meth:`_run_features`).
+        """
+        n = len(texts)
+        if not n:
             return np.zeros((0, len(self.classes)), np.float32)
-        slots: list[int] = []
-        rows: list[int] = []
-        slot_starts: list[int] = []
-        row_starts: list[int] = []
-        totals: list[int] = []
+        chunks = (_SEPARATOR_SPACED + _SEPARATOR_SPACED.join([normalize(text) for text in texts])).split()
         runs: list[str] = []
-        owners: list[int] = []  # the text of each run
-        padding = self._padding
         with self._lock:
-            if self._slots >= _CACHE_LIMIT:
-                self._units.clear()
-                self._chunks.clear()  # its items hold slots
-                self._slots = 1
-            for i, text in enumerate(texts):
-                slot_starts.append(len(slots))
-                row_starts.append(len(rows))
-                slots.append(0)
-                rows.append(padding)
-                before = len(runs)
-                totals.append(self._encode(text, slots, rows, runs))
-                owners.extend([i] * (len(runs) - before))
+            if self._slots >= _CACHE_LIMIT or len(self._token_values) >= _CACHE_LIMIT:
+                self._reset_tokens()
+            parts = list(map(self._chunks.get, chunks))
+            if None in parts:  # pieces not seen before, in order (the runs are listed in order)
+                i = parts.index(None)
+                while True:
+                    parts[i] = self._new_chunk(chunks[i], runs)
+                    try:
+                        i = parts.index(None, i + 1)
+                    except ValueError:
+                        break
+            ids = np.fromiter(chain.from_iterable(parts), np.intp)  # type: ignore[arg-type]
+            kind = self._kind[ids]
+            starts = np.flatnonzero(kind == _SEP)  # one separator before each text
+            owner = np.cumsum(kind == _SEP) - 1
+            word = kind == _WORD
+            slots = self._slot[ids]
+            counts = self._count[ids]
+            negated = np.zeros(len(ids), bool)
+            if self.spec.negation:
+                # A word is negated when a negation came before it in its clause; a clause ends at
+                # a clause mark, "!" / "?", and the end of the text.
+                negation = self._negation[ids]
+                before = np.cumsum(negation)
+                ends = (kind == _SEP) | (kind == _RESET) | (kind == _CLAUSE)
+                negated = word & (before - negation > np.maximum.accumulate(np.where(ends, before, 0)))
+                if negated.any():
+                    at = np.flatnonzero(negated)
+                    negated_ids = ids[at]
+                    if self._slot_negated[negated_ids].min() < 0:
+                        for token in np.unique(negated_ids[self._slot_negated[negated_ids] < 0]).tolist():
+                            unit = ("w", self._token_values[token], True)
+                            self._slot_negated[token], self._count_negated[token] = self._new_slot(unit)
+                    slots[at] = self._slot_negated[negated_ids]
+                    counts[at] = self._count_negated[negated_ids]
             self._flush()
-            sums = np.add.reduceat(self._sums[np.array(slots, dtype=np.intp)], np.array(slot_starts, dtype=np.intp))
-        index = np.array(rows, dtype=np.intp)
-        starts = np.array(row_starts, dtype=np.intp)
-        sums += np.add.reduceat(self.weights[index], starts)
-        known = np.add.reduceat((index != padding).astype(np.int64), starts) + np.array(totals, dtype=np.int64)
-        if runs:
-            run_sums, run_counts = self._run_features(runs, owners, len(texts))
-            sums += run_sums
-            known += run_counts
+            sums = np.add.reduceat(self._sums[slots], starts)
+            known = np.add.reduceat(counts, starts)
+            if self._use_lexicon:
+                valence = self._valence[ids]
+                scored = valence != 0
+                if scored.any():
+                    positive = (valence > 0) != negated
+                    for sign, which in ((0, scored & positive), (1, scored & ~positive)):
+                        have = np.minimum(np.bincount(owner[which], minlength=n), 4)
+                        sums += self._lexicon_sums[sign][have]
+                        known += self._lexicon_counts[sign][have]
+            if self.spec.word_bigrams and len(self._pair_keys):
+                pair = self._pair[ids]
+                both = (pair[:-1] >= 0) & (pair[1:] >= 0)  # two neighbouring words of a clause
+                if both.any():
+                    keys = pair[:-1][both] * self._pair_base + pair[1:][both]
+                    at = np.minimum(np.searchsorted(self._pair_keys, keys), len(self._pair_keys) - 1)
+                    hit = self._pair_keys[at] == keys
+                    self._add_rows(sums, known, self._pair_rows[at[hit]], owner[1:][both][hit])
+            run_at = np.flatnonzero(kind == _RUN)
+            if len(run_at):
+                self._run_features(runs, owner[run_at], sums, known)
         scale = 1.0 / np.sqrt(np.maximum(known.astype(np.float32), 1.0))
         result: npt.NDArray[np.float32] = (sums * scale[:, None] + self.bias).astype(np.float32, copy=False)
         return result
 
-    def _run_features(self, runs: list[str], owners: list[int], n: int) -> tuple[Any, Any]:
-        """Summed weights and counts of the character n-grams of padded runs, per text, for all
-        the runs of a batch at once: each n-gram of up to 3 characters is a 63-bit key (21 bits a
-        code point, :func:`gram_key`) found by binary search in the sorted keys of the model."""
-        sums = np.zeros((n, len(self.classes)), np.float32)
-        counts = np.zeros(n, np.int64)
+    def _add_rows(self, sums: Any, known: Any, rows: Any, owner: Any) -> None:
+        """Add weight rows to the sums and counts of the texts that own them."""
+        if not len(rows):
+            return
+        n = len(sums)
+        weights = self.weights[rows]
+        for c in range(len(self.classes)):
+            sums[:, c] += np.bincount(owner, weights=weights[:, c], minlength=n)
+        known += np.bincount(owner, minlength=n)
+
+    def _run_features(self, runs: list[str], owners: Any, sums: Any, known: Any) -> None:
+        """Add the weights and counts of the character n-grams of runs to their texts, for all the
+        runs of a batch at once: each n-gram of up to 3 characters is a 63-bit key (21 bits a code
+        point, :func:`gram_key`) binary-searched in the model's sorted keys."""
         if not len(self._run_keys):
-            return sums, counts
-        lengths = np.array([len(run) + 1 for run in runs], dtype=np.intp)  # + the separator
-        points = np.frombuffer("\0".join(runs).encode("utf-32-le") + b"\0\0\0\0", dtype=np.uint32).astype(np.uint64)
-        owner = np.repeat(np.array(owners, dtype=np.intp), lengths)
+            return
+        lengths = np.array([len(run) + 3 for run in runs], dtype=np.intp)  # " run " + the separator
+        padded = " \0 ".join(runs)
+        points = np.frombuffer((" " + padded + " \0\0\0").encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+        owner = np.repeat(owners, lengths)
+        owner = np.concatenate([owner, owner[-2:]])
         # ngrams.collapse_run for all runs at once: a character equal to the two before it goes.
         repeated = (points[2:] == points[1:-1]) & (points[1:-1] == points[:-2])
         if repeated.any():
@@ -378,20 +427,19 @@ class LinearModel:
             grams = points[:-2] | (points[1:-1] << np.uint64(21)) | (points[2:] << np.uint64(42))
             keys.append(grams[keep])
             texts.append(owner[:-2][keep])
-        key = np.concatenate(keys)
-        owner = np.concatenate(texts)
-        order = np.argsort(key)  # sorted needles: each search starts where the last one ended
-        key = key[order]
-        owner = owner[order]
-        at = np.minimum(np.searchsorted(self._run_keys, key), len(self._run_keys) - 1)
-        hit = self._run_keys[at] == key
-        rows = self._run_rows[at[hit]]
-        owner = owner[hit]
-        weights = self.weights[rows]
-        for c in range(len(self.classes)):
-            sums[:, c] = np.bincount(owner, weights=weights[:, c], minlength=n)
-        counts += np.bincount(owner, minlength=n)
-        return sums, counts
+        rows, found = self._run_lookup(np.concatenate(keys))
+        self._add_rows(sums, known, rows[found], np.concatenate(texts)[found])
+
+    def _run_lookup(self, keys: Any) -> tuple[Any, Any]:
+        """(weight rows, found) of n-gram keys, binary-searched in the model's sorted keys (sorted
+        needles: each search starts where the last one ended)."""
+        order = np.argsort(keys)
+        at = np.minimum(np.searchsorted(self._run_keys, keys[order]), len(self._run_keys) - 1)
+        rows = np.empty(len(keys), np.intp)
+        found = np.empty(len(keys), bool)
+        rows[order] = self._run_rows[at]
+        found[order] = self._run_keys[at] == keys[order]
+        return rows, found
 
     def probabilities_batch(self, texts: Sequence[str]) -> npt.NDArray[np.float64]:
         logits = self.logits(texts).astype(np.float64)
