@@ -247,6 +247,21 @@ def test_the_runtime_computes_the_reference_features(language: str) -> None:
         assert np.allclose(model.logits(TEXTS), single, atol=1e-5)
 
 
+def test_no_normalized_text_holds_the_batch_separator() -> None:
+    """The runtime joins a batch's normalized texts with a separator piece (model._SEPARATOR): no
+    character normalizes or case-folds into it (NFKC turns it into "fi"), so no text can fake it."""
+    from plugins.sentiment.model import _SEPARATOR
+    from plugins.sentiment.ngrams import normalize
+
+    for code in range(0x110000):
+        ch = chr(code)
+        if 0xD800 <= code < 0xE000:
+            continue
+        assert _SEPARATOR not in normalize(ch) and _SEPARATOR not in ch.casefold(), hex(code)
+    model = LinearModel.load(MODELS_DIR / "en.npz")
+    assert np.allclose(model.logits(["\ufb01ne, not great", "ok"]), model.logits(["fine, not great", "ok"]), atol=1e-6)
+
+
 def test_batch_predictions_are_the_single_ones() -> None:
     models = LinearModels({})
     texts = [*TEXTS, *TEXTS]

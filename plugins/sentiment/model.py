@@ -13,13 +13,13 @@ count, so its logits are ``bias + sum(weights of its features, with repeats) / s
 (any per-feature scaling of training, such as naive-Bayes ratios, is folded into the weights).
 No hashing: the vocabulary is a dict.
 
-Speed: a text is cut into units (words, runs of Han characters, symbols; see ngrams.py). The
-first time a unit is seen, the sum of its features' weight rows (a word with its character
-n-grams, a run with its character n-grams) and their count go to a slot of a table; after that
-the unit costs one dict look-up, so a word's n-grams are computed once per process, not once per
-message. Only word pairs and the lexicon counts are looked up per message.
-:meth:`LinearModel.predict_batch` scores many texts with two gathers and two
-``np.add.reduceat``. scikit-learn is needed to train, not to run.
+Speed (:meth:`LinearModel.logits`): the texts of a batch are normalized one by one, joined with a
+separator and cut at white space; each piece maps to the ids of its units with one dict look-up
+(pieces and units seen for the first time are scanned once: a unit's feature rows are summed into
+a slot of a table). Everything else is numpy over the batch's token ids: negation scopes from
+cumulative sums, word pairs as integer keys binary-searched in the model's sorted pair keys,
+lexicon counts by bincount, the character n-grams of Han runs as 63-bit keys, and the sums per
+text with ``np.add.reduceat``. scikit-learn is needed to train, not to run.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ MODELS_DIR = Path(__file__).resolve().parent / "models"
 LABELS: tuple[SentimentLabel, ...] = ("negative", "neutral", "positive")
 FORMAT = "gateway-sentiment-linear/2"
 _CACHE_LIMIT = 1 << 16  # distinct units (and feature slots) remembered per model; all forgotten when full
-_CHUNK_LIMIT = 1 << 15  # distinct white-space-separated pieces whose units are remembered
+_CHUNK_LIMIT = 1 << 17  # distinct white-space-separated pieces whose units are remembered
 _CHUNK_MAX = 24  # ...of at most this many characters (longer ones rarely repeat)
 # The texts of a batch are joined with this between them, then split at white space: a piece of
 # its own, which no normalized text contains (NFKC turns the ligature into "fi"; see the tests).
@@ -257,6 +257,13 @@ class LinearModel:
         (token 1) go to ``runs`` (their n-grams are looked up for the whole batch at once)."""
         ids: list[int] = []
         tokens = self._tokens
+        if chunk.isascii() and chunk.isalpha():  # a plain word: no need to scan the piece
+            found = tokens.get(chunk)
+            result: tuple[int, ...] = (self._new_token(chunk, 1) if found is None else found,)
+            if len(self._chunks) >= _CHUNK_LIMIT:
+                self._chunks = {_SEPARATOR: (0,)}
+            self._chunks[chunk] = result
+            return result
         for run, word, symbol, _ in chunk_units(chunk):
             if run:
                 ids.append(1)
