@@ -410,7 +410,7 @@ def test_training_needs_both_polarities(tmp_path: Path) -> None:
 def test_training_without_scikit_learn_names_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "sklearn.linear_model", None)  # import fails as if not installed
     rows = training.load_labelled_csv([fixture_csv(tmp_path / "a.csv")])
-    with pytest.raises(ImportError, match=r"scikit-learn and scipy .*pip install .*'.*\[(dev|train)\]'"):
+    with pytest.raises(ImportError, match=r"scikit-learn and scipy .*pip install 'message-gateway\[train\]'"):
         training.train("en", rows, settings=training.TrainSettings(spec=FeatureSpec(char_ngrams=(0, 0))))
 
 
