@@ -9,7 +9,8 @@ Runs a `gateway serve` and a `gateway worker` per variant on an embedded broker 
 - **bare**: the same worker with only `passthrough`, i.e. the cost of consume + produce + commit.
 Throughput: records produced straight onto each worker's inbound topic, timed from the first send
 to the last output seen on the processed topic (both workers are warm). Rounds alternate, so the
-full/bare ratio is measured under the same machine noise.
+full/bare ratio is measured under the same machine noise; each round carries the next texts of the
+corpus (the same for both variants), never the texts of an earlier round.
 Latency: webhooks posted to each variant's `gateway serve` at a fixed rate, one variant after the
 other; from the 2xx to the record on the processed topic (matched by the worker's ``input-id``
 header). Memory: each worker's resident set size at the end.
@@ -140,7 +141,7 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
-def inbound(run: str, i: int) -> Message:
+def inbound(run: str, i: int, offset: int) -> Message:
     return Message(
         direction="inbound",
         channel="api",
@@ -148,7 +149,7 @@ def inbound(run: str, i: int) -> Message:
         external_id=f"{run}-{i}",
         conversation_id=f"api:{run}-{i % 100}",
         sender=Party(id=f"cust-{i % 100}", name="Ada"),
-        content=Content(text=CORPUS[i % len(CORPUS)]),
+        content=Content(text=CORPUS[(offset + i) % len(CORPUS)]),
     )
 
 
@@ -191,9 +192,11 @@ class Outputs:
         await self.consumer.stop()
 
 
-async def throughput(producer: AIOKafkaProducer, outputs: Outputs, topic: str, messages: int) -> float:
+async def throughput(producer: AIOKafkaProducer, outputs: Outputs, topic: str, messages: int, offset: int = 0) -> float:
+    """Messages carrying the corpus's texts from ``offset`` on: each round gets texts the worker has
+    not seen in this run (as long as the corpus lasts), so per-word caches are not flattered."""
     run = uuid.uuid4().hex[:8]
-    batch = [inbound(run, i) for i in range(messages)]
+    batch = [inbound(run, i, offset) for i in range(messages)]
     ids = {m.id for m in batch}
     started = time.perf_counter()
     for message in batch:
@@ -203,7 +206,7 @@ async def throughput(producer: AIOKafkaProducer, outputs: Outputs, topic: str, m
     return messages / (finished - started)
 
 
-async def latency(url: str, outputs: Outputs, rate: float, seconds: float) -> tuple[float, float]:
+async def latency(url: str, outputs: Outputs, rate: float, seconds: float, offset: int) -> tuple[float, float]:
     run = uuid.uuid4().hex[:8]
     acked: dict[str, float] = {}
     async with aiohttp.ClientSession() as session:
@@ -214,7 +217,7 @@ async def latency(url: str, outputs: Outputs, rate: float, seconds: float) -> tu
                     "id": f"{run}-{i}",
                     "conversation_id": f"lat-{run}-{i % 500}",
                     "sender": {"id": f"cust-{i % 500}", "name": "Ada"},
-                    "text": CORPUS[i % len(CORPUS)],
+                    "text": CORPUS[(offset + i) % len(CORPUS)],
                 },
                 ensure_ascii=False,
             ).encode()
@@ -274,14 +277,17 @@ async def main() -> None:
                 for variant, (prefix, _) in setups.items():  # warm up: group join, models, connections
                     await throughput(producer, followers[variant], f"{prefix}inbound.v1", 200)
                 rates: dict[str, list[float]] = {"full": [], "bare": []}
-                for _ in range(args.rounds):
+                for round_number in range(args.rounds):
+                    offset = 200 + round_number * args.messages  # both variants: the same new texts
                     for variant, (prefix, _) in setups.items():
                         topic = f"{prefix}inbound.v1"
-                        rates[variant].append(await throughput(producer, followers[variant], topic, args.messages))
+                        rate = await throughput(producer, followers[variant], topic, args.messages, offset)
+                        rates[variant].append(rate)
                 latencies: dict[str, tuple[float, float]] = {}
+                offset = 200 + args.rounds * args.messages
                 for variant, (_, port) in setups.items():
                     url = f"http://127.0.0.1:{port}/webhooks/api"
-                    latencies[variant] = await latency(url, followers[variant], args.rate, args.seconds)
+                    latencies[variant] = await latency(url, followers[variant], args.rate, args.seconds, offset)
                 memory = {variant: rss_mib(pid) for variant, pid in workers.items()}
             finally:
                 for follower in followers.values():
