@@ -35,7 +35,7 @@ from plugins.sentiment import (
     training,
 )
 from plugins.sentiment.model import FORMAT, MODELS_DIR, LinearModel
-from plugins.sentiment.ngrams import FeatureSpec, features, scan
+from plugins.sentiment.ngrams import FeatureSpec, chunk_units, features, normalize, scan, split_runs
 from tests.conftest import api_body, messages_of, read_records, run_offline, sign
 from tests.test_worker import running
 
@@ -270,6 +270,42 @@ def test_batch_predictions_are_the_single_ones() -> None:
         models.predict(t, lang) for t, lang in zip(texts, languages, strict=True)
     ]
     assert models.predict_batch([], []) == []
+
+
+def test_runs_split_out_of_a_piece_give_its_units() -> None:
+    """The runtime scans the text between the runs of a piece on its own (cached): the same units."""
+    for text in [
+        "很快，好吃:d味道足。量大!!",
+        "(o:好吃o:)",
+        "ok好:p",
+        "1.5元好",
+        "好'吃'",
+        "😀好😀",
+        "<3好<3",
+        "不错。。。好",
+    ]:
+        for chunk in normalize(text).split():
+            pieces = split_runs(chunk)
+            units: list[tuple[str, str, str, str]] = []
+            for k, piece in enumerate(pieces):
+                units.extend([(piece, "", "", "")] if k % 2 else chunk_units(piece))
+            assert units == chunk_units(chunk), chunk
+
+
+def test_batch_predictions_match_row_by_row_arithmetic() -> None:
+    """Labels, scores and polarities computed for the whole batch are those of each row alone."""
+    model = LinearModel.load(MODELS_DIR / "zh.npz")
+    probs = model.probabilities_batch([*TEXTS, "还行", "一般般吧"])
+    for prediction, row in zip(model.predict_batch([*TEXTS, "还行", "一般般吧"]), probs.tolist(), strict=True):
+        p = dict(zip(model.classes, row, strict=True))
+        polarity = p.get("positive", 0.0) - p.get("negative", 0.0)
+        if "neutral" not in p and abs(polarity) < model.neutral_band:
+            label, score = "neutral", 1.0 - abs(polarity)
+        else:
+            label = max(p, key=p.__getitem__)
+            score = p[label]
+        assert (prediction.label, prediction.score, prediction.polarity) == (label, score, polarity)
+        assert prediction.probabilities == p
 
 
 async def test_process_batch_tags_like_process(default: SentimentAnalysis) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -214,17 +215,26 @@ class SentimentAnalysis(Processor):
         return text[: self.config.max_chars] if text.strip() else ""
 
     def tag(self, message: Message, prediction: Prediction | None) -> Message:
+        return self._tag(message, prediction, _debug_enabled())
+
+    def _tag(self, message: Message, prediction: Prediction | None, debug: bool) -> Message:
         if prediction is None:
-            log.debug("sentiment_skipped", message_id=message.id, language=message.language)
+            if debug:
+                log.debug("sentiment_skipped", message_id=message.id, language=message.language)
             return message
-        message.tags.sentiment = Sentiment(
-            label=prediction.label, score=round(min(1.0, max(0.0, prediction.score)), 4), model=prediction.model
-        )
+        score = prediction.score
+        if not 0.0 <= score <= 1.0:  # also NaN: min/max as for any value out of range
+            score = min(1.0, max(0.0, score))
+        polarity = prediction.polarity
+        if not -1.0 <= polarity <= 1.0:
+            polarity = min(1.0, max(-1.0, polarity))
+        message.tags.sentiment = Sentiment(label=prediction.label, score=round(score, 4), model=prediction.model)
         message.tags.labels["sentiment"] = {
-            "polarity": round(min(1.0, max(-1.0, prediction.polarity)), 4),
+            "polarity": round(polarity, 4),
             "probabilities": {label: round(p, 4) for label, p in prediction.probabilities.items()},
         }
-        log.debug("sentiment_tagged", message_id=message.id, label=prediction.label, model=prediction.model)
+        if debug:
+            log.debug("sentiment_tagged", message_id=message.id, label=prediction.label, model=prediction.model)
         return message
 
     async def process(self, message: Message, ctx: ProcessorContext) -> Message:
@@ -240,20 +250,31 @@ class SentimentAnalysis(Processor):
         so only the message that really fails gets an exception."""
         results: list[BatchResult] = [message for message, _ in items]
         groups: dict[int, tuple[SentimentModel, list[tuple[int, str, str]]]] = {}
+        debug = _debug_enabled()
+        # message.language -> (code, model, its group's members): looked up once per batch.
+        chosen: dict[str | None, tuple[str, SentimentModel | None, list[tuple[int, str, str]]]] = {}
+        text_of = self.text_of
         for i, (message, _) in enumerate(items):
             try:
-                text = self.text_of(message)
+                text = text_of(message)
                 if not text:
                     continue
-                code = primary_language(message.language) or self.config.default_language
-                model = self.model_for(code)
+                language = message.language
+                choice = chosen.get(language)
+                if choice is None:
+                    code = primary_language(language) or self.config.default_language
+                    model = self.model_for(code)
+                    members: list[tuple[int, str, str]] = []
+                    if model is not None:
+                        members = groups.setdefault(id(model), (model, []))[1]
+                    choice = chosen[language] = (code, model, members)
             except Exception as exc:
                 results[i] = exc
                 continue
-            if model is None:
-                self.tag(message, None)
+            if choice[1] is None:
+                self._tag(message, None, debug)
                 continue
-            groups.setdefault(id(model), (model, []))[1].append((i, text, code))
+            choice[2].append((i, text, choice[0]))
         for model, members in groups.values():
             texts = [text for _, text, _ in members]
             codes: list[str | None] = [code for _, _, code in members]
@@ -269,7 +290,7 @@ class SentimentAnalysis(Processor):
                         results[i] = exc
                 continue
             for (i, _, _), prediction in zip(members, predictions, strict=True):
-                results[i] = self.tag(items[i][0], prediction)
+                results[i] = self._tag(items[i][0], prediction, debug)
         return results
 
     @staticmethod
@@ -285,6 +306,15 @@ class SentimentAnalysis(Processor):
             return [model.predict(text, code) for text, code in zip(texts, codes, strict=True)]
 
         return await asyncio.to_thread(one_by_one) if model.blocking else one_by_one()
+
+
+def _debug_enabled() -> bool:
+    """Whether the sentiment logger writes debug events (asked once per batch, not per message);
+    True when the configured logger cannot tell."""
+    try:
+        return bool(log.is_enabled_for(logging.DEBUG))
+    except Exception:
+        return True
 
 
 @hookimpl

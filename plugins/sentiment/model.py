@@ -42,6 +42,7 @@ from plugins.sentiment.ngrams import (
     is_negation,
     lexicon_counts,
     normalize,
+    split_runs,
     unit_features,
 )
 from plugins.sentiment.types import Prediction, SentimentLabel
@@ -101,10 +102,17 @@ class LinearModel:
         order = np.argsort(np.array(run_keys, dtype=np.uint64), kind="stable")
         self._run_keys = np.array(run_keys, dtype=np.uint64)[order]
         self._run_rows = np.array(run_rows, dtype=np.intp)[order]
+        # Single characters (keys below 2**21) are looked up straight by code point (-1: unknown).
+        single = self._run_keys < (1 << 21)
+        size = int(self._run_keys[single].max()) + 1 if single.any() else 0
+        self._char_rows = np.full(size, -1, np.intp)
+        self._char_rows[self._run_keys[single].astype(np.intp)] = self._run_rows[single]
         # One extra zero row: every text gets it, so reduceat never sees an empty segment.
         self._padding = len(vocabulary)
         self.weights = np.vstack([weights.astype(np.float32), np.zeros((1, len(classes)), np.float32)])
         self.bias = bias.astype(np.float32)
+        # Each class's weights as contiguous float64 (exactly the float32 values): what bincount sums.
+        self._columns = [np.ascontiguousarray(self.weights[:, c], dtype=np.float64) for c in range(len(classes))]
         self.lexicon: dict[str, float] = dict(lexicon or {})
         if self.spec.lexicon and not self.lexicon:
             raise ValueError("the feature spec uses a lexicon and the model has none")
@@ -264,6 +272,18 @@ class LinearModel:
                 self._chunks = {_SEPARATOR: (0,)}
             self._chunks[chunk] = result
             return result
+        if "/" not in chunk and "@" not in chunk and "www." not in chunk:
+            pieces = split_runs(chunk)
+            if len(pieces) > 1:  # runs (not cached: they rarely repeat) between cached pieces
+                runs.extend(pieces[1::2])
+                chunks = self._chunks
+                for piece in pieces[::2]:
+                    if piece:
+                        known = chunks.get(piece)
+                        ids.extend(self._new_chunk(piece, runs) if known is None else known)
+                    ids.append(1)
+                ids.pop()
+                return tuple(ids)
         for run, word, symbol, _ in chunk_units(chunk):
             if run:
                 ids.append(1)
@@ -395,9 +415,8 @@ class LinearModel:
         if not len(rows):
             return
         n = len(sums)
-        weights = self.weights[rows]
-        for c in range(len(self.classes)):
-            sums[:, c] += np.bincount(owner, weights=weights[:, c], minlength=n)
+        for c, column in enumerate(self._columns):
+            sums[:, c] += np.bincount(owner, weights=column.take(rows), minlength=n)
         known += np.bincount(owner, minlength=n)
 
     def _run_features(self, runs: list[str], owners: Any, sums: Any, known: Any) -> None:
@@ -421,10 +440,14 @@ class LinearModel:
         low, high = self.spec.run_ngrams
         keys: list[Any] = []
         texts: list[Any] = []
+        chars: list[Any] = []  # single characters: rows straight from _char_rows
         if low <= 1:
             keep = real & (points != 32)
-            keys.append(points[keep])
-            texts.append(owner[keep])
+            single = points[keep]
+            inside = single < len(self._char_rows)
+            char_rows = np.full(len(single), -1, np.intp)
+            char_rows[inside] = self._char_rows[single[inside].astype(np.intp)]
+            chars = [char_rows, owner[keep]]
         if low <= 2 <= high:
             keep = real[:-1] & real[1:]
             keys.append((points[:-1] | (points[1:] << np.uint64(21)))[keep])
@@ -434,7 +457,11 @@ class LinearModel:
             grams = points[:-2] | (points[1:-1] << np.uint64(21)) | (points[2:] << np.uint64(42))
             keys.append(grams[keep])
             texts.append(owner[:-2][keep])
-        rows, found = self._run_lookup(np.concatenate(keys))
+        rows, found = self._run_lookup(np.concatenate(keys)) if keys else (np.zeros(0, np.intp), np.zeros(0, bool))
+        if chars:  # the characters first, then the longer n-grams: the order the sums add them in
+            rows = np.concatenate([chars[0], rows])
+            found = np.concatenate([chars[0] >= 0, found])
+            texts.insert(0, chars[1])
         self._add_rows(sums, known, rows[found], np.concatenate(texts)[found])
 
     def _run_lookup(self, keys: Any) -> tuple[Any, Any]:
@@ -459,29 +486,42 @@ class LinearModel:
         return dict(zip(self.classes, row, strict=True))
 
     def predict_batch(self, texts: Sequence[str]) -> list[Prediction]:
-        return [self._prediction(row) for row in self.probabilities_batch(texts).tolist()]
+        return self._predictions(self.probabilities_batch(texts))
 
     def predict(self, text: str) -> Prediction:
         [prediction] = self.predict_batch([text])
         return prediction
 
-    def _prediction(self, row: list[float]) -> Prediction:
-        probs: dict[SentimentLabel, float] = dict(zip(self.classes, row, strict=True))
-        polarity = probs.get("positive", 0.0) - probs.get("negative", 0.0)
-        if "neutral" not in probs and abs(polarity) < self.neutral_band:
+    def _predictions(self, probs: npt.NDArray[np.float64]) -> list[Prediction]:
+        """The predictions of rows of class probabilities: label (the most likely class, or
+        "neutral" within the neutral band of a two-class model), score, polarity; computed for
+        all rows at once (the same float64 arithmetic as one by one)."""
+        n = len(probs)
+        if not n:
+            return []
+        classes = self.classes
+        zeros = np.zeros(n)
+        positive = probs[:, classes.index("positive")] if "positive" in classes else zeros
+        negative = probs[:, classes.index("negative")] if "negative" in classes else zeros
+        polarity = positive - negative
+        best = probs.argmax(axis=1)  # the first of equal maxima, as max() over the classes
+        score = probs[np.arange(n), best]
+        labels: list[SentimentLabel] = [classes[i] for i in best.tolist()]
+        if "neutral" not in classes and self.neutral_band > 0.0:
             # No neutral class to learn from: a small margin means the model cannot tell.
-            label: SentimentLabel = "neutral"
-            score = 1.0 - abs(polarity)
-        else:
-            label = max(probs, key=probs.__getitem__)
-            score = probs[label]
-        return Prediction(
-            label=label,
-            score=min(1.0, max(0.0, score)),
-            polarity=min(1.0, max(-1.0, polarity)),
-            probabilities=probs,
-            model=self.name,
-        )
+            magnitude = np.abs(polarity)
+            unsure = magnitude < self.neutral_band
+            if unsure.any():
+                score = np.where(unsure, 1.0 - magnitude, score)
+                for i in np.flatnonzero(unsure).tolist():
+                    labels[i] = "neutral"
+        scores = np.minimum(1.0, np.maximum(0.0, score)).tolist()
+        polarities = np.minimum(1.0, np.maximum(-1.0, polarity)).tolist()
+        name = self.name
+        return [
+            Prediction(label=label, score=s, polarity=p, probabilities=dict(zip(classes, row, strict=True)), model=name)
+            for label, s, p, row in zip(labels, scores, polarities, probs.tolist(), strict=True)
+        ]
 
 
 def gram_key(gram: str) -> int:

@@ -117,6 +117,18 @@ def chunk_units(chunk: str) -> list[tuple[str, str, str, str]]:
     return _UNIT.findall(chunk)
 
 
+_RUNS = re.compile(rf"([{_UNSPACED}]+)")
+
+
+def split_runs(chunk: str) -> list[str]:
+    """A piece of normalized text without white space cut around its runs of unspaced script:
+    ``[other, run, other, run, ..., other]`` (the others may be empty). No unit but a run contains
+    a character of such a script, and a run is all of them in a row, so when the piece holds no
+    URL, address or handle (no ``/``, ``www.`` or ``@``), its units (:func:`chunk_units`) are the
+    units of the others with the runs between them."""
+    return _RUNS.split(chunk)
+
+
 def is_negation(word: str) -> bool:
     return word in _NEGATIONS or word.endswith(("n't", "n\u2019t"))
 
