@@ -102,10 +102,34 @@ Scores = dict[str, float]
 
 _URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
-_HANDLE = re.compile(r"(?<!\w)[@#]\w+")
+# The marker first, then the look-behind (same matches as "(?<!\w)[@#]\w+", which tries the look-behind
+# at every position): 3x faster on tweets.
+_HANDLE = re.compile(r"[@#](?<!\w[@#])\w+")
+# Every _EMAIL match contains this; most "@" are handles, and _EMAIL alone costs ~5 us per tweet.
+_EMAIL_HINT = re.compile(r"@(?<=[\w.+-]@)[\w-]")
 # fastText splits on whitespace only: "much!" and "Much" would be other tokens than "much".
 _NOT_LETTERS = re.compile(r"[^\w'’]+")  # noqa: RUF001  (U+2019 is an apostrophe too)
+
+
+class _TokenTable(dict[int, int]):
+    """``str.translate`` table: every character ``_NOT_LETTERS`` matches becomes a space, the others
+    stay. fastText splits on any run of whitespace, so this gives it the same tokens as
+    ``_NOT_LETTERS.sub(" ", ...)`` at a third of the cost. Filled on first sight of a character
+    (a few thousand entries in practice, at most ``_TOKEN_TABLE_SIZE``)."""
+
+    def __missing__(self, char: int) -> int:
+        value = 32 if _NOT_LETTERS.match(chr(char)) else char
+        if len(self) < _TOKEN_TABLE_SIZE:
+            self[char] = value
+        return value
+
+
+_TOKEN_TABLE_SIZE = 65536
+_TOKENS = _TokenTable()
 _WORD = re.compile(r"[^\W\d_]+")
+# At least five _WORD matches (calibration leaves those texts alone); one anchored pass, no backtracking
+# to speak of (the classes alternate).
+_FIVE_WORDS = re.compile(r"[\W\d_]*(?:[^\W\d_]+[\W\d_]+){4}[^\W\d_]")
 _LATIN_WORD = re.compile(r"[A-Za-z\u00c0-\u024f\u1e00-\u1eff]+")
 # fastText's cost grows with the text; 200 characters are as good as 500 for it (CLD2 gets all).
 FASTTEXT_CHARS = 200
@@ -252,12 +276,18 @@ class FastTextCld2:
         # The top 5 of 176 hold nearly all the mass (and cost 10 us less than 20); all 176 only
         # when none of the 5 is configured.
         self._k = 5
+        # fastText label -> configured code, CLD2 code -> configured code (aliases resolved).
+        self._labels = {f"__label__{code}": code for code in languages}
+        self._cld2_codes = {code: code for code in languages} | {
+            alias: code for alias, code in CLD2_ALIASES.items() if code in languages
+        }
 
     def _fasttext(self, line: str, predictions: list[tuple[float, str]]) -> Scores:
-        scores = {label[9:]: p for p, label in predictions if label[9:] in self.languages}
+        labels = self._labels
+        scores = {labels[label]: p for p, label in predictions if label in labels}
         if not scores:
             full: list[tuple[float, str]] = self._model.predict(line, -1, 0.0, "strict")
-            scores = {label[9:]: p for p, label in full if label[9:] in self.languages}
+            scores = {labels[label]: p for p, label in full if label in labels}
         return scores
 
     def _cld2_scores(self, text: str) -> tuple[Scores, bool]:
@@ -266,15 +296,17 @@ class FastTextCld2:
             reliable, _, details = self._cld2.detect(text, bestEffort=True)
         except self._cld2.error:  # invalid UTF-8 (lone surrogates): fastText alone
             return {}, False
+        codes = self._cld2_codes
         scores: Scores = {}
         for _, code, percent, _ in details:
-            code = CLD2_ALIASES.get(code, code)
-            if code in self.languages and percent > 0:
+            if percent > 0 and code in codes:
+                code = codes[code]
                 scores[code] = scores.get(code, 0.0) + percent
         return scores, bool(reliable)
 
     def scores(self, texts: Sequence[str]) -> list[Scores]:
         results: list[Scores] = []
+        predict = self._model.predict
         for text in texts:
             cld2, reliable = self._cld2_scores(text)
             cld2 = _normalized(cld2)
@@ -282,9 +314,10 @@ class FastTextCld2:
                 # A long text CLD2 is sure of: fastText would agree (and cost 3x more).
                 results.append(cld2)
                 continue
-            line = _NOT_LETTERS.sub(" ", text[:FASTTEXT_CHARS].lower()).strip() + "\n"
+            # Punctuation and symbols to spaces (same tokens as _NOT_LETTERS.sub, 3x cheaper).
+            line = text[:FASTTEXT_CHARS].lower().translate(_TOKENS) + "\n"
             # One predict per line: fasttext-predict's multilinePredict returns labels without probabilities.
-            fast = _normalized(self._fasttext(line, self._model.predict(line, self._k, 0.0, "strict")))
+            fast = _normalized(self._fasttext(line, predict(line, self._k, 0.0, "strict")))
             if not fast or not cld2:
                 results.append(fast or cld2)
                 continue
@@ -337,7 +370,7 @@ def detection_text(message: Message, max_chars: int) -> str:
     # The substitutions only where their markers occur: most texts have none (and this runs per message).
     if "://" in text or "www." in text.lower():
         text = _URL.sub(" ", text)
-    if "@" in text:
+    if "@" in text and _EMAIL_HINT.search(text):
         text = _EMAIL.sub(" ", text)
     if "@" in text or "#" in text:
         text = _HANDLE.sub(" ", text)
@@ -462,7 +495,7 @@ class LanguageDetection(Processor):
             return Detection(None, 0.0, "text")
         code = max(scores, key=scores.__getitem__)
         confidence = scores[code]
-        if self.model.calibrate:
+        if self.model.calibrate and not _FIVE_WORDS.match(text):  # 5 words or more: unchanged
             confidence = calibrated(confidence, len(_WORD.findall(text)))
         confidence = round(confidence, 3)
         return Detection(code if confidence >= self.config.min_confidence else None, confidence, "text")
