@@ -294,7 +294,7 @@ class FastTextCld2:
         """CLD2's shares of the text per configured language, and whether CLD2 calls it reliable."""
         try:
             reliable, _, details = self._cld2.detect(text, bestEffort=True)
-        except self._cld2.error:  # invalid UTF-8 (lone surrogates): fastText alone
+        except (self._cld2.error, UnicodeError):  # lone surrogates (undecodable input): fastText alone
             return {}, False
         codes = self._cld2_codes
         scores: Scores = {}

@@ -299,3 +299,11 @@ async def test_chinese_with_latin_words_is_decided_by_script_unless_latin_domina
     assert default.detect("我的iPhone坏了，怎么办").source == "script"
     assert default.detect("我的iPhone坏了，怎么办").language == "zh"
     assert default.detect("My iPhone screen is broken and the store says 维修").source == "text"
+
+
+async def test_a_lone_surrogate_does_not_fail_detection(default: LanguageDetection) -> None:
+    """Undecodable input (a lone surrogate survives JSON decoding) is detected without CLD2."""
+    detection = default.detect("Where is my parcel? \ud800 It is late again")
+    assert detection.language == "en"
+    result = await run_offline(default, message("Where is my parcel? \ud800 It is late again"))
+    assert result.language == "en"
