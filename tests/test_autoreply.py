@@ -741,6 +741,20 @@ BATCH_SCENARIOS: dict[str, tuple[datetime, dict[str, Any], list[Message]]] = {
 }
 
 
+def count_pipelines(store: RedisStore) -> Callable[[], int]:
+    """Count the pipelines (round trips) the store's client opens from now on."""
+    opened = 0
+    make_pipeline = store.client.pipeline
+
+    def counting_pipeline(*args: Any, **kwargs: Any) -> Any:
+        nonlocal opened
+        opened += 1
+        return make_pipeline(*args, **kwargs)
+
+    store.client.pipeline = counting_pipeline  # type: ignore[method-assign]
+    return lambda: opened
+
+
 @pytest.mark.parametrize("scenario", list(BATCH_SCENARIOS))
 async def test_a_batch_decides_as_one_message_at_a_time(scenario: str, store: RedisStore, redis_url: str) -> None:
     now, overrides, messages = BATCH_SCENARIOS[scenario]
@@ -754,18 +768,10 @@ async def test_a_batch_decides_as_one_message_at_a_time(scenario: str, store: Re
     try:
         batched = Harness(batch_store)
         batched.now = now
-        pipelines = 0
-        make_pipeline = batch_store.client.pipeline
-
-        def counting_pipeline(*args: Any, **kwargs: Any) -> Any:
-            nonlocal pipelines
-            pipelines += 1
-            return make_pipeline(*args, **kwargs)
-
-        batch_store.client.pipeline = counting_pipeline  # type: ignore[method-assign]
+        pipelines = count_pipelines(batch_store)
         results = await processor(**overrides).process_batch([(copy(m), batched.ctx) for m in messages])
         assert all(isinstance(r, Message) for r in results)
-        assert pipelines == 1  # every decision of the batch in one round trip
+        assert pipelines() == 1  # every decision of the batch in one round trip
         assert outcomes(results, batched.outbox) == outcomes(singles, one_by_one.outbox)  # type: ignore[arg-type]
     finally:
         keys = [key async for key in batch_store.client.scan_iter(match=f"{batch_store.prefix}*")]
@@ -828,20 +834,12 @@ async def test_a_first_contact_the_batch_did_not_expect_is_decided_in_order(stor
         p = processor(**overrides)
         await harness.run(p, copy(first))
         await target.client.delete(target.key("autoreply", "seen", "x"))  # expired, or evicted
-        pipelines = 0
-        make_pipeline = target.client.pipeline
-
-        def counting_pipeline(*args: Any, **kwargs: Any) -> Any:
-            nonlocal pipelines
-            pipelines += 1
-            return make_pipeline(*args, **kwargs)
-
-        target.client.pipeline = counting_pipeline  # type: ignore[method-assign]
+        pipelines = count_pipelines(target)
         if batched:
             results = await p.process_batch([(copy(m), harness.ctx) for m in later])
         else:
             results = [await processor(**overrides).process(copy(m), harness.ctx) for m in later]
-        return outcomes(results, harness.outbox), pipelines  # type: ignore[arg-type]
+        return outcomes(results, harness.outbox), pipelines()  # type: ignore[arg-type]
 
     expected, _ = await run(store, batched=False)
     batch_store = isolated_store(redis_url)
