@@ -58,7 +58,10 @@ from gateway.signing import (
 )
 from gateway.store.redis import StoreUnavailable
 
-API_VERSION = "1.0"
+# 1.1: Processor.process_batch and BatchResult; the shared helpers (message_text, html_to_text,
+# readable_text, primary_language, KeywordMatcher, normalize_for_match, BusinessHours,
+# load_calendars, format_calendar_error, WEEKDAYS, Priority, PRIORITY_RANK, raise_priority, add_tags).
+API_VERSION = "1.1"
 
 __all__ = [
     "API_VERSION",

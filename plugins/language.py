@@ -55,8 +55,7 @@ from gateway.sdk import (
     ProcessorContext,
     ProcessorSettings,
     hookimpl,
-    html_to_text,
-    message_text,
+    readable_text,
 )
 
 if TYPE_CHECKING:
@@ -363,10 +362,7 @@ def _normalized(scores: Scores) -> Scores:
 def detection_text(message: Message, max_chars: int) -> str:
     """Subject, text and captions (HTML only when there is no text), without the parts that are
     not language: URLs, e-mail addresses, @handles and #tags."""
-    text = message_text(message)
-    if not text.strip() and message.content.html:
-        text = html_to_text(message.content.html)
-    text = text[: max_chars * 2]
+    text = readable_text(message)[: max_chars * 2]
     # The substitutions only where their markers occur: most texts have none (and this runs per message).
     if "://" in text or "www." in text.lower():
         text = _URL.sub(" ", text)

@@ -38,9 +38,8 @@ from gateway.sdk import (
     ProcessorSettings,
     Sentiment,
     hookimpl,
-    html_to_text,
-    message_text,
     primary_language,
+    readable_text,
 )
 from plugins.sentiment.model import MODELS_DIR, LinearModel
 from plugins.sentiment.types import BatchSentimentModel, ModelFactory, Prediction, SentimentLabel, SentimentModel
@@ -209,9 +208,7 @@ class SentimentAnalysis(Processor):
     def text_of(self, message: Message) -> str:
         """What is scored: subject + text + captions (the HTML body as text when there is
         nothing else), cut at max_chars; "" when there is nothing to score."""
-        text = message_text(message)
-        if not text.strip() and message.content.html:
-            text = html_to_text(message.content.html)
+        text = readable_text(message)
         return text[: self.config.max_chars] if text.strip() else ""
 
     def tag(self, message: Message, prediction: Prediction | None) -> Message:
