@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from gateway.sdk import Attachment, Content, Message, Party, message_text, primary_language, readable_text
+from gateway.sdk import Attachment, Content, Message, message_text, primary_language, readable_text
+from gateway.testing import inbound_message
 
 
-def message(**content: object) -> Message:
-    return Message(
-        direction="inbound",
-        channel="api",
-        instance="api",
-        conversation_id="c",
-        sender=Party(id="u"),
-        content=Content(**content),  # type: ignore[arg-type]
-    )
+def message(**content: Any) -> Message:
+    return inbound_message(content=Content(**content))
 
 
 def test_message_text_joins_subject_text_and_captions() -> None:

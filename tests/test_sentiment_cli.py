@@ -13,7 +13,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from gateway.sdk import Content, Message, Party
+from gateway.testing import inbound_message
 from plugins.sentiment import SentimentAnalysis, SentimentSettings
 from tests.conftest import run_offline
 
@@ -167,22 +167,12 @@ async def test_a_trained_file_configured_by_path_is_what_the_processor_runs(tmp_
     assert trained.returncode == 0, trained.stderr
     settings = msgspec.convert({"options": {"linear": {"files": {"en": str(out)}}}}, SentimentSettings)
     processor = SentimentAnalysis(settings)
-    message = Message(
-        direction="inbound",
-        channel="api",
-        instance="api",
-        conversation_id="c",
-        sender=Party(id="u"),
-        content=Content(text="the support was perfect, excellent job"),
-        language="en",
-    )
-    result = await run_offline(processor, message)
+    result = await run_offline(processor, inbound_message("the support was perfect, excellent job", language="en"))
     assert result.tags.sentiment is not None
     assert (result.tags.sentiment.model, result.tags.sentiment.label) == ("acme-en", "positive")
-    chinese = await run_offline(processor, Message(
-        direction="inbound", channel="api", instance="api", conversation_id="c", sender=Party(id="u"),
-        content=Content(text="太差了"), language="zh",
-    ))  # fmt: skip
+    chinese = await run_offline(
+        processor, inbound_message("太差了", language="zh")
+    )  # the shipped model still serves zh
     assert chinese.tags.sentiment is not None and chinese.tags.sentiment.model.startswith("linear-zh")
     with pytest.raises(ValueError, match=r"no linear sentiment model file .*missing\.npz"):
         SentimentAnalysis(
