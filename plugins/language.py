@@ -43,7 +43,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 import msgspec
 import structlog
@@ -55,11 +55,9 @@ from gateway.sdk import (
     ProcessorContext,
     ProcessorSettings,
     hookimpl,
+    primary_language,
     readable_text,
 )
-
-if TYPE_CHECKING:
-    from lingua import LanguageDetector
 
 log = structlog.get_logger(__name__)
 
@@ -424,10 +422,6 @@ def calibrated(probability: float, words: int) -> float:
     return float(probability ** SHORT_TEXT_POWER.get(words, 1.0))
 
 
-def primary_subtag(tag: str) -> str:
-    return tag.replace("_", "-").split("-")[0].strip().lower()
-
-
 @dataclass(frozen=True, slots=True)
 class Detection:
     language: str | None  # None: nothing to say, or the best guess is below min_confidence
@@ -447,14 +441,6 @@ class LanguageDetection(Processor):
         self.config = settings
         self.languages = frozenset(settings.languages)
         self.model = build_model(self.languages, settings.detector, settings.low_accuracy)
-
-    @property
-    def detector(self) -> LanguageDetector:
-        """A lingua detector for the configured languages, for callers of the former API (such as
-        bench.sentiment.evaluate); built on first use, never by the processor itself."""
-        model = build_model(self.languages, "lingua", self.config.low_accuracy)
-        assert isinstance(model, Lingua)
-        return model.detector
 
     def detect_many(self, texts: Sequence[str]) -> list[Detection]:
         """One model call for all the texts that the script does not decide."""
@@ -500,7 +486,7 @@ class LanguageDetection(Processor):
         for key in SENDER_HINTS:
             value = message.sender.attributes.get(key)
             if value:
-                code = primary_subtag(value)
+                code = primary_language(value)
                 return code if code in self.languages else None
         return None
 
