@@ -18,7 +18,8 @@ def child_traceparent(parent: str | None) -> str:
         match = _TRACEPARENT.match(parent.strip().lower())
         if match and match.group(1) != "0" * 32 and match.group(2) != "0" * 16:
             return f"00-{match.group(1)}-{new_span_id()}-{match.group(3)}"
-    return f"00-{os.urandom(16).hex()}-{new_span_id()}-01"
+    ids = os.urandom(24).hex()  # trace id and span id from one call: this runs for every message
+    return f"00-{ids[:32]}-{ids[32:]}-01"
 
 
 def trace_id(traceparent: str) -> str | None:

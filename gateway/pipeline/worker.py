@@ -14,16 +14,14 @@ work exactly as with one message at a time.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
-import msgspec
 import structlog
 
 from gateway.bus.consumer import ConsumerRunner, Deferred, Outcome, Record
 from gateway.bus.producer import OutgoingRecord, PendingAck, header, record_for
-from gateway.model import DeliveryEvent, Message, decode_message
+from gateway.model import DeliveryEvent, Message
 from gateway.processor import BatchResult, Drop, Processor, ProcessorContext
 from gateway.runtime import Runtime
 from gateway.tracing import child_traceparent
@@ -46,8 +44,7 @@ class _Item:
     def __init__(self, worker: Worker, record: Record, message: Message) -> None:
         self.record = record
         self.message = message
-        parent = header(record.headers, "traceparent")
-        self.traceparent = child_traceparent(parent) if parent else _new_traceparent()
+        self.traceparent = child_traceparent(header(record.headers, "traceparent"))
         self.outputs: list[OutgoingRecord] = []
         self.ran: list[str] = []
         self.result: Message | Drop = message
@@ -84,12 +81,6 @@ class _Item:
         self.result = result
         if not isinstance(result, Drop):
             self.message = result
-
-
-def _new_traceparent() -> str:
-    """``child_traceparent(None)``: a new trace, its ids from one call for random bytes."""
-    ids = os.urandom(24).hex()
-    return f"00-{ids[:32]}-{ids[32:]}-01"
 
 
 def _partition(item: _Item) -> tuple[str, int]:
@@ -163,15 +154,13 @@ class Worker:
                 outcomes[i] = Deferred()
                 continue
             try:
-                message = decode_message(record.value or b"")
-            except (msgspec.ValidationError, msgspec.DecodeError):
-                try:
-                    await self.runtime.decode_record(record, "process")  # quarantines it, as `handle` does
-                except Exception as exc:  # the DLQ publish failed (BrokerUnavailable): retried alone
-                    outcomes[i] = exc
-                    blocked.add(partition)
-                else:
-                    self._counted["quarantined"].inc()
+                message = await self.runtime.decode_record(record, "process")  # quarantines what does not decode
+            except Exception as exc:  # the DLQ publish failed (BrokerUnavailable): retried alone
+                outcomes[i] = exc
+                blocked.add(partition)
+                continue
+            if message is None:
+                self._counted["quarantined"].inc()
                 continue
             items[i] = _Item(self, record, message)
 
