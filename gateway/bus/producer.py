@@ -201,7 +201,7 @@ class Publisher:
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
         self._reconnect: asyncio.Task[None] | None = None
-        self._watchdog: _Watchdog | None = _Watchdog()
+        self._watchdog = _Watchdog()
 
     @property
     def connected(self) -> bool:
@@ -283,7 +283,7 @@ class Publisher:
         timeout_s = self._timeout_s()
         watchdog = self._watchdog
         task = asyncio.current_task()
-        if watchdog is None or watchdog.active or task is None:
+        if watchdog.active or task is None:
             try:
                 async with asyncio.timeout(timeout_s):
                     futures = await _hand_over(producer, records)
