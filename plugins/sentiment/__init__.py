@@ -41,7 +41,7 @@ from gateway.sdk import (
     primary_language,
     readable_text,
 )
-from plugins.sentiment.model import MODELS_DIR, LinearModel
+from plugins.sentiment.model import MODELS_DIR, LinearModel, model_file
 from plugins.sentiment.types import BatchSentimentModel, ModelFactory, Prediction, SentimentLabel, SentimentModel
 
 __all__ = [
@@ -111,10 +111,7 @@ class LinearModels:
         # <language>.npz are the defaults; <language>-<variant>.npz only when chosen in files.
         available = {path.stem: path for path in sorted(directory.glob("*.npz")) if "-" not in path.stem}
         for code, reference in dict(options.get("files") or {}).items():
-            # A variant's name in the directory ("en-commercial"), or the path of a trained file.
-            reference = str(reference)
-            is_path = reference.endswith(".npz") or "/" in reference or "\\" in reference
-            path = Path(reference).expanduser() if is_path else directory / f"{reference}.npz"
+            path = model_file(str(reference), directory)  # a variant's name, or a trained file's path
             if not path.is_file():
                 raise ValueError(f"no linear sentiment model file {path} (files.{code})")
             available[str(code)] = path

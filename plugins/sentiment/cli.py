@@ -17,7 +17,7 @@ from typing import IO, Any
 import click
 
 from plugins.sentiment import training
-from plugins.sentiment.model import MODELS_DIR, LinearModel
+from plugins.sentiment.model import MODELS_DIR, LinearModel, model_file
 from plugins.sentiment.types import Prediction
 
 # Texts of an unspaced East Asian script go to the zh model when no language is given.
@@ -28,9 +28,7 @@ BATCH = 256  # lines scored together when stdin is a file or a pipe
 
 def load_model(reference: str) -> LinearModel:
     """A model file by path, or a shipped model by name (``en``, ``zh``, ``en-commercial``)."""
-    path = Path(reference)
-    if not path.suffix and not path.exists():
-        path = MODELS_DIR / f"{reference}.npz"
+    path = model_file(reference)
     if not path.is_file():
         shipped = ", ".join(sorted(p.stem for p in MODELS_DIR.glob("*.npz")))
         raise click.BadParameter(f"{reference}: no such model file (shipped models: {shipped})")

@@ -532,5 +532,10 @@ def gram_key(gram: str) -> int:
     return key
 
 
-def model_path(language: str) -> Path:
-    return MODELS_DIR / f"{language}.npz"
+def model_file(reference: str, directory: Path = MODELS_DIR) -> Path:
+    """Where a model named in configuration or on the command line is: a reference ending in
+    ``.npz`` or holding a path separator is a file's path; anything else is the name of a file
+    in ``directory`` (``"en-commercial"`` -> ``<directory>/en-commercial.npz``)."""
+    if reference.endswith(".npz") or "/" in reference or "\\" in reference:
+        return Path(reference).expanduser()
+    return directory / f"{reference}.npz"
