@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any
@@ -41,7 +40,7 @@ from gateway.sdk import (
     primary_language,
     readable_text,
 )
-from plugins.sentiment.model import MODELS_DIR, LinearModel, model_file
+from plugins.sentiment.model import MODELS_DIR, LinearModel, model_file, predict_by_language
 from plugins.sentiment.types import BatchSentimentModel, ModelFactory, Prediction, SentimentLabel, SentimentModel
 
 __all__ = [
@@ -132,16 +131,7 @@ class LinearModels:
 
     def predict_batch(self, texts: Sequence[str], languages: Sequence[str | None]) -> list[Prediction | None]:
         """One vectorized call per language; the same predictions as :meth:`predict`."""
-        results: list[Prediction | None] = [None] * len(texts)
-        groups: dict[str, list[int]] = defaultdict(list)
-        for i, language in enumerate(languages):
-            if (language or "") in self.by_language:
-                groups[language or ""].append(i)
-        for language, indexes in groups.items():
-            predictions = self.by_language[language].predict_batch([texts[i] for i in indexes])
-            for i, prediction in zip(indexes, predictions, strict=True):
-                results[i] = prediction
-        return results
+        return predict_by_language(self.by_language, texts, languages)
 
 
 register_model("linear", LinearModels)

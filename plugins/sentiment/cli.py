@@ -17,7 +17,7 @@ from typing import IO, Any
 import click
 
 from plugins.sentiment import training
-from plugins.sentiment.model import MODELS_DIR, LinearModel, model_file
+from plugins.sentiment.model import MODELS_DIR, LinearModel, model_file, predict_by_language
 from plugins.sentiment.types import Prediction
 
 # Texts of an unspaced East Asian script go to the zh model when no language is given.
@@ -110,16 +110,7 @@ def predict(references: tuple[str, ...], language: str | None) -> None:
     for chunk in _chunks(sys.stdin, size):
         parsed = [_parse_line(line, number) for number, line in chunk]
         languages = [lang or language or guess_language(text, list(models), "en") for text, lang in parsed]
-        by_language: dict[str, list[int]] = {}
-        for i, code in enumerate(languages):
-            by_language.setdefault(code, []).append(i)
-        results: list[Prediction | None] = [None] * len(parsed)
-        for code, indexes in by_language.items():
-            model = models.get(code)
-            if model is not None:
-                scored = model.predict_batch([parsed[i][0] for i in indexes])
-                for i, scored_one in zip(indexes, scored, strict=True):
-                    results[i] = scored_one
+        results = predict_by_language(models, [text for text, _ in parsed], languages)
         for code, prediction in zip(languages, results, strict=True):
             click.echo(json.dumps(prediction_json(code, prediction), ensure_ascii=False))
 

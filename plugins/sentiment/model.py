@@ -532,6 +532,23 @@ def gram_key(gram: str) -> int:
     return key
 
 
+def predict_by_language(
+    models: Mapping[str, LinearModel], texts: Sequence[str], languages: Sequence[str | None]
+) -> list[Prediction | None]:
+    """Each text scored by the model of its language, one vectorized call per language (None
+    where no model has the language)."""
+    results: list[Prediction | None] = [None] * len(texts)
+    groups: dict[str, list[int]] = {}
+    for i, language in enumerate(languages):
+        if (language or "") in models:
+            groups.setdefault(language or "", []).append(i)
+    for language, indexes in groups.items():
+        predictions = models[language].predict_batch([texts[i] for i in indexes])
+        for i, prediction in zip(indexes, predictions, strict=True):
+            results[i] = prediction
+    return results
+
+
 def model_file(reference: str, directory: Path = MODELS_DIR) -> Path:
     """Where a model named in configuration or on the command line is: a reference ending in
     ``.npz`` or holding a path separator is a file's path; anything else is the name of a file
