@@ -83,20 +83,18 @@ class KeywordMatcher:
 
     def __init__(self, keywords: Iterable[str]) -> None:
         self.keywords: list[str] = []
-        self._patterns: list[tuple[str, re.Pattern[str]]] = []
         # (keyword, its longest word, its pattern): the pattern can only match where the word occurs.
         self._checks: list[tuple[str, str, re.Pattern[str]]] = []
         for keyword in dict.fromkeys(k for k in keywords if k.strip()):
             pattern = _pattern(keyword)
             self.keywords.append(keyword)
-            self._patterns.append((keyword, pattern))
             self._checks.append((keyword, max(_words(keyword), key=len, default=""), pattern))
         needles = sorted({needle for _, needle, _ in self._checks}, key=len, reverse=True)
         # No prefilter when a keyword normalizes to nothing (its empty pattern matches every text).
         self._prefilter = re.compile("|".join(re.escape(n) for n in needles)) if needles and all(needles) else None
 
     def __bool__(self) -> bool:
-        return bool(self._patterns)
+        return bool(self._checks)
 
     def find(self, text: str, *, normalized: bool = False) -> list[str]:
         """The keywords found, in configuration order. Pass ``normalized=True`` for a text

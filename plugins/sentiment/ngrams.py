@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import html
 import re
-import unicodedata
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from gateway.sdk import normalize_for_match
 
 _URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
 _ADDRESS = re.compile(r"([\w.+-]+@[\w-]+(?:\.[\w-]+)+)|(?<!\w)@\w+")  # an e-mail address or a @handle
@@ -67,11 +68,7 @@ def normalize(text: str) -> str:
     """
     if "&" in text:
         text = html.unescape(text)
-    if not text.isascii():
-        # NFKC by definition (NFC of NFKD), spelled out because CPython's NFKC is several times
-        # slower on the full-width punctuation of most Chinese texts (gateway/helpers/keywords.py).
-        text = unicodedata.normalize("NFC", unicodedata.normalize("NFKD", text))
-    text = text.casefold()
+    text = normalize_for_match(text)  # NFKC + casefold, shared with (and cached for) the keyword matchers
     if "\n" in text:
         text = text.replace("\n", " . ")  # a line break ends a clause (see scan)
     return text
