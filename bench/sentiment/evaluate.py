@@ -103,32 +103,30 @@ def accuracy_tables(data: Path, language: str, *, baselines: bool, say: Callable
         f"**{language}**: settings {settings.spec}, C={settings.c}, NB scaling {settings.nb_scaling}, "
         f"class weight {settings.class_weight}, sources balanced {settings.balance_sources}, "
         f"lexicon {settings.lexicon}; {len(report['lodo']) + 1} trainings in {seconds:.0f} s",
-        "",
-        "Held-out 20% of each file (model trained on the other 80% of every file of the language):",
-        "",
-        "| file | rows | model | accuracy | macro-F1 | two-way accuracy | two-way macro-F1 |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: |",
     ]
     base: dict[str, Any] = {"held_out": {}, "lodo": {}}
-    for source, m in report["held_out"].items():
-        part = [r for r in test if r[2] == source]
-        lines.append(f"| {source} | {label_counts(part)} | linear | {fmt(m)} |")
-        if baseline is not None:
-            b = base["held_out"][source] = baseline_metrics(baseline, part)
-            lines.append(f"| | | {name} | {fmt(b)} |")
-    lines += [
-        "",
-        "Leave one dataset out (trained on the other files, tested on all of this one):",
-        "",
-        "| left out | rows | model | accuracy | macro-F1 | two-way accuracy | two-way macro-F1 |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: |",
-    ]
-    for source, m in report["lodo"].items():
-        part = [r for r in rows if r[2] == source]
-        lines.append(f"| {source} | {label_counts(part)} | linear | {fmt(m)} |")
-        if baseline is not None:
-            b = base["lodo"][source] = baseline_metrics(baseline, part)
-            lines.append(f"| | | {name} | {fmt(b)} |")
+    parts = {
+        "held_out": (
+            "Held-out 20% of each file (model trained on the other 80% of every file of the language):",
+            "file",
+            test,
+        ),
+        "lodo": ("Leave one dataset out (trained on the other files, tested on all of this one):", "left out", rows),
+    }
+    for kind, (title, column, pool) in parts.items():
+        lines += [
+            "",
+            title,
+            "",
+            f"| {column} | rows | model | accuracy | macro-F1 | two-way accuracy | two-way macro-F1 |",
+            "| --- | --- | --- | ---: | ---: | ---: | ---: |",
+        ]
+        for source, m in report[kind].items():
+            part = [r for r in pool if r[2] == source]
+            lines.append(f"| {source} | {label_counts(part)} | linear | {fmt(m)} |")
+            if baseline is not None:
+                b = base[kind][source] = baseline_metrics(baseline, part)
+                lines.append(f"| | | {name} | {fmt(b)} |")
     if report["lodo"]:
         mean = report["lodo_two_way_mean"]
         line = f"| **mean** | | linear | | | | **{mean:.3f}** |"
