@@ -105,9 +105,7 @@ class Escalation(Processor):
         """Why the message is escalated (None when it is not): the label stored under ``escalation``."""
         sentiment = message.tags.sentiment
         angry = sentiment is not None and sentiment.label == "negative" and sentiment.score >= self.config.threshold
-        content = message.content
-        # message_text(), without building its parts when there is only the text (the usual case)
-        text = (content.text or "") if not content.subject and not content.attachments else message_text(message)
+        text = message_text(message)
         found = self._matcher(message.language).find(normalize_for_match(text), normalized=True) if text else []
         if not angry and not found:
             return None

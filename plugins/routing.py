@@ -244,7 +244,7 @@ class Facts:
     @property
     def raw_text(self) -> str:
         if self.raw is None:
-            self.raw = _text_of(self.message)
+            self.raw = message_text(self.message)
         return self.raw
 
     @property
@@ -252,14 +252,6 @@ class Facts:
         if self.normalized is None:
             self.normalized = normalize_for_match(self.raw_text)
         return self.normalized
-
-
-def _text_of(message: Message) -> str:
-    """message_text(), without building its parts when there is only the text (the usual case)."""
-    content = message.content
-    if not content.subject and not content.attachments:
-        return content.text or ""
-    return message_text(message)
 
 
 def _folded(values: StrOrList | None) -> frozenset[str] | None:

@@ -14,8 +14,11 @@ from gateway.model import Message
 
 def message_text(message: Message) -> str:
     """What a human wrote: subject and text (captions of attachments too)."""
-    parts = [message.content.subject, message.content.text]
-    parts.extend(a.caption for a in message.content.attachments)
+    content = message.content
+    if not content.subject and not content.attachments:  # the usual case, on every processor's path
+        return content.text or ""
+    parts = [content.subject, content.text]
+    parts.extend(a.caption for a in content.attachments)
     return "\n".join(p for p in parts if p)
 
 
