@@ -1,7 +1,7 @@
 """Pipeline throughput and end-to-end latency through `gateway worker` with the default processors.
 
-Usage: .venv/bin/python -m bench.pipeline [--messages 4000] [--rounds 3] [--rate 1000] [--seconds 10]
-       [--data ../shared/data/sentiment]
+Usage: .venv/bin/python -m bench.pipeline [--messages 12000] [--rounds 3] [--rate 1000] [--seconds 10]
+       [--data ../shared/data/sentiment] [--compression lz4]
 
 Runs a `gateway serve` and a `gateway worker` per variant on an embedded broker and Redis:
 - **full**: every built-in processor (language, sentiment, escalation, routing with rules,
@@ -17,7 +17,7 @@ header). Memory: each worker's resident set size at the end.
 
 Texts: real customer-like text matters (models cache per word, so eight texts repeated flatter
 the chain), so when ``--data`` names the labelled sentiment files, messages cycle through up to
-20,000 of their texts (English and Chinese, shuffled with a fixed seed); otherwise through a
+100,000 of their texts (English and Chinese, shuffled with a fixed seed); otherwise through a
 small built-in list of eight.
 """
 
@@ -48,6 +48,7 @@ from bench.common import (
     summary,
     wait_listening,
 )
+from gateway.config import KafkaSection
 from gateway.embedded import free_port
 from gateway.model import Content, Message, Party, encode
 from gateway.signing import hmac_sha256_hex
@@ -103,12 +104,14 @@ templates = { en = "Thanks {name}, we got your message.", zh = "{name}您好, �
 """
 
 
-def write_config(path: Path, bootstrap: str, redis_url: str, port: int, prefix: str, processors: str) -> None:
+def write_config(
+    path: Path, bootstrap: str, redis_url: str, port: int, prefix: str, processors: str, compression: str
+) -> None:
     # The built-in default chain named explicitly, so installed contrib processors do not join it.
     full = '["language", "sentiment", "escalation", "routing", "autoreply", "passthrough"]'
     chain = f"processors = {full}" if processors == "full" else 'processors = ["passthrough"]'
     path.write_text(
-        base_config(bootstrap, redis_url, port, prefix)
+        base_config(bootstrap, redis_url, port, prefix, kafka=f'compression_type = "{compression}"')
         + f"""
 [worker]
 group_id = "{prefix}worker"
@@ -121,7 +124,7 @@ secret = "env:BENCH_SECRET"
     )
 
 
-def load_texts(directory: Path | None, limit: int = 20_000) -> list[str]:
+def load_texts(directory: Path | None, limit: int = 100_000) -> list[str]:
     """Texts of the labelled CSV files (column ``text``) in a fixed shuffled order, or TEXTS."""
     if directory is None or not directory.is_dir():
         return list(TEXTS)
@@ -240,7 +243,7 @@ CORPUS: list[str] = list(TEXTS)
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--messages", type=int, default=4000, help="messages per throughput round")
+    parser.add_argument("--messages", type=int, default=12000, help="messages per throughput round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rate", type=float, default=1000.0, help="offered webhook rate for the latency runs")
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of each latency run")
@@ -249,6 +252,12 @@ async def main() -> None:
         type=Path,
         default=Path("../shared/data/sentiment"),
         help="directory of labelled CSV files whose texts the messages carry (built-in texts if absent)",
+    )
+    parser.add_argument(
+        "--compression",
+        choices=["none", "gzip", "lz4", "zstd", "snappy"],
+        default=KafkaSection().compression_type,
+        help="producer compression of every process (default: the gateway's default)",
     )
     args = parser.parse_args()
     CORPUS[:] = load_texts(args.data)
@@ -260,7 +269,7 @@ async def main() -> None:
             prefix = f"bench{uuid.uuid4().hex[:6]}."
             port = free_port()
             config = Path(tmp) / f"{variant}.toml"
-            write_config(config, svc.bootstrap, svc.redis_url, port, prefix, variant)
+            write_config(config, svc.bootstrap, svc.redis_url, port, prefix, variant, args.compression)
             setups[variant] = (prefix, port)
             commands.append([GATEWAY, "worker", "--config", str(config)])
             commands.append([GATEWAY, "serve", "--config", str(config)])

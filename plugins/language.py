@@ -496,7 +496,9 @@ class LanguageDetection(Processor):
             return False
         return True
 
-    def _apply(self, message: Message, detection: Detection) -> Message:
+    def _apply(self, message: Message, detection: Detection, logger: Any = log) -> Message:
+        """Tag the message with a detection. ``logger``: ``log``, or the logger it stands for
+        (``log.bind()``, resolved once per batch rather than per message)."""
         label: dict[str, Any] = {"confidence": detection.confidence}
         language: str | None
         source: str = detection.source
@@ -513,7 +515,7 @@ class LanguageDetection(Processor):
         message.language = language
         label["source"] = source
         message.tags.labels["language_detection"] = label
-        log.debug("language_detected", message_id=message.id, language=language, source=source)
+        logger.debug("language_detected", message_id=message.id, language=language, source=source)
         return message
 
     async def process(self, message: Message, ctx: ProcessorContext) -> Message:
@@ -536,9 +538,10 @@ class LanguageDetection(Processor):
             detections = self.detect_many([text for _, _, text in todo])
         except Exception:  # one bad text must not fail the fetch: each alone, as process() would
             return await super().process_batch(items)
+        logger = log.bind()
         for (index, message, _), detection in zip(todo, detections, strict=True):
             try:
-                results[index] = self._apply(message, detection)
+                results[index] = self._apply(message, detection, logger)
             except Exception as exc:
                 results[index] = exc
         return results

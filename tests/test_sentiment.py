@@ -247,6 +247,22 @@ def test_the_runtime_computes_the_reference_features(language: str) -> None:
         assert np.allclose(model.logits(TEXTS), single, atol=1e-5)
 
 
+def test_words_without_features_share_one_token() -> None:
+    """Rare words (most new words of real text) cost no table entry, and change nothing: negated,
+    paired or in the lexicon, a word keeps its own token; the logits stay the reference ones."""
+    model = LinearModel.load(MODELS_DIR / "en.npz")
+    texts = ["zorblax flimflam quuxified", "i do not zorblax, it is not bad", "never flimflam again!!"]
+    for text in texts:
+        rows = [row for f in features(text, model.spec, model.lexicon) if (row := model.row(f)) is not None]
+        expected = model.bias + (model.weights[rows].sum(axis=0) / np.sqrt(len(rows)) if rows else 0.0)
+        assert model.logits([text])[0] == pytest.approx(expected, abs=1e-4), text
+    before = len(model._token_values)
+    model.logits(["blorptastic zindlewop", "not blorptastic"])
+    assert len(model._token_values) == before  # no entry for either word
+    assert model._tokens["blorptastic"] == model._tokens["zindlewop"]
+    assert model._tokens["bad"] != model._tokens["zindlewop"] and model._tokens["not"] != model._tokens["zindlewop"]
+
+
 def test_no_normalized_text_holds_the_batch_separator() -> None:
     """The runtime joins a batch's normalized texts with a separator piece (model._SEPARATOR): no
     character normalizes or case-folds into it (NFKC turns it into "fi"), so no text can fake it."""

@@ -57,6 +57,7 @@ _CHUNK_MAX = 24  # ...of at most this many characters (longer ones rarely repeat
 # its own, which no normalized text contains (NFKC turns the ligature into "fi"; see the tests).
 _SEPARATOR = "\ufb01"
 _SEPARATOR_SPACED = " \ufb01 "
+_UNKNOWN = 2  # the token of every word without features (see _relevant)
 # Token kinds.
 _SEP, _WORD, _RUN, _SYMBOL, _RESET, _CLAUSE = range(6)  # _RESET: a "!" / "?" run, ends a negation
 
@@ -142,6 +143,18 @@ class LinearModel:
                 found = self.vocabulary.get(feature)
                 self._lexicon_sums[sign, k:] += self.weights[found] if found is not None else 0.0
                 self._lexicon_counts[sign, k:] += found is not None
+        # The words that can matter (they have a feature, alone or negated, a valence or a place
+        # in a word pair); any other word is the one shared token _UNKNOWN, with no features, so
+        # the many rare words of real text cost one set look-up each. None: every word has
+        # features (character n-grams of words).
+        self._relevant: frozenset[str] | None = None
+        if self.spec.char_ngrams[1] <= 0:
+            self._relevant = frozenset(
+                [f[2:] for f in self.vocabulary if f[:2] == "w:"]
+                + [f[1:] for f in self.vocabulary if f[:1] == "~"]
+                + (list(self.lexicon) if self._use_lexicon else [])
+                + list(self._pair_words)
+            )
         # Units seen so far, by their text (a token table; see logits).
         self._lock = threading.Lock()
         self._reset_tokens()
@@ -216,13 +229,14 @@ class LinearModel:
 
     def _reset_tokens(self) -> None:
         """Forget every token (the table is emptied between batches when full)."""
-        self._tokens: dict[str, int] = {}  # unit text -> token id (0: the separator, 1: any run)
+        self._tokens: dict[str, int] = {}  # unit text -> token id (0: the separator, 1: any run, 2: _UNKNOWN)
         self._chunks: dict[str, tuple[int, ...]] = {_SEPARATOR: (0,)}  # piece of text -> token ids
-        self._token_values = ["", ""]  # collapsed words
+        self._token_values = ["", "", ""]  # collapsed words
         self._kind = np.zeros(1024, np.int8)  # _SEP, _WORD, _RUN, _SYMBOL, _RESET, _CLAUSE
-        self._kind[:2] = (_SEP, _RUN)
+        self._kind[:3] = (_SEP, _RUN, _WORD)
         self._slot = np.zeros(1024, np.intp)  # row of _sums: the summed weights of the features
         self._slot_negated = np.full(1024, -1, np.intp)  # ...of a word after a negation (-1: not yet)
+        self._slot_negated[_UNKNOWN] = 0
         self._count = np.zeros(1024, np.int64)  # number of known features
         self._count_negated = np.zeros(1024, np.int64)
         self._negation = np.zeros(1024, bool)  # a word that starts a negation scope
@@ -248,7 +262,9 @@ class LinearModel:
 
     def _new_slot(self, unit: Unit) -> tuple[int, int]:
         """A slot for the features of a unit, and their number."""
-        rows = [row for f in unit_features(unit, self.spec, self.lexicon) if (row := self.row(f)) is not None]
+        # Words and symbols never have run n-grams ("h:"), so the vocabulary dict is all there is.
+        get = self.vocabulary.get
+        rows = [row for f in unit_features(unit, self.spec, self.lexicon) if (row := get(f)) is not None]
         slot = self._slots
         self._slots += 1
         if slot >= len(self._sums):
@@ -316,6 +332,10 @@ class LinearModel:
         value = token
         if kind == 1:  # a word
             value = collapse(token)
+            relevant = self._relevant
+            if relevant is not None and value not in relevant and not (self.spec.negation and is_negation(value)):
+                self._tokens[token] = _UNKNOWN
+                return _UNKNOWN
             self._kind[index] = _WORD
             self._slot[index], self._count[index] = self._new_slot(("w", value, False))
             self._negation[index] = self.spec.negation and is_negation(value)
@@ -348,7 +368,7 @@ class LinearModel:
         chunks = (_SEPARATOR_SPACED + _SEPARATOR_SPACED.join([normalize(text) for text in texts])).split()
         runs: list[str] = []
         with self._lock:
-            if self._slots >= _CACHE_LIMIT or len(self._token_values) >= _CACHE_LIMIT:
+            if self._slots >= _CACHE_LIMIT or len(self._tokens) >= _CACHE_LIMIT:
                 self._reset_tokens()
             parts = list(map(self._chunks.get, chunks))
             if None in parts:  # pieces not seen before, in order (the runs are listed in order)
