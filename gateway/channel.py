@@ -93,6 +93,8 @@ class WebhookRequest:
             return json.loads(self.body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise PayloadError(f"body is not valid JSON: {exc}") from None
+        except RecursionError:  # thousands of nested brackets: not a DecodeError, still unusable
+            raise PayloadError("body nested too deeply to decode") from None
 
     def form(self) -> dict[str, str]:
         """URL-encoded form fields (last value wins), as signed by providers such as Twilio."""

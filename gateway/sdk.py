@@ -27,6 +27,7 @@ from gateway.helpers.calendar import WEEKDAYS, BusinessHours, load_calendars
 from gateway.helpers.calendar import format_error as format_calendar_error
 from gateway.helpers.keywords import KeywordMatcher
 from gateway.helpers.keywords import normalize as normalize_for_match
+from gateway.helpers.payload import decode_json
 from gateway.helpers.priority import PRIORITY_RANK, Priority, add_tags, raise_priority
 from gateway.helpers.text import html_to_text, message_text, primary_language, readable_text
 from gateway.hookspecs import hookimpl
@@ -61,7 +62,8 @@ from gateway.store.redis import StoreUnavailable
 # 1.1: Processor.process_batch and BatchResult; the shared helpers (message_text, html_to_text,
 # readable_text, primary_language, KeywordMatcher, normalize_for_match, BusinessHours,
 # load_calendars, format_calendar_error, WEEKDAYS, Priority, PRIORITY_RANK, raise_priority, add_tags).
-API_VERSION = "1.1"
+# 1.2: decode_json (untrusted JSON whose every failure, deep nesting included, is a PayloadError).
+API_VERSION = "1.2"
 
 __all__ = [
     "API_VERSION",
@@ -111,6 +113,7 @@ __all__ = [
     "call_provider",
     "channel_instances",
     "constant_time_equals",
+    "decode_json",
     "encode",
     "format_calendar_error",
     "hmac_sha1_b64",

@@ -47,6 +47,7 @@ from gateway.sdk import (
     WebhookRequest,
     call_provider,
     constant_time_equals,
+    decode_json,
     hmac_sha256_b64,
     hookimpl,
 )
@@ -328,12 +329,7 @@ class LineChannel(Channel):
     def parse(self, request: WebhookRequest) -> ParseResult:
         if request.content_type not in ("application/json", ""):
             raise PayloadError(f"expected application/json, got {request.content_type}")
-        try:
-            webhook = _envelope.decode(request.body)
-        except msgspec.ValidationError as exc:
-            raise PayloadError(f"invalid LINE webhook: {exc}") from None
-        except msgspec.DecodeError as exc:
-            raise PayloadError(f"body is not valid JSON: {exc}") from None
+        webhook = decode_json(request.body, _envelope, what="LINE webhook")
         # An empty list is LINE's connectivity check (the console's "Verify" button): 200, nothing stored.
         return ParseResult(messages=[self._event_message(webhook.destination, item) for item in webhook.events])
 
@@ -345,8 +341,8 @@ class LineChannel(Channel):
         if ttl <= 0:
             return
         try:
-            webhook = _envelope.decode(request.body)
-        except (msgspec.ValidationError, msgspec.DecodeError):
+            webhook = decode_json(request.body, _envelope)
+        except PayloadError:
             return  # quarantined: nothing to answer
         handles: dict[str, ReplyHandle] = {}
         for item in webhook.events:

@@ -41,6 +41,7 @@ from gateway.sdk import (
     WebhookRequest,
     call_provider,
     constant_time_equals,
+    decode_json,
     hookimpl,
     verify_prefixed_hex,
 )
@@ -443,12 +444,7 @@ def _phone_handle(number: str | None) -> str | None:
 
 
 def _decode(body: bytes | msgspec.Raw, kind: type[T], what: str) -> T:
-    try:
-        return msgspec.json.decode(body, type=kind)
-    except msgspec.ValidationError as exc:
-        raise PayloadError(f"invalid {what}: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise PayloadError(f"body is not valid JSON: {exc}") from None
+    return decode_json(body, kind, what=what)
 
 
 # The errors Meta documents as transient (rate limits, temporary outages): a retry can succeed.
@@ -748,7 +744,7 @@ class MetaChannel(Channel):
         envelope = _decode(request.body, _Envelope, "webhook")
         if envelope.object != self.object_type:
             raise PayloadError(f"object {envelope.object!r} is not {self.object_type!r} (wrong product subscribed?)")
-        tree: dict[str, Any] = msgspec.json.decode(request.body)  # for raw copies and unknown event kinds
+        tree: dict[str, Any] = decode_json(request.body)  # for raw copies and unknown event kinds
         return self._parse(request.body, tree)
 
     def _parse(self, body: bytes, tree: dict[str, Any]) -> ParseResult:

@@ -56,6 +56,7 @@ from gateway.sdk import (
     SendResult,
     WebhookRequest,
     call_provider,
+    decode_json,
     hookimpl,
     retry_after_seconds,
     verify_prefixed_hex,
@@ -339,12 +340,7 @@ class SlackChannel(Channel):
     def parse(self, request: WebhookRequest) -> ParseResult:
         if request.content_type != "application/json":
             raise PayloadError(f"expected application/json, got {request.content_type or 'no content type'}")
-        try:
-            envelope = _envelope.decode(request.body)
-        except msgspec.ValidationError as exc:
-            raise PayloadError(f"invalid Slack envelope: {exc}") from None
-        except msgspec.DecodeError as exc:
-            raise PayloadError(f"body is not valid JSON: {exc}") from None
+        envelope = decode_json(request.body, _envelope, what="Slack envelope")
 
         if envelope.type == "url_verification":
             if not envelope.challenge:
@@ -471,7 +467,7 @@ class SlackChannel(Channel):
             recipient=recipient,
             content=content,
             sent_at=slack_ts(event.ts),
-            raw=msgspec.json.decode(request.body) if self.settings.keep_raw else None,
+            raw=decode_json(request.body) if self.settings.keep_raw else None,
         )
         message.tags.labels["slack"] = labels
         return message

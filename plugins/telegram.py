@@ -49,6 +49,7 @@ from gateway.sdk import (
     WebhookRequest,
     call_provider,
     constant_time_equals,
+    decode_json,
     hookimpl,
 )
 
@@ -629,10 +630,7 @@ class TelegramChannel(Channel):
     def parse(self, request: WebhookRequest) -> ParseResult:
         if request.content_type not in ("application/json", ""):
             raise PayloadError(f"expected application/json, got {request.content_type}")
-        try:
-            update = msgspec.json.decode(request.body)
-        except msgspec.DecodeError as exc:
-            raise PayloadError(f"body is not valid JSON: {exc}") from None
+        update = decode_json(request.body, what="Telegram update")
         if not isinstance(update, dict):
             raise PayloadError("invalid Telegram update: expected a JSON object")
         update_id = update.get("update_id")

@@ -17,7 +17,7 @@ import structlog
 
 from gateway.bus.producer import BrokerUnavailable, OutgoingRecord, record_for
 from gateway.channel import Accepted, Channel, IngestError, IngestOutcome, ParseResult
-from gateway.model import DeliveryEvent, Message, decode_message, encode
+from gateway.model import DeliveryEvent, DlqStage, Message, decode_message, encode
 from gateway.store.redis import DedupClaim, StoreUnavailable
 from gateway.tracing import child_traceparent
 
@@ -30,6 +30,9 @@ log = structlog.get_logger(__name__)
 # channel declares, any header whose name suggests a credential is dropped too.
 SECRET_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization", "x-api-key"})
 _SECRET_WORDS = ("token", "secret", "password", "auth", "cookie", "api-key")
+# What encoding an adapter-built record can raise: unsupported types (TypeError), lone surrogates
+# (UnicodeEncodeError), huge ints, trees nested past the encoder's depth. Quarantined, never a 500.
+ENCODE_ERRORS = (msgspec.EncodeError, TypeError, ValueError, OverflowError, RecursionError)
 
 
 def evidence_headers(channel: Channel, headers: Mapping[str, str] | None) -> dict[str, str]:
@@ -92,7 +95,7 @@ class Ingestor:
                 claimed.append(item)
                 outcome.messages.append(Accepted(id=item.record_id, external_id=message.external_id))
             for event in result.events:
-                event_item = await self._prepare_event(channel, event, traceparent)
+                event_item = await self._prepare_event(channel, event, traceparent, raw, headers)
                 if event_item is not None:
                     claimed.append(event_item)
             await runtime.publisher.send_many([c.record for c in claimed])
@@ -100,7 +103,7 @@ class Ingestor:
             await self._release(channel, claimed)
             log.warning("broker_unavailable", instance=channel.name, error=str(exc))
             raise self._unavailable("broker_unavailable", "message store unavailable, retry later") from None
-        except IngestError:
+        except Exception:  # IngestError, or a failure nobody foresaw: never leave a claim pending
             await self._release(channel, claimed)
             raise
         await self._confirm(channel, claimed)
@@ -119,12 +122,14 @@ class Ingestor:
         traceparent: str | None = None,
         error_type: str = "PayloadError",
         headers: Mapping[str, str] | None = None,
+        stage: DlqStage = "normalize",
     ) -> None:
-        """Store an authenticated but unusable payload on the DLQ (503 if the broker is down)."""
+        """Store an unusable payload on the DLQ (503 if the broker is down): authenticated but not
+        normalizable (stage normalize), or evidence of a plugin failure before that (stage ingress)."""
         kept = evidence_headers(channel, headers)
         try:
             await self.runtime.quarantine(
-                stage="normalize",
+                stage=stage,
                 reason=reason,
                 payload=raw,
                 channel=channel.type,
@@ -148,16 +153,19 @@ class Ingestor:
     ) -> _Claimed | Accepted:
         """Validate, dedup-claim and encode one message; an Accepted means nothing to publish."""
         runtime = self.runtime
-        payload = encode(message)
         try:
+            payload = encode(message)
             decode_message(payload)  # adapters build structs directly; enforce the contract here
-        except msgspec.ValidationError as exc:
+            record = record_for(
+                runtime.topics.inbound, message, traceparent=traceparent, key=message.conversation_id, value=payload
+            )  # headers and key encode too (a lone surrogate in a conversation id would not)
+        except (msgspec.ValidationError, *ENCODE_ERRORS) as exc:
             await self.quarantine(
                 channel,
                 raw,
                 f"adapter produced an invalid message: {exc}",
                 traceparent=traceparent,
-                error_type="ValidationError",
+                error_type=type(exc).__name__,
                 headers=headers,
             )
             return Accepted(id=None, external_id=message.external_id, quarantined=True)
@@ -170,22 +178,35 @@ class Ingestor:
                 return Accepted(id=claim.message_id, external_id=dedup_key, duplicate=True)
             if claim is None:
                 dedup_key = None
-        record = record_for(
-            runtime.topics.inbound,
-            message,
-            traceparent=traceparent,
-            key=message.conversation_id,
-            value=payload,
-            extra_headers=extra,
-        )
+        record.headers.extend((name, text.encode()) for name, text in extra)
         return _Claimed(dedup_key=dedup_key, record_id=message.id, record=record)
 
-    async def _prepare_event(self, channel: Channel, event: DeliveryEvent, traceparent: str) -> _Claimed | None:
+    async def _prepare_event(
+        self,
+        channel: Channel,
+        event: DeliveryEvent,
+        traceparent: str,
+        raw: bytes,
+        headers: Mapping[str, str] | None,
+    ) -> _Claimed | None:
         extra: list[tuple[str, str]] = []
         if event.message_id is None and event.external_id:
             # Link a provider status (delivered, read...) to the outbound message it is about.
             with contextlib.suppress(StoreUnavailable):
                 event.message_id = await self.runtime.store.outbound_for(channel.name, event.external_id)
+        key = event.conversation_id or event.external_id
+        try:
+            record = record_for(self.runtime.topics.events, event, traceparent=traceparent, key=key)
+        except ENCODE_ERRORS as exc:
+            await self.quarantine(
+                channel,
+                raw,
+                f"adapter produced an invalid event: {exc}",
+                traceparent=traceparent,
+                error_type=type(exc).__name__,
+                headers=headers,
+            )
+            return None
         dedup_key = f"event:{event.external_id}:{event.status}" if event.external_id else None
         if dedup_key is not None:
             claim = await self._claim(channel, dedup_key, event.id, extra)
@@ -194,8 +215,7 @@ class Ingestor:
                 return None
             if claim is None:
                 dedup_key = None
-        key = event.conversation_id or event.external_id
-        record = record_for(self.runtime.topics.events, event, traceparent=traceparent, key=key, extra_headers=extra)
+        record.headers.extend((name, text.encode()) for name, text in extra)
         return _Claimed(dedup_key=dedup_key, record_id=event.id, record=record)
 
     async def _claim(

@@ -227,7 +227,16 @@ class SmtpChannel(Channel):
                     self, raw, f"normalizer failed: {type(exc).__name__}", error_type=type(exc).__name__
                 )
                 return "250 2.0.0 Accepted (quarantined for review)"
-            outcome = await ingest.ingest(self, ParseResult(messages=[message]), raw=raw)
+            try:
+                outcome = await ingest.ingest(self, ParseResult(messages=[message]), raw=raw)
+            except IngestError:
+                raise
+            except Exception as exc:  # storing what the normalizer built failed: keep the raw mail instead
+                log.error("smtp_store_failed", instance=self.name, error=type(exc).__name__)
+                await ingest.quarantine(
+                    self, raw, f"storing failed: {type(exc).__name__}", error_type=type(exc).__name__
+                )
+                return "250 2.0.0 Accepted (quarantined for review)"
         except IngestError as exc:
             log.warning("smtp_deferred", instance=self.name, status=exc.status, reason=exc.reason)
             if exc.status == 413:

@@ -26,9 +26,7 @@ from email.utils import collapse_rfc2231_value, getaddresses, parsedate_to_datet
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-import msgspec
-
-from gateway.sdk import Attachment, Channel, Content, Message, Party, PayloadError, WebhookRequest
+from gateway.sdk import Attachment, Channel, Content, Message, Party, PayloadError, WebhookRequest, decode_json
 from plugins.email.mime import decode_bytes, decode_header_value, html_to_text, trim_reply
 
 # Longest text/html kept on a record (Kafka's default record limit is 1 MB), as for raw MIME.
@@ -92,8 +90,8 @@ class Form:
         if part is None or not part.data.strip():
             return None
         try:
-            return msgspec.json.decode(part.data)
-        except msgspec.DecodeError:
+            return decode_json(part.data)
+        except PayloadError:  # not JSON, or nested deeper than the decoder goes
             return None
 
 

@@ -39,6 +39,7 @@ from gateway.sdk import (
     SendResult,
     StoreUnavailable,
     WebhookRequest,
+    decode_json,
     utcnow,
 )
 from plugins.webchat.live import Listener, Subscriber, doorbell
@@ -593,7 +594,7 @@ class WebchatChannel(Channel):
             recipient=Party(id=self.name, name=self.settings.title),
             content=Content(type="media" if attachments else "text", text=text or None, attachments=attachments),
             sent_at=now,  # the gateway's clock: a browser's clock is not evidence
-            raw=json.loads(raw) if self.settings.keep_raw else None,
+            raw=decode_json(raw) if self.settings.keep_raw else None,
         )
         labels: dict[str, Any] = {"client_id": client_id, "transport": session.transport}
         if session.page:

@@ -16,12 +16,11 @@ from importlib.resources import files
 from typing import Any
 from urllib.parse import quote
 
-import msgspec
 import structlog
 from aiohttp import BodyPartReader, WSMsgType, web
 from redis.exceptions import RedisError
 
-from gateway.sdk import Route, channel_instances
+from gateway.sdk import PayloadError, Route, channel_instances, decode_json
 from plugins.webchat.channel import INLINE_TYPES, Session, UploadRejected, WebchatChannel, clean_filename
 from plugins.webchat.live import Listener
 from plugins.webchat.mailbox import valid_seq
@@ -152,8 +151,8 @@ def _frame_response(frame: dict[str, Any], origin: str | None) -> web.Response:
 
 def _client_id_of(raw: str | bytes) -> str | None:
     """Best effort: name the message an invalid frame was about, so the widget stops retrying it."""
-    with contextlib.suppress(ValueError, TypeError, AttributeError):
-        value = json.loads(raw).get("client_id")
+    with contextlib.suppress(PayloadError, AttributeError):
+        value = decode_json(raw).get("client_id")
         return value if isinstance(value, str) and len(value) <= 64 else None
     return None
 
@@ -248,9 +247,9 @@ async def _converse(channel: WebchatChannel, ws: web.WebSocketResponse, origin: 
                 return  # close, error (e.g. frame over max_msg_size: aiohttp closes with 1009)
             data: str = msg.data
             try:
-                frame = frame_decoder.decode(data)
-            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-                await _send(ws, error_frame("invalid", f"invalid frame: {exc}", client_id=_client_id_of(data)))
+                frame = decode_json(data, frame_decoder, what="frame")
+            except PayloadError as exc:
+                await _send(ws, error_frame("invalid", str(exc), client_id=_client_id_of(data)))
                 continue
             if isinstance(frame, Hello):
                 session = await channel.open_session(
@@ -299,9 +298,9 @@ async def create_session(request: web.Request) -> web.StreamResponse:
     origin = _checked_origin(request, channel)
     body = await _read_limited(request, SESSION_BODY_LIMIT, origin)
     try:
-        hello = session_decoder.decode(body or b"{}")
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise _Refused(400, "invalid", f"invalid session request: {exc}", _cors(origin)) from None
+        hello = decode_json(body or b"{}", session_decoder, what="session request")
+    except PayloadError as exc:
+        raise _Refused(400, "invalid", str(exc), _cors(origin)) from None
     session = await channel.open_session(hello.token, hello.visitor, page=hello.page, origin=origin, transport="rest")
     return web.json_response(await channel.welcome(session, hello.after), headers=_cors(origin))
 
@@ -314,9 +313,9 @@ async def post_message(request: web.Request) -> web.StreamResponse:
     session = _rest_session(request, channel, origin)
     body = await _read_limited(request, channel.max_frame_bytes, origin)
     try:
-        frame = message_decoder.decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        return _frame_response(error_frame("invalid", f"invalid message: {exc}", client_id=_client_id_of(body)), origin)
+        frame = decode_json(body, message_decoder, what="message")
+    except PayloadError as exc:
+        return _frame_response(error_frame("invalid", str(exc), client_id=_client_id_of(body)), origin)
     await channel.load_profile(session)
     page = request.headers.get("X-Chat-Page")
     session.page = page[:2048] if page else None

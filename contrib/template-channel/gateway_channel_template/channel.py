@@ -171,6 +171,8 @@ class TemplateChannel(Channel):
             event = _decode_event(request.body)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             raise PayloadError(f"invalid Acme event: {exc}") from None  # authenticated but unusable: DLQ
+        except RecursionError:  # deep nesting is not a DecodeError: catch it, or it becomes a 500
+            raise PayloadError("invalid Acme event: nested too deeply to decode") from None
         if event.type == "message.created":
             if event.message is None:
                 raise PayloadError("invalid Acme event: message.created without `message`")

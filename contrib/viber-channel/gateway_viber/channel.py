@@ -224,6 +224,8 @@ class ViberChannel(Channel):
             payload = callback_decoder.decode(request.body)
         except msgspec.DecodeError as exc:
             raise PayloadError(f"body is not valid JSON: {exc}") from None
+        except RecursionError:  # thousands of nested brackets: not a DecodeError, still unusable (DLQ)
+            raise PayloadError("Viber callback nested too deeply to decode") from None
         if not isinstance(payload, dict):
             raise PayloadError("invalid Viber callback: expected a JSON object")
         try:
