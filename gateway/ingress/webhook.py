@@ -268,7 +268,10 @@ class WebhookHandler:
         self._plugin_failed(channel, hook, exc)
         await self._dlq(channel, "normalize", failure_reason(channel, hook, exc), exc, incoming, traceparent)
         await self._accepted(channel, incoming, traceparent, on_dlq=True)
-        reason = f"the {channel.type} adapter failed on this payload ({type(exc).__name__}); kept for replay"
+        if isinstance(exc, RecursionError):
+            reason = "payload nested too deeply to decode"
+        else:
+            reason = f"the {channel.type} adapter failed on this payload ({type(exc).__name__}); kept for replay"
         return web.json_response({"status": "quarantined", "reason": reason})
 
     async def _accepted(
