@@ -61,7 +61,7 @@ def read_token(secret: str, token: str, instance: str, now: float) -> str:
     try:
         payload = json.loads(_unb64(parts[1]))
         visitor_id, bound_instance, expires_at = payload["v"], payload["i"], payload["e"]
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise TokenError("malformed token payload") from exc
     if not isinstance(visitor_id, str) or not VISITOR_ID.match(visitor_id):
         raise TokenError("malformed visitor id")
