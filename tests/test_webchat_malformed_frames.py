@@ -21,7 +21,7 @@ DEEP = "[" * 5000 + "]" * 5000
 BAD_FRAMES = {
     "deep": DEEP,
     "deep-in-a-field": '{"type": "message", "client_id": "c-1", "text": "hi", "extra": ' + DEEP + "}",
-    "deep-hello": '{"type": "hello", "visitor": ' + DEEP + "}",
+    "deep-in-a-hello": '{"type": "hello", "visitor": {"name": "Ada", "x": ' + DEEP + "}}",
     "wrong-type": '{"type": "message", "client_id": ["c-1"], "text": 7}',
     "not-json": "{'type': 'hello'}",
 }
@@ -82,7 +82,9 @@ async def test_invalid_utf8_text_frame_does_not_break_the_server(chat: tuple[Any
     await again.close()
 
 
-@pytest.mark.parametrize("body", [DEEP.encode(), b'{"visitor": ' + DEEP.encode() + b"}", b"\xff\xfe{", b'{"token": 5}'])
+@pytest.mark.parametrize(
+    "body", [DEEP.encode(), b'{"page": "p", "x": ' + DEEP.encode() + b"}", b"\xff\xfe{", b'{"token": 5}']
+)
 async def test_bad_session_requests_are_400(chat: tuple[Any, Runtime], body: bytes) -> None:
     client, _ = chat
     response = await client.post("/chat/api/session", data=body, headers={"Origin": SHOP})
