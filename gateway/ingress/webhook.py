@@ -163,7 +163,12 @@ class WebhookHandler:
             raise _refusal(exc, default=401) from None
         except Exception as exc:
             raise await self._unverified_failure(channel, "verify", exc, incoming, traceparent) from None
+        return await self._store(request, channel, incoming)
 
+    async def _store(self, request: web.Request, channel: Channel, incoming: WebhookRequest) -> web.StreamResponse:
+        """Everything after a successful ``verify``: rate limit, parse, publish, ``accepted``."""
+        body = incoming.body
+        traceparent = request.headers.get("traceparent")
         await self.ingestor.check_rate(channel)
         try:
             result = channel.parse(incoming)
