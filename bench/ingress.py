@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import aiohttp
@@ -144,48 +145,60 @@ def payload(i: int, run: str) -> tuple[str, bytes, dict[str, str]]:
     return instance, body, headers | {"Content-Type": "application/json", "X-Key": f"conv-{conversation}"}
 
 
-async def throughput(url: str, requests: int, concurrency: int) -> tuple[float, int]:
-    """Closed loop: `concurrency` senders, as fast as answers come back. Returns (req/s, errors)."""
+async def throughput(url: str, requests: int, concurrency: int) -> tuple[float, Counter[int]]:
+    """Closed loop: `concurrency` senders, as fast as answers come back. Returns (2xx answers per
+    second, non-2xx answers by status): a fast 503 or 401 is not throughput, so it is counted apart."""
     run = uuid.uuid4().hex[:8]
     prepared = [payload(i, run) for i in range(requests)]
-    errors = 0
+    refused: Counter[int] = Counter()
     counter = iter(range(requests))
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
 
         async def sender() -> None:
-            nonlocal errors
             for i in counter:
                 instance, body, headers = prepared[i]
                 async with session.post(url + instance, data=body, headers=headers) as response:
                     await response.read()
-                    errors += response.status != 200
+                    if response.status // 100 != 2:
+                        refused[response.status] += 1
 
         started = time.perf_counter()
         await asyncio.gather(*(sender() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
-    return requests / elapsed, errors
+    return (requests - refused.total()) / elapsed, refused
 
 
-async def latency(url: str, rate: float, seconds: float) -> tuple[float, float, int]:
-    """Open loop at a fixed offered rate. Returns (p50 ms, p99 ms, errors)."""
+async def latency(url: str, rate: float, seconds: float) -> tuple[float, float, Counter[int]]:
+    """Open loop at a fixed offered rate. Returns (p50 ms, p99 ms) of the 2xx answers and the
+    non-2xx answers by status (their latency is not the latency of storing a message)."""
     run = uuid.uuid4().hex[:8]
     samples: list[float] = []
-    errors = 0
+    refused: Counter[int] = Counter()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
 
         async def one(i: int) -> None:
-            nonlocal errors
             instance, body, headers = payload(i, run)
             started = time.perf_counter()
             async with session.post(url + instance, data=body, headers=headers) as response:
                 await response.read()
-                errors += response.status != 200
+            if response.status // 100 != 2:
+                refused[response.status] += 1
+                return
             samples.append((time.perf_counter() - started) * 1000)
 
         await open_loop(rate, seconds, one)
     samples.sort()
-    return percentile(samples, 0.5), percentile(samples, 0.99), errors
+    if not samples:
+        return float("nan"), float("nan"), refused
+    return percentile(samples, 0.5), percentile(samples, 0.99), refused
+
+
+def describe(refused: Counter[int]) -> str:
+    """``0``, or the total with its statuses: ``12 (503: 10, 429: 2)``."""
+    if not refused:
+        return "0"
+    return f"{refused.total()} (" + ", ".join(f"{status}: {n}" for status, n in refused.most_common()) + ")"
 
 
 async def main() -> None:
@@ -226,17 +239,20 @@ async def main() -> None:
                 await throughput(url, 300, max(args.concurrency))
             # results[level][name]: req/s per round; rounds alternate gateway and floor at each level
             results: dict[int, dict[str, list[float]]] = {c: {"gateway": [], "floor": []} for c in args.concurrency}
-            errors = {"gateway": 0, "floor": 0}
+            refused: dict[str, Counter[int]] = {"gateway": Counter(), "floor": Counter()}
             for _ in range(args.rounds):
                 for level in args.concurrency:
                     for name, url in urls.items():
-                        rps, errs = await throughput(url, args.requests, level)
+                        rps, statuses = await throughput(url, args.requests, level)
                         results[level][name].append(rps)
-                        errors[name] += errs
+                        refused[name] += statuses
             lat = {name: await latency(url, args.rate, args.seconds) for name, url in urls.items()}
 
     print(header())
-    print(f"compression {args.compression}; throughput, closed loop, {args.requests} requests x {args.rounds} rounds:")
+    print(
+        f"compression {args.compression}; throughput (2xx answers/s), closed loop, "
+        f"{args.requests} requests x {args.rounds} rounds:"
+    )
     best: dict[str, tuple[float, int]] = {}
     for level, by_name in results.items():
         ratios = [g / f for g, f in zip(by_name["gateway"], by_name["floor"], strict=True)]
@@ -249,10 +265,11 @@ async def main() -> None:
         print(f"    gateway/floor ratio: median {statistics.median(ratios):.2f} (per round: {per_round})")
     print("  saturation (highest median): " + ", ".join(f"{n} {v:.0f} req/s at {c}" for n, (v, c) in best.items()))
     print(f"  gateway/floor at saturation: {best['gateway'][0] / best['floor'][0]:.2f}")
-    print(f"  non-200 answers: gateway {errors['gateway']}, floor {errors['floor']}")
-    print(f"latency, open loop at {args.rate:.0f} req/s for {args.seconds:.0f} s:")
-    for name, (p50, p99, errs) in lat.items():
-        print(f"  {name:8} p50 {p50:6.1f} ms  p99 {p99:6.1f} ms  errors {errs}")
+    print(f"  non-2xx answers (not in the rates above): gateway {describe(refused['gateway'])}, ", end="")
+    print(f"floor {describe(refused['floor'])}")
+    print(f"latency of the 2xx answers, open loop at {args.rate:.0f} req/s for {args.seconds:.0f} s:")
+    for name, (p50, p99, statuses) in lat.items():
+        print(f"  {name:8} p50 {p50:6.1f} ms  p99 {p99:6.1f} ms  non-2xx {describe(statuses)}")
 
 
 if __name__ == "__main__":
