@@ -35,8 +35,8 @@ def decode_json(
 ) -> Any:
     """Decode ``data`` (as ``into``: a type or a prepared decoder), raising only PayloadError.
 
-    Messages: ``body is not valid JSON: ...`` (syntax), ``invalid <what>: ...`` (shape),
-    ``<what> nested too deeply to decode`` (depth).
+    Messages: ``body is not valid JSON: ...`` (syntax), ``body is not valid UTF-8: ...``,
+    ``invalid <what>: ...`` (shape), ``<what> nested too deeply to decode`` (depth).
     """
     try:
         if isinstance(into, msgspec.json.Decoder):
@@ -48,5 +48,7 @@ def decode_json(
         raise PayloadError(f"invalid {what}: {exc}") from None
     except msgspec.DecodeError as exc:
         raise PayloadError(f"body is not valid JSON: {exc}") from None
+    except UnicodeDecodeError as exc:  # invalid UTF-8 inside a string: msgspec raises this, not DecodeError
+        raise PayloadError(f"body is not valid UTF-8: {exc.reason} at byte {exc.start}") from None
     except RecursionError:
         raise PayloadError(f"{what} {TOO_DEEP}") from None

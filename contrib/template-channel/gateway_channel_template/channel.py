@@ -173,6 +173,8 @@ class TemplateChannel(Channel):
             raise PayloadError(f"invalid Acme event: {exc}") from None  # authenticated but unusable: DLQ
         except RecursionError:  # deep nesting is not a DecodeError: catch it, or it becomes a 500
             raise PayloadError("invalid Acme event: nested too deeply to decode") from None
+        except UnicodeDecodeError as exc:  # nor is invalid UTF-8 inside a string
+            raise PayloadError(f"invalid Acme event: not valid UTF-8 ({exc.reason})") from None
         if event.type == "message.created":
             if event.message is None:
                 raise PayloadError("invalid Acme event: message.created without `message`")

@@ -226,6 +226,8 @@ class ViberChannel(Channel):
             raise PayloadError(f"body is not valid JSON: {exc}") from None
         except RecursionError:  # thousands of nested brackets: not a DecodeError, still unusable (DLQ)
             raise PayloadError("Viber callback nested too deeply to decode") from None
+        except UnicodeDecodeError as exc:  # invalid UTF-8 inside a string: not a DecodeError either
+            raise PayloadError(f"body is not valid UTF-8: {exc.reason} at byte {exc.start}") from None
         if not isinstance(payload, dict):
             raise PayloadError("invalid Viber callback: expected a JSON object")
         try:
