@@ -186,6 +186,21 @@ async def test_deeply_nested_json_is_quarantined_with_a_reason(gw: Gateway, inst
     assert (await gw.sizes())[0] == 0
 
 
+@pytest.mark.parametrize("instance", list(JSON_CHANNELS))
+async def test_invalid_utf8_inside_a_json_string_is_quarantined(gw: Gateway, instance: str) -> None:
+    """msgspec raises UnicodeDecodeError (not DecodeError) for invalid UTF-8 inside a string."""
+    body = b'{"update_id": 1, "object": "pag\xe9", "destination": "U\xe9", "events": [], "x": "caf\xe9"}'
+    signer = JSON_CHANNELS[instance][1]
+    response = await gw.client.post(
+        f"/webhooks/{instance}", data=body, headers={"Content-Type": "application/json", **signer(body)}
+    )
+    assert response.status == 200, await response.text()
+    assert (await response.json())["status"] == "quarantined"
+    [record] = await gw.dlq(1)
+    assert record.stage == "normalize" and record.payload_encoding == "base64"
+    assert (await gw.sizes())[0] == 0
+
+
 async def test_a_parse_bug_keeps_the_payload_on_the_dlq_and_answers_200(gw: Gateway) -> None:
     body = b'{"anything": "the provider sent"}'
     response = await gw.client.post("/webhooks/buggy", data=body, headers={"X-Key": "good", "X-Fail": "parse"})

@@ -94,7 +94,13 @@ async def test_bad_session_requests_are_400(chat: tuple[Any, Runtime], body: byt
 
 @pytest.mark.parametrize(
     "body",
-    [DEEP.encode(), b'{"client_id": "c-1", "text": "hi", "x": ' + DEEP.encode() + b"}", b"\xff\xfe{", b"[1]"],
+    [
+        DEEP.encode(),
+        b'{"client_id": "c-1", "text": "hi", "x": ' + DEEP.encode() + b"}",
+        b"\xff\xfe{",
+        b'{"client_id": "c-1", "text": "caf\xe9"}',  # invalid UTF-8 inside a string: UnicodeDecodeError
+        b"[1]",
+    ],
 )
 async def test_bad_rest_messages_are_400(chat: tuple[Any, Runtime], kafka_bootstrap: str, body: bytes) -> None:
     client, runtime = chat
