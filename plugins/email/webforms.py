@@ -252,13 +252,23 @@ def message_ids(value: str | None) -> list[str]:
     return [bare] if bare and not any(ch.isspace() for ch in bare) else []
 
 
+# getaddresses is quadratic (and recursive) in the field's length: a 300 KB signed "from" field held
+# the event loop for minutes (found by tests/test_fuzz.py). Real address fields are far shorter
+# (8 KiB holds ~150 addresses); the rest of an overlong field is ignored.
+MAX_ADDRESS_CHARS = 8192
+
+
 def addresses(value: str | None) -> list[tuple[str | None, str]]:
     """(display name, lower-cased address) pairs; names decoded after splitting, so an encoded
     comma in a name cannot split an address."""
     if not value:
         return []
     result = []
-    for name, address in getaddresses([re.sub(r"\r?\n[ \t]*", " ", value)]):
+    try:
+        pairs = getaddresses([re.sub(r"\r?\n[ \t]*", " ", value[:MAX_ADDRESS_CHARS])])
+    except RecursionError:  # thousands of nested quotes or groups: no usable address in there
+        return []
+    for name, address in pairs:
         address = address.strip()
         if "@" not in address:
             continue
