@@ -153,7 +153,10 @@ async def gw(
     plugins = PluginRegistry(
         channels={**registry.channels, "buggy": BuggyChannel}, processors=registry.processors, routes=registry.routes
     )
-    channels = {name: settings for name, (settings, _) in JSON_CHANNELS.items()} | {"buggy": {"type": "buggy"}}
+    channels = {name: settings for name, (settings, _) in JSON_CHANNELS.items()} | {
+        "buggy": {"type": "buggy"},
+        "api-raw": {"type": "api", "secret": API_SECRET, "keep_raw": True},
+    }
     config = make_config(kafka_bootstrap, redis_url, channels=channels)
     runtime = Runtime.create(config, plugins)
     await runtime.publisher.start()
@@ -284,3 +287,39 @@ async def test_plugin_failures_are_counted(gw: Gateway) -> None:
     await gw.client.post("/webhooks/buggy", data=b"{}", headers={"X-Key": "good", "X-Fail": "parse"})
     metrics = await (await gw.client.get("/metrics")).text()
     assert 'gateway_rejected_total{channel="buggy",instance="buggy",reason="plugin_error"} 1.0' in metrics
+
+
+def _api_headers(body: bytes) -> dict[str, str]:
+    return {"Content-Type": "application/json", "X-Gateway-Signature": "sha256=" + _hex(API_SECRET, body)}
+
+
+async def test_a_dlq_record_over_the_record_size_keeps_a_truncated_payload(gw: Gateway) -> None:
+    """1,000,000 control characters are 6 MB once JSON-escaped in the DLQ record: over what the
+    producer may send. Before: MessageSizeTooLargeError, answered 503 forever (and the producer
+    replaced under every request in flight). Now: quarantined with the payload's first bytes."""
+    body = b"\x01" * 1_000_000
+    response = await gw.client.post("/webhooks/api", data=body, headers=_api_headers(body))
+    assert response.status == 200, await response.text()
+    assert (await response.json())["status"] == "quarantined"
+    [record] = await gw.dlq(1)
+    assert "payload truncated to its first" in record.reason and "of 1000000 bytes" in record.reason
+    kept = record.payload.encode()
+    assert 100_000 < len(kept) < len(body) and body.startswith(kept)
+    ok = await gw.client.post(
+        "/webhooks/api",
+        data=b'{"id": "after", "sender": {"id": "c"}, "text": "hi"}',
+        headers=_api_headers(b'{"id": "after", "sender": {"id": "c"}, "text": "hi"}'),
+    )
+    assert ok.status == 200 and (await ok.json())["status"] == "accepted"
+
+
+async def test_a_message_over_the_record_size_is_quarantined(gw: Gateway) -> None:
+    """keep_raw doubles a 600 KB text: the message cannot be published, so it is quarantined."""
+    body = json.dumps({"id": "big-1", "sender": {"id": "c-1"}, "text": "long " * 120_000}).encode()
+    response = await gw.client.post("/webhooks/api-raw", data=body, headers=_api_headers(body))
+    assert response.status == 200, await response.text()
+    [message] = (await response.json())["messages"]
+    assert message["quarantined"] is True
+    [record] = await gw.dlq(1)
+    assert "too large to publish" in record.reason and record.payload == body.decode()
+    assert (await gw.sizes())[0] == 0

@@ -17,7 +17,7 @@ import structlog
 
 from gateway.bus.producer import BrokerUnavailable, OutgoingRecord, record_for
 from gateway.channel import Accepted, Channel, IngestError, IngestOutcome, ParseResult
-from gateway.model import DeliveryEvent, DlqStage, Message, decode_message, encode
+from gateway.model import DeliveryEvent, DlqStage, Message, decode_message, encode, raw_payload
 from gateway.store.redis import DedupClaim, StoreUnavailable
 from gateway.tracing import child_traceparent
 
@@ -33,16 +33,45 @@ _SECRET_WORDS = ("token", "secret", "password", "auth", "cookie", "api-key")
 # What encoding an adapter-built record can raise: unsupported types (TypeError), lone surrogates
 # (UnicodeEncodeError), huge ints, trees nested past the encoder's depth. Quarantined, never a 500.
 ENCODE_ERRORS = (msgspec.EncodeError, TypeError, ValueError, OverflowError, RecursionError)
+# The largest record value handed to the producer: aiokafka refuses a request over max_request_size
+# (1 MiB, not overridden) with MessageSizeTooLargeError, which the publisher cannot tell from an
+# outage (503, and the producer is replaced under every request in flight). A body under
+# http.max_body_bytes can still exceed it once JSON-escaped (control characters x6) or base64'd in
+# a DLQ record, so oversized records never reach the producer: messages are quarantined, DLQ
+# payloads truncated (found by bench/fuzz.py). The margin covers key, headers and batch framing.
+MAX_RECORD_BYTES = 1_048_576 - 65_536
+MAX_EVIDENCE_HEADER_BYTES = 16_384
 
 
 def evidence_headers(channel: Channel, headers: Mapping[str, str] | None) -> dict[str, str]:
     """The request headers worth keeping in a DLQ record, without credentials."""
     drop = SECRET_HEADERS | {h.lower() for h in channel.secret_headers}
-    return {
-        k: v
-        for k, v in (headers or {}).items()
-        if k.lower() not in drop and not any(word in k.lower() for word in _SECRET_WORDS)
-    }
+    kept: dict[str, str] = {}
+    room = MAX_EVIDENCE_HEADER_BYTES  # headers are evidence, not payload: bounded like everything else
+    for k, v in (headers or {}).items():
+        if k.lower() in drop or any(word in k.lower() for word in _SECRET_WORDS):
+            continue
+        room -= len(k) + len(v)
+        if room < 0:
+            break
+        kept[k] = v
+    return kept
+
+
+def fitting_payload(raw: bytes, limit: int = MAX_RECORD_BYTES) -> bytes:
+    """``raw``, or its longest prefix whose DLQ representation (JSON string of the UTF-8 text or
+    base64) stays under ``limit`` bytes."""
+    size = len(msgspec.json.encode(raw_payload(raw)[0]))
+    if size <= limit:
+        return raw
+    keep = int(len(raw) * limit / size)
+    while keep > 0:
+        while 0 < keep < len(raw) and raw[keep] & 0xC0 == 0x80:  # do not cut a UTF-8 character
+            keep -= 1
+        if len(msgspec.json.encode(raw_payload(raw[:keep])[0])) <= limit:
+            return raw[:keep]
+        keep = int(keep * 0.9)
+    return b""
 
 
 @dataclass(slots=True)
@@ -127,11 +156,14 @@ class Ingestor:
         """Store an unusable payload on the DLQ (503 if the broker is down): authenticated but not
         normalizable (stage normalize), or evidence of a plugin failure before that (stage ingress)."""
         kept = evidence_headers(channel, headers)
+        payload = fitting_payload(raw, MAX_RECORD_BYTES - 8192 - len(reason))
+        if len(payload) < len(raw):
+            reason += f" (payload truncated to its first {len(payload)} of {len(raw)} bytes: over the record size)"
         try:
             await self.runtime.quarantine(
                 stage=stage,
                 reason=reason,
-                payload=raw,
+                payload=payload,
                 channel=channel.type,
                 instance=channel.name,
                 traceparent=traceparent,
@@ -159,6 +191,8 @@ class Ingestor:
             record = record_for(
                 runtime.topics.inbound, message, traceparent=traceparent, key=message.conversation_id, value=payload
             )  # headers and key encode too (a lone surrogate in a conversation id would not)
+            if len(record.value) + len(record.key or b"") > MAX_RECORD_BYTES:
+                raise ValueError(f"message too large to publish: {len(record.value)} bytes (limit {MAX_RECORD_BYTES})")
         except (msgspec.ValidationError, *ENCODE_ERRORS) as exc:
             await self.quarantine(
                 channel,
@@ -197,6 +231,8 @@ class Ingestor:
         key = event.conversation_id or event.external_id
         try:
             record = record_for(self.runtime.topics.events, event, traceparent=traceparent, key=key)
+            if len(record.value) + len(record.key or b"") > MAX_RECORD_BYTES:
+                raise ValueError(f"event too large to publish: {len(record.value)} bytes (limit {MAX_RECORD_BYTES})")
         except ENCODE_ERRORS as exc:
             await self.quarantine(
                 channel,

@@ -131,7 +131,10 @@ def _sent_at(millis: int | None) -> datetime | None:
     if not millis:
         return None
     # Integer arithmetic keeps the milliseconds exact.
-    return datetime.fromtimestamp(millis // 1000, UTC) + timedelta(milliseconds=millis % 1000)
+    try:
+        return datetime.fromtimestamp(millis // 1000, UTC) + timedelta(milliseconds=millis % 1000)
+    except (OverflowError, OSError, ValueError):  # a timestamp no calendar holds: not a fact to keep
+        return None
 
 
 def _compact(**values: Any) -> dict[str, Any]:

@@ -346,3 +346,25 @@ def test_unusable_callbacks_raise_payload_error(body: bytes, reason: str) -> Non
         channel().parse(webhook_request(body))
     assert reason in str(error.value)
     assert AUTH_TOKEN not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 5000 + b"]" * 5000,
+        b'{"event": "message", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+        b'{"event": "message", "message": {"type": "text", "text": "caf\xe9"}}',
+    ],
+    ids=["deep", "deep-inside", "invalid-utf8-in-a-string"],
+)
+def test_undecodable_callbacks_are_payload_errors(body: bytes) -> None:
+    """Deep nesting (RecursionError) and invalid UTF-8 in a string (UnicodeDecodeError) are not
+    msgspec DecodeErrors: caught, they are quarantined like any malformed callback."""
+    with pytest.raises(PayloadError):
+        parse(body)
+
+
+def test_a_timestamp_no_calendar_holds_is_dropped_not_fatal() -> None:
+    callback = json.loads(fixture("text_chinese"))
+    callback["timestamp"] = 10**30
+    assert one(callback).sent_at is None
