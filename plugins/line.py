@@ -307,7 +307,10 @@ def _sent_at(timestamp: int | None) -> datetime | None:
     if timestamp is None:
         return None
     # Integer arithmetic keeps the milliseconds exact (a float division could round them).
-    return datetime.fromtimestamp(timestamp // 1000, UTC) + timedelta(milliseconds=timestamp % 1000)
+    try:
+        return datetime.fromtimestamp(timestamp // 1000, UTC) + timedelta(milliseconds=timestamp % 1000)
+    except (OverflowError, OSError, ValueError):  # past year 9999: no date at all
+        return None
 
 
 class LineChannel(Channel):

@@ -281,8 +281,11 @@ def slack_ts(ts: str) -> datetime | None:
     seconds, _, fraction = ts.partition(".")
     if not seconds.isdigit() or (fraction and not fraction.isdigit()):
         return None
-    micros = int((fraction + "000000")[:6]) if fraction else 0
-    return datetime.fromtimestamp(int(seconds), UTC).replace(microsecond=micros)
+    try:  # isdigit() also admits digits int() refuses ("²"), and years past 9999 overflow
+        micros = int((fraction + "000000")[:6]) if fraction else 0
+        return datetime.fromtimestamp(int(seconds), UTC).replace(microsecond=micros)
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def _attachment_kind(file: SlackFile) -> Literal["image", "audio", "video", "document", "voice", "file"]:

@@ -547,7 +547,10 @@ def _classify(status: int, error: TgResponse) -> tuple[str, str, bool | None]:
 def _timestamp(value: Any) -> datetime | None:
     """Telegram dates are unix seconds; 0 (inaccessible messages) and non-integers mean unknown."""
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return datetime.fromtimestamp(value, UTC)
+        try:
+            return datetime.fromtimestamp(value, UTC)
+        except (OverflowError, OSError, ValueError):  # past year 9999: no date at all
+            return None
     return None
 
 

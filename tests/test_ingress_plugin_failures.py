@@ -323,3 +323,13 @@ async def test_a_message_over_the_record_size_is_quarantined(gw: Gateway) -> Non
     [record] = await gw.dlq(1)
     assert "too large to publish" in record.reason and record.payload == body.decode()
     assert (await gw.sizes())[0] == 0
+
+
+async def test_a_telegram_date_past_year_9999_is_accepted_without_a_date(gw: Gateway) -> None:
+    user = {"id": 42, "is_bot": False, "first_name": "Ada"}
+    message = {"message_id": 1, "date": 10**30, "chat": user | {"type": "private"}, "from": user, "text": "hi"}
+    body = json.dumps({"update_id": 77, "message": message}).encode()
+    headers = {"Content-Type": "application/json", **JSON_CHANNELS["telegram"][1](body)}
+    response = await gw.client.post("/webhooks/telegram", data=body, headers=headers)
+    assert response.status == 200 and (await response.json())["status"] == "accepted"
+    assert await gw.sizes() == (1, 0)
