@@ -364,7 +364,7 @@ class SlackChannel(Channel):
             raise PayloadError("event_callback without event")
 
         event_type = envelope.event.get("type")
-        if event_type not in MESSAGE_EVENTS:
+        if not isinstance(event_type, str) or event_type not in MESSAGE_EVENTS:  # a list is unhashable
             # Only message events are customer messages; other subscriptions are acknowledged.
             log.info("slack_event_ignored", instance=self.name, event_type=str(event_type))
             return ParseResult()

@@ -333,3 +333,11 @@ async def test_a_telegram_date_past_year_9999_is_accepted_without_a_date(gw: Gat
     response = await gw.client.post("/webhooks/telegram", data=body, headers=headers)
     assert response.status == 200 and (await response.json())["status"] == "accepted"
     assert await gw.sizes() == (1, 0)
+
+
+async def test_a_slack_event_whose_type_is_not_a_string_is_acknowledged(gw: Gateway) -> None:
+    body = json.dumps({"type": "event_callback", "team_id": "T1", "event": {"type": ["message"]}}).encode()
+    headers = {"Content-Type": "application/json", **JSON_CHANNELS["slack"][1](body)}
+    response = await gw.client.post("/webhooks/slack", data=body, headers=headers)
+    assert response.status == 200 and (await response.json())["status"] == "accepted"
+    assert await gw.sizes() == (0, 0)
