@@ -295,8 +295,8 @@ def _api_headers(body: bytes) -> dict[str, str]:
 
 async def test_a_dlq_record_over_the_record_size_keeps_a_truncated_payload(gw: Gateway) -> None:
     """1,000,000 control characters are 6 MB once JSON-escaped in the DLQ record: over what the
-    producer may send. Before: MessageSizeTooLargeError, answered 503 forever (and the producer
-    replaced under every request in flight). Now: quarantined with the payload's first bytes."""
+    producer may send. Before: MessageSizeTooLargeError, answered 503 (retries never succeed).
+    Now: quarantined with the payload's first bytes."""
     body = b"\x01" * 1_000_000
     response = await gw.client.post("/webhooks/api", data=body, headers=_api_headers(body))
     assert response.status == 200, await response.text()

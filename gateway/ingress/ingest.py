@@ -34,8 +34,8 @@ _SECRET_WORDS = ("token", "secret", "password", "auth", "cookie", "api-key")
 # (UnicodeEncodeError), huge ints, trees nested past the encoder's depth. Quarantined, never a 500.
 ENCODE_ERRORS = (msgspec.EncodeError, TypeError, ValueError, OverflowError, RecursionError)
 # The largest record value handed to the producer: aiokafka refuses a request over max_request_size
-# (1 MiB, not overridden) with MessageSizeTooLargeError, which the publisher cannot tell from an
-# outage (503, and the producer is replaced under every request in flight). A body under
+# (1 MiB, not overridden) with MessageSizeTooLargeError, which the publisher reports like an outage
+# (BrokerUnavailable: 503, and the provider's retries never succeed). A body under
 # http.max_body_bytes can still exceed it once JSON-escaped (control characters x6) or base64'd in
 # a DLQ record, so oversized records never reach the producer: messages are quarantined, DLQ
 # payloads truncated (found by bench/fuzz.py). The margin covers key, headers and batch framing.
