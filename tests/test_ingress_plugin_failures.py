@@ -8,6 +8,10 @@ DLQ with a clear answer, over real HTTP, the real broker and the real Redis.
 * A plugin whose ``verify`` or ``handshake`` raises gets a 503 + Retry-After (authenticity unknown:
   the provider must retry once the plugin is fixed); the body is kept on the DLQ (stage ingress).
 * A plugin whose ``accepted`` raises after its messages were stored answers the normal 200.
+* What the adapter built but cannot be published (unencodable, a lone surrogate in a key, over the
+  producer's record size) is quarantined; an oversized DLQ payload is truncated, never a 503.
+* Values found by ``bench.fuzz`` that used to raise inside parsers (dates past year 9999, a Slack
+  event type that is a list) are plain input now.
 """
 
 from __future__ import annotations
