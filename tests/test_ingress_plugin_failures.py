@@ -287,10 +287,11 @@ async def test_an_accepted_bug_after_storing_keeps_the_normal_answer(gw: Gateway
     assert (await gw.sizes())[0] == 1
 
 
-async def test_plugin_failures_are_counted(gw: Gateway) -> None:
+async def test_plugin_failures_are_counted_once(gw: Gateway) -> None:
     await gw.client.post("/webhooks/buggy", data=b"{}", headers={"X-Key": "good", "X-Fail": "parse"})
+    await gw.client.post("/webhooks/buggy", data=b"{}", headers={"X-Key": "good", "X-Fail": "verify"})
     metrics = await (await gw.client.get("/metrics")).text()
-    assert 'gateway_rejected_total{channel="buggy",instance="buggy",reason="plugin_error"} 1.0' in metrics
+    assert 'gateway_rejected_total{channel="buggy",instance="buggy",reason="plugin_error"} 2.0' in metrics
 
 
 def _api_headers(body: bytes) -> dict[str, str]:

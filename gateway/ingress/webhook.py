@@ -210,10 +210,11 @@ class WebhookHandler:
         }
         return web.Response(body=msgspec.json.encode(accepted), content_type="application/json")
 
-    def _plugin_failed(self, channel: Channel, hook: str, exc: Exception) -> None:
+    def _plugin_failed(self, channel: Channel, hook: str, exc: Exception, *, count: bool = True) -> None:
         """Log a plugin bug where operators look: type and source line, never the message (it may
-        quote the payload), and count it like any other refusal of the instance."""
-        self.runtime.metrics.rejected.labels(channel.type, channel.name, "plugin_error").inc()
+        quote the payload); ``count`` it as a refusal of the instance unless an IngestError will."""
+        if count:
+            self.runtime.metrics.rejected.labels(channel.type, channel.name, "plugin_error").inc()
         log.error(
             "plugin_failed",
             instance=channel.name,
@@ -248,7 +249,7 @@ class WebhookHandler:
     ) -> IngestError:
         """verify/handshake crashed: authenticity unknown, so the provider must retry (503) once the
         plugin is fixed; the body is kept as evidence (the instance's rate limit caps how much)."""
-        self._plugin_failed(channel, hook, exc)
+        self._plugin_failed(channel, hook, exc, count=False)  # counted with the 503 it becomes
         if incoming.body:
             await self.ingestor.check_rate(channel)
             await self._dlq(
