@@ -1,7 +1,8 @@
 """Configuration: a TOML file, environment overrides, and secrets referenced from the environment.
 
-The file shape is fixed by DESIGN.md. Decoding goes through msgspec so that every mistake fails
-at start with the dotted key and the problem, instead of surfacing later as a runtime error.
+The file shape is fixed by docs/architecture.md ("Configuration shape"). Decoding goes through
+msgspec so that every mistake fails at start with the dotted key and the problem, instead of
+surfacing later as a runtime error.
 Secret values are written as ``env:NAME`` (or ``file:/path`` for container secrets) and resolved
 here; the resolved values live only in memory.
 """

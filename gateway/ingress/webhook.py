@@ -1,4 +1,4 @@
-"""`POST|GET /webhooks/{instance}`: the ingress semantics of DESIGN.md for HTTP callers.
+"""`POST|GET /webhooks/{instance}`: the ingress semantics of docs/architecture.md for HTTP callers.
 
 Order of checks: size (413) -> authentication (401/403) -> rate limit (429) -> parse (DLQ + 2xx
 when unusable) -> ingest (dedup, publish with acks=all) -> 2xx. Anything the sender should retry
