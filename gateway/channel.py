@@ -223,6 +223,16 @@ class Channel:
         """Turn a verified request into messages and events; raise PayloadError if unusable."""
         raise NotImplementedError
 
+    def parse_stored(self, payload: bytes, headers: Mapping[str, str]) -> ParseResult:
+        """Parse a payload kept on the DLQ again (`gateway dlq replay`, after a fix). Default: as
+        the webhook request it arrived in (its non-secret headers were kept); not verified again,
+        it was verified when it arrived. Channels with a transport of their own override this."""
+        return self.parse(
+            WebhookRequest(
+                method="POST", url="", path=f"/webhooks/{self.name}", query={}, headers=headers, body=payload
+            )
+        )
+
     async def accepted(self, request: WebhookRequest) -> None:
         """Called once the request's messages are stored (e.g. to remember a replay token only then,
         so that a provider's retry after a 503 is not mistaken for a replay)."""

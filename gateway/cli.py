@@ -302,6 +302,15 @@ def tail(config_path: Path | None, topic: str, from_beginning: bool, limit: int 
         )
 
 
+def _add_builtin_commands() -> None:
+    from gateway.dlq.cli import dlq
+
+    cli.add_command(dlq)
+
+
+_add_builtin_commands()
+
+
 def main() -> None:
     # Plugin commands join the group; failures were already reported by load_plugins.
     configure_logging("error", "console")

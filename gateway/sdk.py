@@ -61,7 +61,8 @@ from gateway.store.redis import StoreUnavailable
 # 1.1: Processor.process_batch and BatchResult; the shared helpers (message_text, html_to_text,
 # readable_text, primary_language, KeywordMatcher, normalize_for_match, BusinessHours,
 # load_calendars, format_calendar_error, WEEKDAYS, Priority, PRIORITY_RANK, raise_priority, add_tags).
-API_VERSION = "1.1"
+# 1.2: Channel.parse_stored (a DLQ payload parsed again by `gateway dlq replay`).
+API_VERSION = "1.2"
 
 __all__ = [
     "API_VERSION",
