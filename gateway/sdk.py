@@ -29,6 +29,7 @@ from gateway.helpers.keywords import KeywordMatcher
 from gateway.helpers.keywords import normalize as normalize_for_match
 from gateway.helpers.priority import PRIORITY_RANK, Priority, add_tags, raise_priority
 from gateway.helpers.text import html_to_text, message_text, primary_language, readable_text
+from gateway.helpers.tokens import AccessTokens, Token, TokenError, TokenRejected, with_token
 from gateway.hookspecs import hookimpl
 from gateway.model import (
     Attachment,
@@ -61,7 +62,8 @@ from gateway.store.redis import StoreUnavailable
 # 1.1: Processor.process_batch and BatchResult; the shared helpers (message_text, html_to_text,
 # readable_text, primary_language, KeywordMatcher, normalize_for_match, BusinessHours,
 # load_calendars, format_calendar_error, WEEKDAYS, Priority, PRIORITY_RANK, raise_priority, add_tags).
-# 1.2: Channel.parse_stored (a DLQ payload parsed again by `gateway dlq replay`).
+# 1.2: Channel.parse_stored (a DLQ payload parsed again by `gateway dlq replay`); AccessTokens,
+# Token, TokenError, TokenRejected, with_token (provider tokens shared by all processes).
 API_VERSION = "1.2"
 
 __all__ = [
@@ -69,6 +71,7 @@ __all__ = [
     "PRIORITY_RANK",
     "WEEKDAYS",
     "Accepted",
+    "AccessTokens",
     "Attachment",
     "AuthenticationError",
     "BatchResult",
@@ -106,6 +109,9 @@ __all__ = [
     "Sentiment",
     "StoreUnavailable",
     "Tags",
+    "Token",
+    "TokenError",
+    "TokenRejected",
     "WebhookRequest",
     "add_tags",
     "basic_auth",
@@ -129,4 +135,5 @@ __all__ = [
     "retry_after_seconds",
     "utcnow",
     "verify_prefixed_hex",
+    "with_token",
 ]
