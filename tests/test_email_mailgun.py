@@ -26,7 +26,13 @@ from gateway.model import decode_dlq, decode_message, encode
 from gateway.plugins import PluginRegistry, load_plugins
 from gateway.runtime import Runtime
 from gateway.store.redis import RedisStore
-from plugins.email.mailgun import LEGACY_REPLAY_NAMESPACE, REPLAY_NAMESPACE, MailgunChannel, MailgunSettings
+from plugins.email.mailgun import (
+    LEGACY_REPLAY_NAMESPACE,
+    REPLAY_NAMESPACE,
+    TOKEN_PENDING_S,
+    MailgunChannel,
+    MailgunSettings,
+)
 from plugins.email.webforms import parse_form
 from tests.conftest import make_config, messages_of, read_records, topic_size
 from tests.email_forms import encode_spec, load_spec, multipart
@@ -152,17 +158,19 @@ async def test_token_is_claimed_at_verification_and_given_back_when_not_stored(s
     channel = make_channel(store=store, replay_window_s=120)
     body, content_type = signed("minimal")
     incoming = request(body, content_type)
+    token = parse_form(incoming).text("token")
+    assert token is not None
+    key = store.key("dedup", REPLAY_NAMESPACE, token)
     await channel.verify(incoming)
     # Claimed by the first verify: a second post with the token is refused while the first is stored.
+    assert (await store.client.get(key) or b"").startswith(b"pending:")
+    assert 0 < await store.client.ttl(key) <= TOKEN_PENDING_S  # a crash leaves it for a minute at most
     with pytest.raises(AuthenticationError, match="replay"):
         await channel.verify(incoming)
     # The first was not stored (our 503, a 429): the claim is given back, Mailgun's retry passes.
     await channel.failed(incoming)
     await channel.verify(incoming)
     await channel.accepted(incoming)
-    token = parse_form(incoming).text("token")
-    assert token is not None
-    key = store.key("dedup", REPLAY_NAMESPACE, token)
     assert (await store.client.get(key) or b"").startswith(b"done:")
     assert 60 < await store.client.ttl(key) <= 122  # as long as the token's timestamp is in the window
     with pytest.raises(AuthenticationError, match="replay"):
@@ -432,6 +440,24 @@ async def test_concurrent_posts_of_one_token_let_exactly_one_through(
         pair = await asyncio.gather(post(client, *again), post(client, *again))
         assert sorted(r.status for r in pair) == [200, 401]
         assert await topic_size(kafka_bootstrap, runtime.topics.inbound) == 2
+    finally:
+        await runtime.close()
+
+
+async def test_a_rate_limited_post_gives_its_token_back(
+    kafka_bootstrap: str, redis_url: str, registry: Any, aiohttp_client: Any
+) -> None:
+    config = mailgun_config(kafka_bootstrap, redis_url, rate_limit={"rate": 0.001, "burst": 1})
+    runtime, client = await start(config, registry, aiohttp_client)
+    try:
+        assert (await post(client, *signed("minimal"))).status == 200  # takes the only token of the bucket
+        body, content_type = signed("new_chinese_urlencoded")
+        assert (await post(client, body, content_type)).status == 429
+        token = parse_form(request(body, content_type)).text("token")
+        assert token is not None
+        # Not stored, so not claimed: Mailgun's retry of this very post will be accepted.
+        assert await runtime.store.client.exists(runtime.store.key("dedup", REPLAY_NAMESPACE, token)) == 0
+        assert await topic_size(kafka_bootstrap, runtime.topics.inbound) == 1
     finally:
         await runtime.close()
 
