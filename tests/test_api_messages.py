@@ -119,6 +119,9 @@ async def test_idempotency_keys_are_scoped_per_api_key_and_bound_to_the_body(
         other_answer = await other.json()
         assert other_answer["duplicate"] is False and other_answer["id"] != first_id
 
+        too_long = {"X-API-Key": API_KEY, "Idempotency-Key": "x" * 256}
+        assert (await client.post("/api/v1/messages", json=outbound(), headers=too_long)).status == 400
+
         records = await read_records(kafka_bootstrap, runtime.topics.outbound, 2)
         texts = sorted(decode_message(r.value).content.text or "" for r in records)
         assert texts == ["Your refund is on its way", "Your refund was declined"]
