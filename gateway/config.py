@@ -17,7 +17,6 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import msgspec
-import structlog
 
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 Positive = Annotated[int, msgspec.Meta(gt=0)]
@@ -26,8 +25,6 @@ NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 
 INSTANCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SECRET_REFERENCE_PREFIXES = ("env:", "file:")
-
-log = structlog.get_logger(__name__)
 
 
 class ConfigError(Exception):
@@ -274,7 +271,8 @@ def _url_password(url: str) -> str | None:
 
 def _refuse_inline_core_secrets(raw: Mapping[str, Any]) -> None:
     """Production refuses a secret written inline in the file (it ends up in version control,
-    images and backups); development only warns, so local configs stay one file."""
+    images and backups); development accepts it, so local configs stay one file. (Nothing is logged
+    here: the configuration is read before logging is set up.)"""
     inline = inline_core_secrets(raw)
     if not inline:
         return
@@ -285,7 +283,6 @@ def _refuse_inline_core_secrets(raw: Mapping[str, Any]) -> None:
         if "redis.url" in inline:
             hint = ' (redis.url holds a password: write the whole URL as a reference, url = "env:REDIS_URL")'
         raise ConfigError(f"{keys}: secrets must be references (env:NAME or file:PATH) in production{hint}")
-    log.warning("inline_secret", keys=keys, hint="use env:NAME so the file holds no secret")
 
 
 def inline_secrets(raw: Mapping[str, Any], secret_keys: frozenset[str]) -> list[str]:

@@ -261,7 +261,7 @@ def test_production_accepts_references_and_a_redis_url_without_password(tmp_path
         assert config_from_dict({"gateway": PRODUCTION, "redis": {"url": url}}, NO_ENV).redis.url == url
 
 
-def test_development_only_reports_inline_core_secrets() -> None:
+def test_development_accepts_inline_core_secrets_and_lists_them() -> None:
     raw = {"api": {"keys": [INLINE_KEY]}, "kafka": {"sasl_password": "pw"}, "redis": {"url": "redis://:pw@r:6379/0"}}
     assert inline_core_secrets(raw) == ["api.keys[0]", "kafka.sasl_password", "redis.url"]
     assert config_from_dict(raw, NO_ENV).api.keys == [INLINE_KEY]
