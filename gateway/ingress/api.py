@@ -159,10 +159,12 @@ async def post_message(request: web.Request) -> web.Response:
         in_reply_to=payload.in_reply_to,
     )
     message.tags.labels.update(payload.labels)
+    scope: str | None = None  # the claim's key: (identity of the API key, Idempotency-Key)
+    digest = request_digest(payload)
     # The claim's value is "<message id>|<request digest>": one atomic SET NX keeps both together.
-    scope = f"{key_identity(given)}:{idempotency_key}" if idempotency_key else None
-    claim_value = f"{message.id}|{request_digest(payload)}"
-    if scope is not None and idempotency_key is not None:
+    claim_value = f"{message.id}|{digest}"
+    if idempotency_key is not None:
+        scope = f"{key_identity(given)}:{idempotency_key}"
         try:
             claim = await runtime.store.claim_delivery(IDEMPOTENCY_NAMESPACE, scope, claim_value, 60)
         except StoreUnavailable:
@@ -170,7 +172,7 @@ async def post_message(request: web.Request) -> web.Response:
         if claim.status != "new":
             first_id, _, first_digest = claim.message_id.partition("|")
             # (A claim written before digests were stored has none: treated as the same request.)
-            if first_digest and first_digest != claim_value.partition("|")[2]:
+            if first_digest and first_digest != digest:
                 return _conflict(idempotency_key, first_id)
             if claim.status == "duplicate":
                 return web.json_response({"id": first_id, "status": "queued", "duplicate": True}, status=202)
