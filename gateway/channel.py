@@ -237,6 +237,11 @@ class Channel:
         """Called once the request's messages are stored (e.g. to remember a replay token only then,
         so that a provider's retry after a 503 is not mistaken for a replay)."""
 
+    async def failed(self, request: WebhookRequest) -> None:
+        """Called when a verified request ends without being stored (rate limit, broker or Redis
+        unavailable, an unexpected error): give back what ``verify`` claimed (a replay token), so the
+        provider's retry of the very same request is not refused as a replay."""
+
     async def send(self, message: Message) -> SendResult:
         """Deliver an outbound message; raise SendError on failure."""
         raise SendError("unsupported", f"channel type {self.type} cannot send", retryable=False)

@@ -15,6 +15,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -24,6 +25,7 @@ PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 
 INSTANCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+SECRET_REFERENCE_PREFIXES = ("env:", "file:")
 
 
 class ConfigError(Exception):
@@ -208,6 +210,7 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
 
 def config_from_dict(raw: dict[str, Any], environ: Mapping[str, str] | None = None) -> Config:
     environ = os.environ if environ is None else environ
+    _refuse_inline_core_secrets(raw)
     # Core sections are resolved now; channel and processor tables are resolved when their plugin
     # builds them, because only the plugin knows which of its settings are secrets.
     resolved = {k: v if k in ("channels", "processors") else resolve_reference(v, k, environ) for k, v in raw.items()}
@@ -229,6 +232,60 @@ def config_from_dict(raw: dict[str, Any], environ: Mapping[str, str] | None = No
     return config
 
 
+def _is_reference(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(SECRET_REFERENCE_PREFIXES)
+
+
+def inline_core_secrets(raw: Mapping[str, Any]) -> list[str]:
+    """The dotted keys of the core sections that hold a secret written into the file itself.
+
+    Checked on the file's values before references are resolved: a resolved ``env:`` value is
+    allowed to be anything. The secrets of the core sections are the API keys, the Kafka SASL
+    password and a password inside ``redis.url``; the URL is not a secret as such, so it is refused
+    only when it carries a password (then the whole URL has to be a reference, or come from the
+    ``REDIS_URL`` environment variable). Channel secrets are checked when their plugin builds them.
+    """
+
+    def section(name: str) -> Mapping[str, Any]:
+        value = raw.get(name)
+        return value if isinstance(value, Mapping) else {}
+
+    inline: list[str] = []
+    keys = section("api").get("keys")
+    if isinstance(keys, list):
+        inline += [f"api.keys[{i}]" for i, key in enumerate(keys) if isinstance(key, str) and not _is_reference(key)]
+    password = section("kafka").get("sasl_password")
+    if isinstance(password, str) and not _is_reference(password):
+        inline.append("kafka.sasl_password")
+    url = section("redis").get("url")
+    if isinstance(url, str) and not _is_reference(url) and _url_password(url):
+        inline.append("redis.url")
+    return inline
+
+
+def _url_password(url: str) -> str | None:
+    try:
+        return urlsplit(url).password
+    except ValueError:  # an unparseable URL fails later, when the store connects, with its own error
+        return None
+
+
+def _refuse_inline_core_secrets(raw: Mapping[str, Any]) -> None:
+    """Production refuses a secret written inline in the file (it ends up in version control,
+    images and backups); development accepts it, so local configs stay one file. (Nothing is logged
+    here: the configuration is read before logging is set up.)"""
+    inline = inline_core_secrets(raw)
+    if not inline:
+        return
+    keys = ", ".join(inline)
+    gateway = raw.get("gateway")
+    if isinstance(gateway, Mapping) and gateway.get("environment") == "production":
+        hint = ""
+        if "redis.url" in inline:
+            hint = ' (redis.url holds a password: write the whole URL as a reference, url = "env:REDIS_URL")'
+        raise ConfigError(f"{keys}: secrets must be references (env:NAME or file:PATH) in production{hint}")
+
+
 def inline_secrets(raw: Mapping[str, Any], secret_keys: frozenset[str]) -> list[str]:
     """Names the secret settings written inline in a channel table instead of as references;
     a dotted key ("smtp.password") names a setting in a nested table."""
@@ -237,6 +294,6 @@ def inline_secrets(raw: Mapping[str, Any], secret_keys: frozenset[str]) -> list[
         value: Any = raw
         for part in key.split("."):
             value = value.get(part) if isinstance(value, Mapping) else None
-        if isinstance(value, str) and not value.startswith(("env:", "file:")):
+        if isinstance(value, str) and not _is_reference(value):
             inline.append(key)
     return sorted(inline)

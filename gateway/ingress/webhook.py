@@ -106,7 +106,15 @@ class WebhookHandler:
         except ChannelError as exc:
             reason = "unauthenticated" if exc.status == 401 else "forbidden"
             raise IngestError(exc.status, reason, str(exc)) from None
+        try:
+            return await self._store(request, channel, incoming)
+        except BaseException:
+            await _release(channel, incoming)
+            raise
 
+    async def _store(self, request: web.Request, channel: Channel, incoming: WebhookRequest) -> web.StreamResponse:
+        """Everything after a successful ``verify``: rate limit, parse, publish, ``accepted``."""
+        body = incoming.body
         await self.ingestor.check_rate(channel)
         traceparent = request.headers.get("traceparent")
         try:
@@ -134,3 +142,11 @@ class WebhookHandler:
             "events": outcome.events,
         }
         return web.Response(body=msgspec.json.encode(accepted), content_type="application/json")
+
+
+async def _release(channel: Channel, incoming: WebhookRequest) -> None:
+    """``channel.failed``; its own failure is logged, never hides why the request failed."""
+    try:
+        await channel.failed(incoming)
+    except Exception as exc:
+        log.warning("channel_failed_hook_error", instance=channel.name, error=type(exc).__name__)
