@@ -25,6 +25,7 @@ from gateway.channel import (
 )
 from gateway.helpers.calendar import WEEKDAYS, BusinessHours, load_calendars
 from gateway.helpers.calendar import format_error as format_calendar_error
+from gateway.helpers.fetch import Fetched, FetchError, UrlFetcher
 from gateway.helpers.keywords import KeywordMatcher
 from gateway.helpers.keywords import normalize as normalize_for_match
 from gateway.helpers.priority import PRIORITY_RANK, Priority, add_tags, raise_priority
@@ -61,7 +62,8 @@ from gateway.store.redis import StoreUnavailable
 # 1.1: Processor.process_batch and BatchResult; the shared helpers (message_text, html_to_text,
 # readable_text, primary_language, KeywordMatcher, normalize_for_match, BusinessHours,
 # load_calendars, format_calendar_error, WEEKDAYS, Priority, PRIORITY_RANK, raise_priority, add_tags).
-API_VERSION = "1.1"
+# 1.2: UrlFetcher (ChannelServices.fetch), Fetched, FetchError: fetching URLs that messages name.
+API_VERSION = "1.2"
 
 __all__ = [
     "API_VERSION",
@@ -80,6 +82,8 @@ __all__ = [
     "DeliveryError",
     "DeliveryEvent",
     "Drop",
+    "FetchError",
+    "Fetched",
     "ForbiddenError",
     "HttpReply",
     "Ingest",
@@ -105,6 +109,7 @@ __all__ = [
     "Sentiment",
     "StoreUnavailable",
     "Tags",
+    "UrlFetcher",
     "WebhookRequest",
     "add_tags",
     "basic_auth",
