@@ -47,9 +47,18 @@ class Hosts(AbstractResolver):
         answers = self.names.get(host.rstrip("."))
         if answers is None:
             raise OSError(socket.EAI_NONAME, f"unknown host {host}")
-        address = answers.pop(0) if len(answers) > 1 else answers[0]
-        family = socket.AF_INET6 if ":" in address else socket.AF_INET
-        return [ResolveResult(hostname=host, host=address, port=port, family=family, proto=0, flags=0)]
+        answer = answers.pop(0) if len(answers) > 1 else answers[0]
+        return [
+            ResolveResult(
+                hostname=host,
+                host=address,
+                port=port,
+                family=socket.AF_INET6 if ":" in address else socket.AF_INET,
+                proto=0,
+                flags=0,
+            )
+            for address in answer.split(",")  # "a,b": a name with several addresses
+        ]
 
     async def close(self) -> None:
         pass
@@ -325,6 +334,26 @@ async def test_the_address_checked_is_the_address_connected_to() -> None:
     assert fetched.body == PDF and hosts.lookups == ["files.rebind.example", "files.rebind.example"]
     assert second.message.startswith("files.rebind.example resolves to 127.0.0.2, a loopback address")
     assert target.hits == []
+
+
+async def test_a_name_with_public_and_private_addresses_is_connected_to_on_the_allowed_ones_only() -> None:
+    async with serving(files) as allowed, serving(secret, host="127.0.0.2", port=allowed.port) as target:
+        hosts = Hosts()
+        hosts.add("mixed.shop.example", "127.0.0.2,127.0.0.1")  # the secret one first
+        fetcher = UrlFetcher(allow=Allowlist.parse(["127.0.0.1"]), resolver=hosts)
+        fetched = await fetcher.fetch(allowed.url("/receipt.pdf", host="mixed.shop.example"), max_bytes=MB)
+    assert fetched.body == PDF and target.hits == [] and allowed.hits == ["/receipt.pdf"]
+
+
+async def test_proxies_from_the_environment_are_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A proxy would do the connecting (to whatever it resolves), so the fetcher never uses one."""
+    async with serving(files) as server, serving(secret) as proxy:
+        for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY"):
+            monkeypatch.setenv(name, proxy.url(""))
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        fetched = await UrlFetcher.from_settings(["127.0.0.1"]).fetch(server.url("/receipt.pdf"), max_bytes=MB)
+    assert fetched.body == PDF and proxy.hits == []
 
 
 # --- redirects ---------------------------------------------------------------------------------------
