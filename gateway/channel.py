@@ -202,7 +202,7 @@ class ChannelServices:
     store: RedisStore
     http: aiohttp.ClientSession | None = None
     ingest: Ingest | None = None
-    fetch: UrlFetcher = field(default_factory=_default_fetcher)
+    fetcher: UrlFetcher = field(default_factory=_default_fetcher)
 
 
 class Channel:

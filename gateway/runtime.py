@@ -83,8 +83,8 @@ class Runtime:
             topics=Topics(config.gateway.topic_prefix),
         )
         runtime.ingestor = Ingestor(runtime)
-        fetch = UrlFetcher.from_settings(config.fetch.allow, max_redirects=config.fetch.max_redirects)
-        services = ChannelServices(store=store, ingest=runtime.ingestor, fetch=fetch)
+        fetcher = UrlFetcher.from_settings(config.fetch.allow, max_redirects=config.fetch.max_redirects)
+        services = ChannelServices(store=store, ingest=runtime.ingestor, fetcher=fetcher)
         runtime.channels = build_channels(config, registry, services)
         return runtime
 

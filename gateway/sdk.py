@@ -62,7 +62,7 @@ from gateway.store.redis import StoreUnavailable
 # 1.1: Processor.process_batch and BatchResult; the shared helpers (message_text, html_to_text,
 # readable_text, primary_language, KeywordMatcher, normalize_for_match, BusinessHours,
 # load_calendars, format_calendar_error, WEEKDAYS, Priority, PRIORITY_RANK, raise_priority, add_tags).
-# 1.2: UrlFetcher (ChannelServices.fetch), Fetched, FetchError: fetching URLs that messages name.
+# 1.2: UrlFetcher (ChannelServices.fetcher), Fetched, FetchError: fetching URLs that messages name.
 API_VERSION = "1.2"
 
 __all__ = [

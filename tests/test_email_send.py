@@ -516,8 +516,8 @@ async def sendgrid(store: RedisStore, smtp: dict[str, Any]) -> AsyncIterator[Sen
         settings = msgspec.convert(
             {"type": "sendgrid", "url_secret": URL_KEY, "from_address": FROM, "smtp": smtp}, SendGridSettings
         )
-        fetch = UrlFetcher.from_settings(ALLOW_FILES["allow"])
-        yield SendGridChannel("parse", settings, ChannelServices(store=store, http=http, fetch=fetch))
+        fetcher = UrlFetcher.from_settings(ALLOW_FILES["allow"])
+        yield SendGridChannel("parse", settings, ChannelServices(store=store, http=http, fetcher=fetcher))
 
 
 def to_customer(**content: Any) -> Message:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -317,7 +317,7 @@ class _VettingResolver(AbstractResolver):
 @dataclass(frozen=True)
 class UrlFetcher:
     """Fetches customer-supplied URLs safely (see the module docstring); one per process, shared by
-    every plugin through ``ChannelServices.fetch``.
+    every plugin through ``ChannelServices.fetcher``.
 
     ``allow``: CIDRs and host names the operator trusts (``[fetch] allow``). ``resolver``: the DNS
     resolver whose answers are vetted (tests pass one that maps made-up names to local servers).
@@ -338,7 +338,6 @@ class UrlFetcher:
         *,
         max_bytes: int,
         timeout_s: float = DEFAULT_TIMEOUT_S,
-        headers: Mapping[str, str] | None = None,
     ) -> Fetched:
         """GET ``url`` and return its 2xx answer of at most ``max_bytes`` (decoded) bytes, within
         ``timeout_s`` for all hops together; raise FetchError otherwise."""
@@ -356,7 +355,7 @@ class UrlFetcher:
         )
         try:
             async with asyncio.timeout(timeout_s):
-                return await self._follow(session, policy, url, max_bytes, headers or {})
+                return await self._follow(session, policy, url, max_bytes)
         except TimeoutError:
             raise FetchError("timeout", f"no complete answer within {timeout_s:g}s", retryable=True) from None
         except _Refused as exc:
@@ -364,15 +363,15 @@ class UrlFetcher:
             raise
         except aiohttp.InvalidURL as exc:
             raise FetchError("invalid_url", f"not a usable URL: {exc}", retryable=False) from None
-        except aiohttp.ClientError as exc:
+        except aiohttp.ClientConnectorError as exc:  # the message names host and port, never the path
             raise FetchError("connection", f"{type(exc).__name__}: {exc}", retryable=True) from exc
+        except aiohttp.ClientError as exc:  # others may quote the URL, whose query can hold a token
+            raise FetchError("connection", f"{type(exc).__name__} while downloading", retryable=True) from exc
         finally:
             await session.close()
             await resolver.close()
 
-    async def _follow(
-        self, session: aiohttp.ClientSession, policy: _Policy, url: str, max_bytes: int, headers: Mapping[str, str]
-    ) -> Fetched:
+    async def _follow(self, session: aiohttp.ClientSession, policy: _Policy, url: str, max_bytes: int) -> Fetched:
         current = _parse(url)
         for hop in range(self.max_redirects + 1):
             if current.scheme not in SCHEMES or not current.raw_host:
@@ -380,7 +379,7 @@ class UrlFetcher:
                 raise FetchError("refused", f"{what} is not an http(s) URL with a host", retryable=False)
             try:
                 policy.check_host(current.raw_host)
-                response = await session.get(current, headers=headers, allow_redirects=False)
+                response = await session.get(current, allow_redirects=False)
             except _Refused as exc:
                 if not hop:
                     raise

@@ -383,7 +383,7 @@ async def fetch_attachments(channel: Channel, attachments: list[Attachment], ser
                 "attachment_unavailable", f"attachment {index}: only http(s) URLs are fetched", retryable=False
             )
         try:
-            fetched = await channel.services.fetch.fetch(
+            fetched = await channel.services.fetcher.fetch(
                 url, max_bytes=server.max_message_bytes - total, timeout_s=server.timeout_s
             )
         except FetchError as exc:
