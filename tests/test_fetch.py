@@ -311,13 +311,20 @@ async def test_a_public_looking_name_that_resolves_to_a_private_address_is_refus
 
 
 async def test_numeric_tricks_resolve_to_what_they_mean() -> None:
-    """Hex, octal and single-number IPv4 forms are refused like the address they denote (by the
-    system resolver, no network needed), or refused as not canonical."""
+    """Hex forms go to the (system) resolver, which reads them as the address they denote: refused
+    like it. Single-number, shortened and octal forms never reach a resolver: refused as such."""
     async with serving(secret) as target:
         fetcher = UrlFetcher()
-        for host in ("0x7f.0.0.1", "0x7f000001", "2130706433", "127.1", "0177.0.0.1"):
-            error = await refused(fetcher, target.url("/latest/meta-data/iam", host=host))
-            assert error.code in ("refused", "invalid_url"), (host, error.message)
+        hexadecimal = [await refused(fetcher, target.url("/", host=h)) for h in ("0x7f.0.0.1", "0x7f000001")]
+        other = [await refused(fetcher, target.url("/", host=h)) for h in ("2130706433", "127.1", "0177.0.0.1")]
+    assert [e.message.split(",")[1] for e in hexadecimal] == [
+        " a loopback address: not fetched unless [fetch] allow lists it"
+    ] * 2
+    assert [(e.code, e.message) for e in other] == [
+        ("invalid_url", "2130706433 is not a canonical IP address"),
+        ("invalid_url", "127.1 is not a canonical IP address"),
+        ("invalid_url", "0177.0.0.1 is not a canonical IP address"),
+    ]
     assert target.hits == []
 
 

@@ -271,6 +271,10 @@ class _Policy:
             reason = address_problem(address)
             if reason is not None and not self.allow.allows_address(address):
                 raise _Refused(name, reason, f"{name} is {_a(reason)} address")
+        elif ":" in name or name.replace(".", "").isdigit():
+            # 2130706433, 127.1, 0177.0.0.1: the socket layer would read these as addresses
+            # without any resolver seeing them (aiohttp refuses them too; this does not rely on it).
+            raise FetchError("invalid_url", f"{name} is not a canonical IP address", retryable=False)
         elif name in BLOCKED_HOSTNAMES or name.endswith(".localhost"):
             raise _Refused(name, "host name", f"{name} names this machine or a cloud metadata service")
 
