@@ -23,6 +23,7 @@ from gateway.routes import Route
 if TYPE_CHECKING:
     import aiohttp
 
+    from gateway.helpers.fetch import UrlFetcher
     from gateway.store.redis import RedisStore
 
 
@@ -186,14 +187,22 @@ class ChannelSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     base_url: str | None = None  # provider API base for sending; tests point it at a local server
 
 
+def _default_fetcher() -> UrlFetcher:
+    from gateway.helpers.fetch import UrlFetcher  # here: that module imports this one (provider_http)
+
+    return UrlFetcher()
+
+
 @dataclass(slots=True)
 class ChannelServices:
     """What the core lends an adapter: Redis helpers (replay protection), an HTTP client session
-    for provider APIs (set in processes that send), and ingest for transports of its own."""
+    for provider APIs (set in processes that send), ingest for transports of its own, and the
+    fetcher for URLs that messages name (refusing private addresses unless ``[fetch] allow``)."""
 
     store: RedisStore
     http: aiohttp.ClientSession | None = None
     ingest: Ingest | None = None
+    fetcher: UrlFetcher = field(default_factory=_default_fetcher)
 
 
 class Channel:

@@ -117,6 +117,22 @@ class DispatchSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     retry_backoff_ms: NonNegative = 500
 
 
+class FetchSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """URLs that messages name and the gateway downloads (email attachments): loopback, private,
+    link-local and metadata addresses are refused (gateway/helpers/fetch.py, docs/security.md)."""
+
+    # Intranet sources allowed anyway: CIDRs or addresses ("10.20.0.0/16", "127.0.0.1"), host names
+    # ("files.corp.example", trusted whatever they resolve to) or "*.corp.example" for subdomains.
+    allow: list[str] = []
+    max_redirects: NonNegative = 5
+
+    def __post_init__(self) -> None:
+        # Imported here: the fetcher's module imports the channel layer, which imports this one.
+        from gateway.helpers.fetch import Allowlist
+
+        Allowlist.parse(self.allow)  # ValueError names the bad entry
+
+
 class PluginsSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Fail at start when a third-party plugin cannot be loaded (recommended in production).
     fail_fast: bool | None = None
@@ -136,6 +152,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     worker: WorkerSection = msgspec.field(default_factory=WorkerSection)
     dispatch: DispatchSection = msgspec.field(default_factory=DispatchSection)
     api: ApiSection = msgspec.field(default_factory=ApiSection)
+    fetch: FetchSection = msgspec.field(default_factory=FetchSection)
     plugins: PluginsSection = msgspec.field(default_factory=PluginsSection)
     logging: LoggingSection = msgspec.field(default_factory=LoggingSection)
     channels: dict[str, dict[str, Any]] = {}

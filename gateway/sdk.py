@@ -25,6 +25,7 @@ from gateway.channel import (
 )
 from gateway.helpers.calendar import WEEKDAYS, BusinessHours, load_calendars
 from gateway.helpers.calendar import format_error as format_calendar_error
+from gateway.helpers.fetch import Fetched, FetchError, UrlFetcher
 from gateway.helpers.keywords import KeywordMatcher
 from gateway.helpers.keywords import normalize as normalize_for_match
 from gateway.helpers.priority import PRIORITY_RANK, Priority, add_tags, raise_priority
@@ -62,8 +63,9 @@ from gateway.store.redis import StoreUnavailable
 # 1.1: Processor.process_batch and BatchResult; the shared helpers (message_text, html_to_text,
 # readable_text, primary_language, KeywordMatcher, normalize_for_match, BusinessHours,
 # load_calendars, format_calendar_error, WEEKDAYS, Priority, PRIORITY_RANK, raise_priority, add_tags).
-# 1.2: Channel.parse_stored (a DLQ payload parsed again by `gateway dlq replay`); AccessTokens,
-# Token, TokenError, TokenRejected, with_token (provider tokens shared by all processes).
+# 1.2: Channel.parse_stored (a DLQ payload parsed again by `gateway dlq replay`), Channel.failed;
+# AccessTokens, Token, TokenError, TokenRejected, with_token (provider tokens shared by all
+# processes); UrlFetcher (ChannelServices.fetcher), Fetched, FetchError (URLs messages name).
 API_VERSION = "1.2"
 
 __all__ = [
@@ -84,6 +86,8 @@ __all__ = [
     "DeliveryError",
     "DeliveryEvent",
     "Drop",
+    "FetchError",
+    "Fetched",
     "ForbiddenError",
     "HttpReply",
     "Ingest",
@@ -112,6 +116,7 @@ __all__ = [
     "Token",
     "TokenError",
     "TokenRejected",
+    "UrlFetcher",
     "WebhookRequest",
     "add_tags",
     "basic_auth",
