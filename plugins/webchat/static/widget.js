@@ -191,7 +191,7 @@
   }
   function fail() {
     failures += 1;
-    status.textContent = "reconnecting\u2026";
+    status.textContent = busyUntil > Date.now() ? "busy" : "reconnecting\u2026";
     if (!opened && failures >= 3) { mode = "rest"; return restSession(); }
     var delay = Math.min(30000, 500 * Math.pow(2, failures)) * (0.5 + Math.random() / 2);
     setTimeout(connect, Math.max(delay, busyUntil - Date.now()));
