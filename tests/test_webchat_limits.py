@@ -19,10 +19,13 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
+from gateway.channel import ChannelServices
+from gateway.config import RedisSection
 from gateway.ingress.app import create_app
 from gateway.plugins import PluginRegistry, load_plugins
 from gateway.runtime import Runtime
-from plugins.webchat.channel import WebchatSettings
+from gateway.store.redis import RedisStore
+from plugins.webchat.channel import WebchatChannel, WebchatSettings
 from plugins.webchat.limits import client_address, parse_networks
 from tests.conftest import make_config, messages_of, read_records, topic_size
 from tests.test_webchat import SHOP, chat_settings, say_hello, send_message
@@ -183,6 +186,18 @@ def test_limit_settings_defaults_and_validation() -> None:
     ):
         with pytest.raises(msgspec.ValidationError):
             msgspec.convert(bad, WebchatSettings)
+
+
+async def test_limits_fail_open_when_redis_does_not_answer() -> None:
+    """Rate limits are protection, not correctness: without Redis a visitor still gets a session."""
+    store = RedisStore(RedisSection(url="redis://127.0.0.1:1/0", socket_timeout_s=0.2))
+    channel = WebchatChannel("chat", msgspec.convert(limited(), WebchatSettings), ChannelServices(store=store))
+    try:
+        session = await channel.open_session(None, None, page=None, origin=None, transport="rest", address=ATTACKER)
+        assert session.resumed is False
+        await channel.upload_rate(session, ATTACKER)  # no RateLimited
+    finally:
+        await store.close()
 
 
 # --- the flood -------------------------------------------------------------------------------------
