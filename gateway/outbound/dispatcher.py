@@ -124,20 +124,27 @@ class Dispatcher:
             await self._report_failure(message, record, claim)
             return
 
-        async with self._lease(message.id):
-            outcome, attempt = await self._attempts(message, channel)
-        if isinstance(outcome, DeliveryError):
-            await self._report_failure(message, record, await self._remember_failure(message, outcome, attempt))
-            return
+        async with self._lease(message.id):  # renewed until the outcome is recorded
+            outcome = await self._send(message, channel)
+        if outcome.status == "sent":
+            await self._report_sent(message, record, outcome, republished=False)
+        else:
+            await self._report_failure(message, record, outcome)
+
+    async def _send(self, message: Message, channel: Channel) -> SendClaim:
+        """Run the attempts and record their outcome in Redis before anything is published."""
+        result, attempt = await self._attempts(message, channel)
+        if isinstance(result, DeliveryError):
+            return await self._remember_failure(message, result, attempt)
         sent = SendClaim(
             status="sent",
-            external_id=outcome.external_id,
+            external_id=result.external_id,
             event_id=new_id(),
             attempt=attempt,
             occurred_at=utcnow().isoformat(),
         )
         await self._record_sent(message, sent)
-        await self._report_sent(message, record, sent, republished=False)
+        return sent
 
     async def _attempts(self, message: Message, channel: Channel) -> tuple[SendResult | DeliveryError, int]:
         """Call the provider until it accepts, refuses for good, or the attempts are used up."""

@@ -132,8 +132,9 @@ class SendClaim:
 # dispatcher process) and its lease (ms, server clock), and the outcome fields. A claimed key
 # expires with its lease (nothing was attempted: whoever comes next may send); once the provider
 # is being called the key lives for the long TTL, so a vanished sender is remembered as an unknown
-# outcome rather than sent again. KEYS: the hash, the pre-hash claim key ("done:<id>" there means
-# sent). ARGV: owner, lease ms, long TTL s, event id and time for an unknown outcome.
+# outcome rather than sent again. KEYS: the hash, the claim key of earlier versions ("done:<id>":
+# sent, "pending:<id>": being sent; read so a rolling upgrade sends nothing twice). ARGV: owner,
+# lease ms, long TTL s, event id and time for an unknown outcome.
 _SEND_CLAIM = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -144,6 +145,7 @@ local function outcome(status)
 end
 local legacy = redis.call('GET', KEYS[2])
 if legacy and string.sub(legacy, 1, 5) == 'done:' then return {'done', '', '', '0', '', '', '', '0'} end
+if legacy then return {'in_flight', '', '', '0', '', '', '', '0'} end
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'sent' or state == 'done' or state == 'failed' then return outcome(state) end
 if state then
