@@ -267,7 +267,7 @@ class Dispatcher:
             error_retryable=error.retryable,
         )
         try:
-            await self.runtime.store.record_send_failure(
+            recorded = await self.runtime.store.record_send_failure(
                 message.id,
                 self.owner,
                 event_id=failure.event_id or "",
@@ -281,6 +281,11 @@ class Dispatcher:
             if error.code == "send_crashed":  # outcome unknown: do not let a redelivery send it
                 raise BrokerUnavailable(f"redis unavailable to record a failed send: {exc}") from exc
             log.warning("send_failure_record_failed", message_id=message.id, error=str(exc))
+            return failure
+        if not recorded:
+            # The claim changed hands (its lease lapsed, Redis restarted) or the message was sent
+            # after all: handle the record again, and the claim will tell which.
+            raise BrokerUnavailable("the send claim is no longer ours; handled again")
         return failure
 
     async def _report_failure(self, message: Message, record: Record, failure: SendClaim) -> None:
