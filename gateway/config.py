@@ -115,6 +115,13 @@ class DispatchSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     concurrency: Positive = 8
     max_attempts: Positive = 5
     retry_backoff_ms: NonNegative = 500
+    # A provider's Retry-After is honoured up to this; beyond it the retry comes after this long,
+    # so one rate-limited reply cannot hold its partition (and its send claim) for hours.
+    max_retry_after_s: Annotated[float, msgspec.Meta(ge=0)] = 60.0
+    # Lease of a send claim: renewed every third of it while its dispatcher works on the message
+    # (retries included), so it lapses only when that dispatcher is gone (crashed, cut off from
+    # Redis); then another dispatcher may take the message over.
+    claim_ttl_s: Annotated[float, msgspec.Meta(ge=0.5)] = 300.0
 
 
 class FetchSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
