@@ -96,6 +96,10 @@ class WorkerSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_attempts: Positive = 3
     retry_backoff_ms: NonNegative = 200
     processors: list[str] | None = None  # None: every discovered processor, in declared order
+    # /metrics, /healthz and /readyz of this process on their own port (gateway/admin.py); 0: off.
+    # Off by default so two processes on one host never fight over a port; the compose file turns it on.
+    admin_host: str = "127.0.0.1"
+    admin_port: Port = 0
 
 
 class ApiSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -112,6 +116,10 @@ class DispatchSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     concurrency: Positive = 8
     max_attempts: Positive = 5
     retry_backoff_ms: NonNegative = 500
+    # /metrics, /healthz and /readyz of this process on their own port (gateway/admin.py); 0: off.
+    # Off by default so two processes on one host never fight over a port; the compose file turns it on.
+    admin_host: str = "127.0.0.1"
+    admin_port: Port = 0
 
 
 class PluginsSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
