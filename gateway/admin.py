@@ -63,7 +63,8 @@ class AdminServer:
             await site.start()
         except OSError as exc:
             await runner.cleanup()
-            raise AdminError(f"{self.component} admin port {self.host}:{self.port}: {exc.strerror or exc}") from None
+            reason = (exc.strerror or str(exc)).rsplit(": ", 1)[-1]  # asyncio repeats the address before it
+            raise AdminError(f"cannot open the {self.component} admin port {self.host}:{self.port}: {reason}") from None
         self._runner = runner
         log.info("admin_listening", component=self.component, host=self.host, port=self.port)
 

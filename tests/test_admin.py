@@ -29,6 +29,7 @@ from gateway.embedded import free_port
 from gateway.model import Content, Message, Party, encode
 from gateway.pipeline.worker import Worker
 from gateway.processor import Drop, Processor, ProcessorContext, ProcessorSettings
+from gateway.runtime import Runtime
 from gateway.testing import inbound_message, produce_raw, running_gateway
 from tests.conftest import API_SECRET, make_config
 
@@ -346,7 +347,9 @@ def test_an_admin_port_in_use_fails_the_start(tmp_path: Path) -> None:
             check=False,
         )
     assert result.returncode == 2, result.stderr
-    assert f"error: worker admin port 127.0.0.1:{port}:" in result.stderr, result.stderr
+    assert f"error: cannot open the worker admin port 127.0.0.1:{port}: address already in use" in result.stderr, (
+        result.stderr
+    )
 
 
 async def test_readyz_answers_503_while_the_broker_is_unreachable(tmp_path: Path) -> None:
@@ -374,3 +377,55 @@ async def test_readyz_answers_503_while_the_broker_is_unreachable(tmp_path: Path
     finally:
         process.kill()  # SIGKILL: this test is about probes, not about shutting down without a broker
         await process.wait()
+
+
+async def test_an_idle_member_is_ready_without_partitions(kafka_bootstrap: str, redis_url: str) -> None:
+    """Two workers, one partition: both are members and ready, one owns the partition, one stands by."""
+    async with running_gateway(kafka_bootstrap, redis_url, channels={}, kafka={"partitions": 1}) as gateway:
+        first = gateway.runtime
+        second = Runtime.create(first.config, first.registry)  # same group, same topics: a second replica
+        await second.publisher.start()
+        workers = [Worker(first, []), Worker(second, [])]
+        ports = [free_port(), free_port()]
+        admins = [
+            AdminServer(runtime, "worker", host="127.0.0.1", port=port, require_redis=False)
+            for runtime, port in zip((first, second), ports, strict=True)
+        ]
+        tasks = []
+        try:
+            for admin, worker in zip(admins, workers, strict=True):
+                await admin.start()
+                tasks.append(asyncio.create_task(worker.run()))
+
+            async def settled() -> list[dict[str, Any]] | None:
+                answers = [await get_json(f"http://127.0.0.1:{port}/readyz") for port in ports]
+                owned = sorted(len(body["partitions"]) for _, body in answers)
+                ready = all(status == 200 for status, _ in answers)
+                return [body for _, body in answers] if ready and owned == [0, 1] else None
+
+            bodies = await until(settled, "both workers ready, one owning the only partition")
+            assert all(body["member"] for body in bodies)
+            assert len({body["member_id"] for body in bodies}) == 2
+            idle = next(body for body in bodies if not body["partitions"])
+            assert idle["lag"] == 0
+        finally:
+            for worker in workers:
+                worker.stop()
+            await asyncio.wait_for(asyncio.gather(*tasks), DEADLINE_S)
+            for admin in admins:
+                await admin.stop()
+            await second.close()
+
+
+def test_compose_and_prometheus_agree_on_the_admin_ports() -> None:
+    """The ports the compose commands open are the ones deploy/prometheus.yml scrapes."""
+    root = Path(__file__).resolve().parent.parent
+    compose = (root / "docker-compose.yml").read_text()
+    scrape = (root / "deploy" / "prometheus.yml").read_text()
+    for service, port in (("worker", 9101), ("dispatch", 9102)):
+        command = f'command: ["{service}", "--admin-host", "0.0.0.0", "--admin-port", "{port}"]'
+        assert command in compose
+        assert f"http://127.0.0.1:{port}/readyz" in compose  # its healthcheck
+        assert f'- names: ["{service}"]\n        type: A\n        port: {port}\n' in scrape
+    assert '- names: ["serve"]\n        type: A\n        port: 8080\n' in scrape
+    assert "./deploy/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in compose
