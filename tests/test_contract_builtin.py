@@ -1,8 +1,8 @@
 """The channel contract suite (gateway.testing.ChannelContract) run against every built-in channel.
 
 One subclass per channel type: api, telegram, whatsapp, messenger, instagram, slack, twilio, line,
-mailgun, sendgrid (HTTP webhooks: every check), smtp and webchat (a transport of their own: the
-webhook checks are skipped with that reason, and a webhook POST to them must be refused). Each
+mailgun, sendgrid (HTTP webhooks), smtp (its SMTP listener) and webchat (WebSocket and REST: most
+checks are skipped with the reason; a webhook POST to it must be refused, as to smtp). Each
 webhook channel runs every fixture of tests/fixtures/<provider> that yields a message or an event;
 the ones that legitimately yield nothing are listed (``*_SILENT``) and tested in the channel's own
 tests. tests/test_contract_coverage.py checks that no channel type is left out.
@@ -327,7 +327,7 @@ class TestSmtpChannelContract(ChannelContract):
     channel_type = "smtp"
     webhook_transport = "mail arrives over the instance's own SMTP listener"
     not_applicable: ClassVar[Mapping[str, str]] = dict.fromkeys(
-        ChannelContract.AUTH_CHECKS,
+        ("forged_signature", "tampered_body"),
         "SMTP has no per-request signature: the listener takes mail only for its configured domains and "
         "addresses (550 otherwise) and can require STARTTLS (test_email_smtp)",
     )
@@ -387,10 +387,9 @@ class TestWebchatChannelContract(ChannelContract):
             "which one request cannot carry; round trips, resends deduplicated by client_id and unknown "
             "frame fields are tested in test_webchat",
         ),
-        **dict.fromkeys(
-            ("unsigned", "forged_signature"),
+        "forged_signature": (
             "the chat is public: anyone may start a session, and a forged or foreign visitor token starts a "
-            "new visitor rather than being refused (test_webchat); messages without a session token get 401",
+            "new visitor rather than being refused (test_webchat); messages without a session token get 401"
         ),
         "tampered_body": "a visitor token authenticates the session, not a message body",
     }
