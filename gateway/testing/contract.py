@@ -171,13 +171,12 @@ class ChannelContract:
 
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
         if "payload_name" in metafunc.fixturenames:
-            # No webhook fixtures for a channel with its own transport: one (skipped) case says why.
             try:
                 names = list(self.valid_payloads())
             except NotImplementedError:
                 if not self.webhook_transport:
                     raise
-                names = ["no-payloads"]  # a channel whose data checks do not apply: one (skipped) case says why
+                names = ["no-payloads"]  # its own transport, no fixtures: one (skipped) case says why
             metafunc.parametrize("payload_name", names)
 
     def skip_reason(self, check: str) -> str | None:
