@@ -99,6 +99,10 @@ class WorkerSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_attempts: Positive = 3
     retry_backoff_ms: NonNegative = 200
     processors: list[str] | None = None  # None: every discovered processor, in declared order
+    # /metrics, /healthz and /readyz of this process on their own port (gateway/admin.py); 0: off.
+    # Off by default so two processes on one host never fight over a port; the compose file turns it on.
+    admin_host: str = "127.0.0.1"
+    admin_port: Port = 0
 
 
 class ApiSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -122,6 +126,10 @@ class DispatchSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # (retries included), so it lapses only when that dispatcher is gone (crashed, cut off from
     # Redis); then another dispatcher may take the message over.
     claim_ttl_s: Annotated[float, msgspec.Meta(ge=0.5)] = 300.0
+    # /metrics, /healthz and /readyz of this process on their own port (gateway/admin.py); 0: off.
+    # Off by default so two processes on one host never fight over a port; the compose file turns it on.
+    admin_host: str = "127.0.0.1"
+    admin_port: Port = 0
 
 
 class FetchSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

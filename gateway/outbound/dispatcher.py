@@ -74,6 +74,7 @@ class Dispatcher:
             max_attempts=1,  # sending has its own retry policy below
             name="dispatch",
         )
+        runtime.metrics.consumers["dispatch"] = self.runner  # membership and lag for the admin port
 
     async def run(self) -> None:
         await self.runtime.open_http()
