@@ -90,7 +90,7 @@ topic_prefix = "{prefix}"
 [kafka]
 bootstrap_servers = "{bootstrap}"
 partitions = 6
-fetch_max_wait_ms = 50  # Tansu answers a fetch only after the full wait (see DESIGN.md)
+fetch_max_wait_ms = 50  # Tansu answers a fetch only after the full wait (see docs/architecture.md)
 {kafka}
 [redis]
 url = "{redis_url}"

@@ -49,6 +49,10 @@ def write_config(path: Path, bootstrap: str, redis_url: str, port: int) -> None:
 type = "webchat"
 token_secret = "bench-token-secret-0123456789"
 visitor_rate_limit = { rate = 1000.0, burst = 1000 }
+# Every visitor comes from 127.0.0.1 here: the per-address and per-instance session limits would
+# refuse all but the first few dozen. This measures capacity, not the limits.
+address_rate_limit = { rate = 100000.0, burst = 100000 }
+instance_rate_limit = { rate = 100000.0, burst = 100000 }
 """
     )
 

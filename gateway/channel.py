@@ -23,6 +23,7 @@ from gateway.routes import Route
 if TYPE_CHECKING:
     import aiohttp
 
+    from gateway.helpers.fetch import UrlFetcher
     from gateway.store.redis import RedisStore
 
 
@@ -188,14 +189,22 @@ class ChannelSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     base_url: str | None = None  # provider API base for sending; tests point it at a local server
 
 
+def _default_fetcher() -> UrlFetcher:
+    from gateway.helpers.fetch import UrlFetcher  # here: that module imports this one (provider_http)
+
+    return UrlFetcher()
+
+
 @dataclass(slots=True)
 class ChannelServices:
     """What the core lends an adapter: Redis helpers (replay protection), an HTTP client session
-    for provider APIs (set in processes that send), and ingest for transports of its own."""
+    for provider APIs (set in processes that send), ingest for transports of its own, and the
+    fetcher for URLs that messages name (refusing private addresses unless ``[fetch] allow``)."""
 
     store: RedisStore
     http: aiohttp.ClientSession | None = None
     ingest: Ingest | None = None
+    fetcher: UrlFetcher = field(default_factory=_default_fetcher)
 
 
 class Channel:
@@ -225,9 +234,24 @@ class Channel:
         """Turn a verified request into messages and events; raise PayloadError if unusable."""
         raise NotImplementedError
 
+    def parse_stored(self, payload: bytes, headers: Mapping[str, str]) -> ParseResult:
+        """Parse a payload kept on the DLQ again (`gateway dlq replay`, after a fix). Default: as
+        the webhook request it arrived in (its non-secret headers were kept); not verified again,
+        it was verified when it arrived. Channels with a transport of their own override this."""
+        return self.parse(
+            WebhookRequest(
+                method="POST", url="", path=f"/webhooks/{self.name}", query={}, headers=headers, body=payload
+            )
+        )
+
     async def accepted(self, request: WebhookRequest) -> None:
         """Called once the request's messages are stored (e.g. to remember a replay token only then,
         so that a provider's retry after a 503 is not mistaken for a replay)."""
+
+    async def failed(self, request: WebhookRequest) -> None:
+        """Called when a verified request ends without being stored (rate limit, broker or Redis
+        unavailable, an unexpected error): give back what ``verify`` claimed (a replay token), so the
+        provider's retry of the very same request is not refused as a replay."""
 
     async def send(self, message: Message) -> SendResult:
         """Deliver an outbound message; raise SendError on failure."""

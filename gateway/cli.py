@@ -11,17 +11,20 @@ import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import msgspec
 
 from gateway import __version__
-from gateway.config import Config, ConfigError, config_from_dict, load_config
+from gateway.config import Config, ConfigError, DispatchSection, WorkerSection, config_from_dict, load_config
 from gateway.logs import configure_logging
 from gateway.plugins import PluginError, PluginRegistry, load_plugins
 from gateway.runtime import Runtime
 from gateway.service import Roles, run_roles
+
+if TYPE_CHECKING:
+    from gateway.admin import AdminServer
 
 CONFIG_OPTION = click.option(
     "--config",
@@ -54,7 +57,9 @@ def _load(config_path: Path | None) -> Config:
         raise  # unreachable; keeps type checkers satisfied
 
 
-async def _run_until_signal(runtime: Runtime, roles: Roles, on_ready: Any = None) -> None:
+async def _run_until_signal(
+    runtime: Runtime, roles: Roles, on_ready: Any = None, admin: AdminServer | None = None
+) -> None:
     from gateway.embedded import signal_names
 
     stop = asyncio.Event()
@@ -62,14 +67,20 @@ async def _run_until_signal(runtime: Runtime, roles: Roles, on_ready: Any = None
     loop = asyncio.get_running_loop()
     for sig in signal_names():
         loop.add_signal_handler(sig, stop.set)
-    main = asyncio.create_task(run_roles(runtime, roles, stop, ready))
-    if on_ready is not None:
-        ready_wait = asyncio.create_task(ready.wait())
-        await asyncio.wait([main, ready_wait], return_when=asyncio.FIRST_COMPLETED)
-        if ready.is_set():
-            on_ready()
-        ready_wait.cancel()
-    await main
+    if admin is not None:  # before the broker is reachable: liveness at once, readiness says why not
+        await admin.start()
+    try:
+        main = asyncio.create_task(run_roles(runtime, roles, stop, ready))
+        if on_ready is not None:
+            ready_wait = asyncio.create_task(ready.wait())
+            await asyncio.wait([main, ready_wait], return_when=asyncio.FIRST_COMPLETED)
+            if ready.is_set():
+                on_ready()
+            ready_wait.cancel()
+        await main
+    finally:
+        if admin is not None:
+            await admin.stop()
 
 
 def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -82,14 +93,47 @@ def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] |
     return None
 
 
-def _run(config: Config, roles: Roles, on_ready: Any = None) -> None:
+def _run(config: Config, roles: Roles, on_ready: Any = None, admin: str | None = None) -> None:
+    """Run ``roles`` until SIGINT/SIGTERM; ``admin``: the component ("worker", "dispatch") whose
+    admin port (``[<admin>] admin_port``, 0: none) serves /metrics, /healthz and /readyz."""
+    from gateway.admin import AdminError, AdminServer
+
     config, registry = _prepare(config)
     try:
         runtime = Runtime.create(config, registry)
     except ConfigError as exc:
         _fail(f"invalid configuration: {exc}")
+    server = None
+    if admin is not None:
+        section: WorkerSection | DispatchSection = config.worker if admin == "worker" else config.dispatch
+        if section.admin_port:
+            # The dispatcher never sends without its Redis claim, so Redis decides its readiness too.
+            server = AdminServer(
+                runtime, admin, host=section.admin_host, port=section.admin_port, require_redis=admin == "dispatch"
+            )
     with asyncio.Runner(loop_factory=event_loop_factory(config.gateway.event_loop)) as runner:
-        runner.run(_run_until_signal(runtime, roles, on_ready))
+        try:
+            runner.run(_run_until_signal(runtime, roles, on_ready, server))
+        except AdminError as exc:
+            _fail(str(exc))
+
+
+def _admin_options(command: Callable[..., None]) -> Callable[..., None]:
+    """``--admin-host``/``--admin-port``: override the section's settings (compose sets them here)."""
+    command = click.option(
+        "--admin-port",
+        type=click.IntRange(0, 65535),
+        default=None,
+        help="Admin port (/metrics, /healthz, /readyz); 0: off.",
+    )(command)
+    return click.option("--admin-host", default=None, help="Address the admin port binds (default 127.0.0.1).")(command)
+
+
+def _with_admin(section: WorkerSection | DispatchSection, host: str | None, port: int | None) -> None:
+    if host is not None:
+        section.admin_host = host
+    if port is not None:
+        section.admin_port = port
 
 
 @click.group()
@@ -107,16 +151,22 @@ def serve(config_path: Path | None) -> None:
 
 @cli.command()
 @CONFIG_OPTION
-def worker(config_path: Path | None) -> None:
+@_admin_options
+def worker(config_path: Path | None, admin_host: str | None, admin_port: int | None) -> None:
     """Run the processor chain on the inbound topic."""
-    _run(_load(config_path), Roles(worker=True))
+    config = _load(config_path)
+    _with_admin(config.worker, admin_host, admin_port)
+    _run(config, Roles(worker=True), admin="worker")
 
 
 @cli.command()
 @CONFIG_OPTION
-def dispatch(config_path: Path | None) -> None:
+@_admin_options
+def dispatch(config_path: Path | None, admin_host: str | None, admin_port: int | None) -> None:
     """Deliver outbound messages through their channel instance."""
-    _run(_load(config_path), Roles(dispatch=True))
+    config = _load(config_path)
+    _with_admin(config.dispatch, admin_host, admin_port)
+    _run(config, Roles(dispatch=True), admin="dispatch")
 
 
 DEV_SECRET_ENV = "GATEWAY_DEV_API_SECRET"  # noqa: S105 - a variable name, not a secret
@@ -179,6 +229,7 @@ def dev(config_path: Path | None, port: int | None) -> None:
         click.echo(_dev_banner(config, servers, secret if config_path is None else None), err=True)
 
     try:
+        # One process, one registry: the HTTP port's /metrics has every counter, so no admin ports.
         _run(config, Roles(serve=True, worker=True, dispatch=True), on_ready=banner)
     finally:
         for server in servers:
@@ -300,6 +351,15 @@ def tail(config_path: Path | None, topic: str, from_beginning: bool, limit: int 
                 config.kafka, topic, from_beginning=from_beginning, limit=limit, idle_timeout_s=timeout, out=click.echo
             )
         )
+
+
+def _add_builtin_commands() -> None:
+    from gateway.dlq.cli import dlq
+
+    cli.add_command(dlq)
+
+
+_add_builtin_commands()
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
 """Configuration: a TOML file, environment overrides, and secrets referenced from the environment.
 
-The file shape is fixed by DESIGN.md. Decoding goes through msgspec so that every mistake fails
-at start with the dotted key and the problem, instead of surfacing later as a runtime error.
+The file shape is fixed by docs/architecture.md ("Configuration shape"). Decoding goes through
+msgspec so that every mistake fails at start with the dotted key and the problem, instead of
+surfacing later as a runtime error.
 Secret values are written as ``env:NAME`` (or ``file:/path`` for container secrets) and resolved
 here; the resolved values live only in memory.
 """
@@ -14,6 +15,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -23,6 +25,7 @@ PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 
 INSTANCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+SECRET_REFERENCE_PREFIXES = ("env:", "file:")
 
 
 class ConfigError(Exception):
@@ -96,6 +99,10 @@ class WorkerSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_attempts: Positive = 3
     retry_backoff_ms: NonNegative = 200
     processors: list[str] | None = None  # None: every discovered processor, in declared order
+    # /metrics, /healthz and /readyz of this process on their own port (gateway/admin.py); 0: off.
+    # Off by default so two processes on one host never fight over a port; the compose file turns it on.
+    admin_host: str = "127.0.0.1"
+    admin_port: Port = 0
 
 
 class ApiSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -112,6 +119,33 @@ class DispatchSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     concurrency: Positive = 8
     max_attempts: Positive = 5
     retry_backoff_ms: NonNegative = 500
+    # A provider's Retry-After is honoured up to this; beyond it the retry comes after this long,
+    # so one rate-limited reply cannot hold its partition (and its send claim) for hours.
+    max_retry_after_s: Annotated[float, msgspec.Meta(ge=0)] = 60.0
+    # Lease of a send claim: renewed every third of it while its dispatcher works on the message
+    # (retries included), so it lapses only when that dispatcher is gone (crashed, cut off from
+    # Redis); then another dispatcher may take the message over.
+    claim_ttl_s: Annotated[float, msgspec.Meta(ge=0.5)] = 300.0
+    # /metrics, /healthz and /readyz of this process on their own port (gateway/admin.py); 0: off.
+    # Off by default so two processes on one host never fight over a port; the compose file turns it on.
+    admin_host: str = "127.0.0.1"
+    admin_port: Port = 0
+
+
+class FetchSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """URLs that messages name and the gateway downloads (email attachments): loopback, private,
+    link-local and metadata addresses are refused (gateway/helpers/fetch.py, docs/security.md)."""
+
+    # Intranet sources allowed anyway: CIDRs or addresses ("10.20.0.0/16", "127.0.0.1"), host names
+    # ("files.corp.example", trusted whatever they resolve to) or "*.corp.example" for subdomains.
+    allow: list[str] = []
+    max_redirects: NonNegative = 5
+
+    def __post_init__(self) -> None:
+        # Imported here: the fetcher's module imports the channel layer, which imports this one.
+        from gateway.helpers.fetch import Allowlist
+
+        Allowlist.parse(self.allow)  # ValueError names the bad entry
 
 
 class PluginsSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -133,6 +167,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     worker: WorkerSection = msgspec.field(default_factory=WorkerSection)
     dispatch: DispatchSection = msgspec.field(default_factory=DispatchSection)
     api: ApiSection = msgspec.field(default_factory=ApiSection)
+    fetch: FetchSection = msgspec.field(default_factory=FetchSection)
     plugins: PluginsSection = msgspec.field(default_factory=PluginsSection)
     logging: LoggingSection = msgspec.field(default_factory=LoggingSection)
     channels: dict[str, dict[str, Any]] = {}
@@ -207,6 +242,7 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
 
 def config_from_dict(raw: dict[str, Any], environ: Mapping[str, str] | None = None) -> Config:
     environ = os.environ if environ is None else environ
+    _refuse_inline_core_secrets(raw)
     # Core sections are resolved now; channel and processor tables are resolved when their plugin
     # builds them, because only the plugin knows which of its settings are secrets.
     resolved = {k: v if k in ("channels", "processors") else resolve_reference(v, k, environ) for k, v in raw.items()}
@@ -228,6 +264,60 @@ def config_from_dict(raw: dict[str, Any], environ: Mapping[str, str] | None = No
     return config
 
 
+def _is_reference(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(SECRET_REFERENCE_PREFIXES)
+
+
+def inline_core_secrets(raw: Mapping[str, Any]) -> list[str]:
+    """The dotted keys of the core sections that hold a secret written into the file itself.
+
+    Checked on the file's values before references are resolved: a resolved ``env:`` value is
+    allowed to be anything. The secrets of the core sections are the API keys, the Kafka SASL
+    password and a password inside ``redis.url``; the URL is not a secret as such, so it is refused
+    only when it carries a password (then the whole URL has to be a reference, or come from the
+    ``REDIS_URL`` environment variable). Channel secrets are checked when their plugin builds them.
+    """
+
+    def section(name: str) -> Mapping[str, Any]:
+        value = raw.get(name)
+        return value if isinstance(value, Mapping) else {}
+
+    inline: list[str] = []
+    keys = section("api").get("keys")
+    if isinstance(keys, list):
+        inline += [f"api.keys[{i}]" for i, key in enumerate(keys) if isinstance(key, str) and not _is_reference(key)]
+    password = section("kafka").get("sasl_password")
+    if isinstance(password, str) and not _is_reference(password):
+        inline.append("kafka.sasl_password")
+    url = section("redis").get("url")
+    if isinstance(url, str) and not _is_reference(url) and _url_password(url):
+        inline.append("redis.url")
+    return inline
+
+
+def _url_password(url: str) -> str | None:
+    try:
+        return urlsplit(url).password
+    except ValueError:  # an unparseable URL fails later, when the store connects, with its own error
+        return None
+
+
+def _refuse_inline_core_secrets(raw: Mapping[str, Any]) -> None:
+    """Production refuses a secret written inline in the file (it ends up in version control,
+    images and backups); development accepts it, so local configs stay one file. (Nothing is logged
+    here: the configuration is read before logging is set up.)"""
+    inline = inline_core_secrets(raw)
+    if not inline:
+        return
+    keys = ", ".join(inline)
+    gateway = raw.get("gateway")
+    if isinstance(gateway, Mapping) and gateway.get("environment") == "production":
+        hint = ""
+        if "redis.url" in inline:
+            hint = ' (redis.url holds a password: write the whole URL as a reference, url = "env:REDIS_URL")'
+        raise ConfigError(f"{keys}: secrets must be references (env:NAME or file:PATH) in production{hint}")
+
+
 def inline_secrets(raw: Mapping[str, Any], secret_keys: frozenset[str]) -> list[str]:
     """Names the secret settings written inline in a channel table instead of as references;
     a dotted key ("smtp.password") names a setting in a nested table."""
@@ -236,6 +326,6 @@ def inline_secrets(raw: Mapping[str, Any], secret_keys: frozenset[str]) -> list[
         value: Any = raw
         for part in key.split("."):
             value = value.get(part) if isinstance(value, Mapping) else None
-        if isinstance(value, str) and not value.startswith(("env:", "file:")):
+        if isinstance(value, str) and not _is_reference(value):
             inline.append(key)
     return sorted(inline)

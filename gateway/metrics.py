@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from gateway.bus.consumer import ConsumerRunner, Membership, PartitionLag
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+# Outcomes counted in gateway_processed_total, created at 0 when a process starts serving its admin
+# port, so rate() and alerts see the series before the first event.
+OUTCOMES = {
+    "worker": ("ok", "dropped", "quarantined", "failed"),
+    "dispatch": ("sent", "failed", "duplicate"),
+}
 
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        # The consumers running in this process by component ("worker", "dispatch"): the worker and
+        # the dispatcher register their runner here, so the admin server can report on them.
+        self.consumers: dict[str, ConsumerRunner] = {}
+        self._lag_series: dict[str, set[tuple[str, str]]] = {}
         labels = ("channel", "instance")
         self.requests = Counter(
             "gateway_http_requests",
@@ -60,3 +77,39 @@ class Metrics:
             ("component", "outcome"),
             registry=self.registry,
         )
+        self.consumer_member = Gauge(
+            "gateway_consumer_member",
+            "1 while the component's consumer is a member of its group (refreshed on scrape).",
+            ("component", "group"),
+            registry=self.registry,
+        )
+        self.consumer_partitions = Gauge(
+            "gateway_consumer_assigned_partitions",
+            "Partitions assigned to the component's consumer (refreshed on scrape).",
+            ("component", "group"),
+            registry=self.registry,
+        )
+        self.consumer_lag = Gauge(
+            "gateway_consumer_lag",
+            "Records not yet committed by the group, per assigned partition (refreshed on scrape).",
+            ("component", "group", "topic", "partition"),
+            registry=self.registry,
+        )
+
+    def init_outcomes(self, component: str) -> None:
+        """Create the component's gateway_processed_total series at 0."""
+        for outcome in OUTCOMES.get(component, ()):
+            self.processed.labels(component, outcome)
+
+    def observe_consumer(self, component: str, membership: Membership, lags: list[PartitionLag] | None) -> None:
+        """Set the consumer gauges; series of partitions no longer assigned are removed.
+        ``lags`` None: unknown right now (the broker did not answer), the lag series are dropped."""
+        group = membership.group_id
+        self.consumer_member.labels(component, group).set(1 if membership.member else 0)
+        self.consumer_partitions.labels(component, group).set(len(membership.partitions))
+        current = {(lag.topic, str(lag.partition)) for lag in lags or ()}
+        for topic, partition in self._lag_series.get(component, set()) - current:
+            self.consumer_lag.remove(component, group, topic, partition)
+        for lag in lags or ():
+            self.consumer_lag.labels(component, group, lag.topic, str(lag.partition)).set(lag.lag)
+        self._lag_series[component] = current

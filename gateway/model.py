@@ -1,7 +1,8 @@
 """The versioned message model: the JSON on every topic is a contract with downstream services.
 
-Field names are fixed by DESIGN.md; everything is a msgspec Struct so that decoding validates
-types and produces clear errors, and so that JSON Schemas can be generated from the same source.
+Field names are fixed by docs/architecture.md ("Message fields"); everything is a msgspec Struct
+so that decoding validates types and produces clear errors, and so that JSON Schemas can be
+generated from the same source.
 Structs are keyword-only and omit defaults on encode only where noted, keeping records explicit.
 """
 

@@ -16,6 +16,7 @@ from gateway.bus.producer import Publisher, header, record_for
 from gateway.bus.topics import Topics, ensure_topics
 from gateway.channel import Channel, ChannelServices, ChannelSettings
 from gateway.config import Config, ConfigError, format_validation_error, inline_secrets, resolve_reference
+from gateway.helpers.fetch import UrlFetcher
 from gateway.ingress.ingest import Ingestor
 from gateway.metrics import Metrics
 from gateway.model import DlqRecord, DlqStage, Message, decode_message, raw_payload
@@ -82,7 +83,9 @@ class Runtime:
             topics=Topics(config.gateway.topic_prefix),
         )
         runtime.ingestor = Ingestor(runtime)
-        runtime.channels = build_channels(config, registry, ChannelServices(store=store, ingest=runtime.ingestor))
+        fetcher = UrlFetcher.from_settings(config.fetch.allow, max_redirects=config.fetch.max_redirects)
+        services = ChannelServices(store=store, ingest=runtime.ingestor, fetcher=fetcher)
+        runtime.channels = build_channels(config, registry, services)
         return runtime
 
     async def open_http(self) -> aiohttp.ClientSession:

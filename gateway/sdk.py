@@ -25,11 +25,13 @@ from gateway.channel import (
 )
 from gateway.helpers.calendar import WEEKDAYS, BusinessHours, load_calendars
 from gateway.helpers.calendar import format_error as format_calendar_error
+from gateway.helpers.fetch import Fetched, FetchError, UrlFetcher
 from gateway.helpers.keywords import KeywordMatcher
 from gateway.helpers.keywords import normalize as normalize_for_match
 from gateway.helpers.payload import decode_json
 from gateway.helpers.priority import PRIORITY_RANK, Priority, add_tags, raise_priority
 from gateway.helpers.text import html_to_text, message_text, primary_language, readable_text
+from gateway.helpers.tokens import AccessTokens, Token, TokenError, TokenRejected, with_token
 from gateway.hookspecs import hookimpl
 from gateway.model import (
     Attachment,
@@ -62,7 +64,11 @@ from gateway.store.redis import StoreUnavailable
 # 1.1: Processor.process_batch and BatchResult; the shared helpers (message_text, html_to_text,
 # readable_text, primary_language, KeywordMatcher, normalize_for_match, BusinessHours,
 # load_calendars, format_calendar_error, WEEKDAYS, Priority, PRIORITY_RANK, raise_priority, add_tags).
-# 1.2: decode_json (untrusted JSON whose every failure, deep nesting included, is a PayloadError).
+# 1.2: Channel.parse_stored (a DLQ payload parsed again by `gateway dlq replay`), Channel.failed;
+# AccessTokens, Token, TokenError, TokenRejected, with_token (provider tokens shared by all
+# processes); UrlFetcher (ChannelServices.fetcher), Fetched, FetchError (URLs messages name).
+# decode_json (untrusted JSON whose every failure, deep nesting and invalid UTF-8 included, is a
+# PayloadError).
 API_VERSION = "1.2"
 
 __all__ = [
@@ -70,6 +76,7 @@ __all__ = [
     "PRIORITY_RANK",
     "WEEKDAYS",
     "Accepted",
+    "AccessTokens",
     "Attachment",
     "AuthenticationError",
     "BatchResult",
@@ -82,6 +89,8 @@ __all__ = [
     "DeliveryError",
     "DeliveryEvent",
     "Drop",
+    "FetchError",
+    "Fetched",
     "ForbiddenError",
     "HttpReply",
     "Ingest",
@@ -107,6 +116,10 @@ __all__ = [
     "Sentiment",
     "StoreUnavailable",
     "Tags",
+    "Token",
+    "TokenError",
+    "TokenRejected",
+    "UrlFetcher",
     "WebhookRequest",
     "add_tags",
     "basic_auth",
@@ -131,4 +144,5 @@ __all__ = [
     "retry_after_seconds",
     "utcnow",
     "verify_prefixed_hex",
+    "with_token",
 ]

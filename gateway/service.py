@@ -68,7 +68,14 @@ async def run_roles(runtime: Runtime, roles: Roles, stop: asyncio.Event, ready: 
                 await channel.start()
                 started_channels.append(channel)
         if roles.worker or roles.dispatch:
-            await connect  # consumers need topics to exist before subscribing
+            # Consumers need topics to exist before subscribing; a stop while the broker is still
+            # unreachable ends the process now (SIGTERM must not wait for a broker that may never come).
+            stopping = asyncio.create_task(stop.wait())
+            await asyncio.wait([connect, stopping], return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if not connect.done():
+                return
+            connect.result()
             if roles.worker:
                 consumers.append(Worker(runtime, chain))
             if roles.dispatch:

@@ -41,6 +41,7 @@ from gateway.sdk import (
     BatchResult,
     BusinessHours,
     Content,
+    KeywordMatcher,
     Message,
     Party,
     Processor,
@@ -128,34 +129,6 @@ def reply_subject(subject: str | None) -> str | None:
         return None
     subject = subject.strip()
     return subject if _REPLY_PREFIX.match(subject) else f"Re: {subject}"
-
-
-# --- keyword matching ------------------------------------------------------------------------------------
-
-# Scripts written without spaces between words: a keyword there matches as a substring.
-_UNSPACED = ("CJK", "HIRAGANA", "KATAKANA", "HANGUL", "THAI", "LAO", "KHMER", "MYANMAR", "TIBETAN", "HALFWIDTH")
-
-
-def normalize_text(text: str) -> str:
-    """NFKC folds full-width forms and compatibility characters; casefold handles ß, Σ, etc."""
-    return unicodedata.normalize("NFKC", text).casefold()
-
-
-def _unspaced(keyword: str) -> bool:
-    return any(unicodedata.name(ch, "").startswith(_UNSPACED) for ch in keyword)
-
-
-def keyword_pattern(keywords: list[str]) -> re.Pattern[str] | None:
-    """One alternation for all keywords of an entry: whole words for spaced scripts (so "price"
-    does not fire on "priceless"), substrings for CJK and other unspaced scripts."""
-    parts = []
-    for raw in keywords:
-        keyword = normalize_text(raw).strip()
-        if not keyword:
-            continue
-        escaped = re.escape(keyword)
-        parts.append(escaped if _unspaced(keyword) else rf"(?<!\w){escaped}(?!\w)")
-    return re.compile("|".join(parts)) if parts else None
 
 
 # --- settings --------------------------------------------------------------------------------------------
@@ -381,14 +354,17 @@ class AutoReply(Processor):
     def __init__(self, settings: ProcessorSettings) -> None:
         super().__init__(settings)
         self.config = cast(AutoreplySettings, settings)
+        # The FAQ in order: (entry, its keywords, its regex). One matcher finds every entry's
+        # keywords in one pass (with the SDK's prefilter, most texts are rejected by one search).
         self._faq = [
             (
                 entry,
-                keyword_pattern(entry.keywords),
+                frozenset(k for k in entry.keywords if k.strip()),
                 re.compile(entry.regex, re.IGNORECASE) if entry.regex else None,
             )
             for entry in self.config.faq
         ]
+        self._faq_keywords = KeywordMatcher(k for entry in self.config.faq for k in entry.keywords)
         self._own_ids = frozenset(i.casefold() for i in self.config.own_ids)
         ack = self.config.acknowledgement
         self._acknowledgement = (
@@ -710,10 +686,11 @@ class AutoReply(Processor):
             return None
         limit = self.config.max_scan_chars
         text = "\n".join(p for p in (message.content.subject, message.content.text) if p)[:limit]
-        folded = normalize_for_match(text)  # NFKC + casefold, shared with escalation and routing
+        # NFKC + casefold, shared with (and cached for) escalation and routing
+        found = frozenset(self._faq_keywords.find(normalize_for_match(text), normalized=True))
         nfkc: str | None = None  # for regexes, on first use
         for entry, keywords, regex in self._faq:
-            if keywords is not None and keywords.search(folded):
+            if found and not keywords.isdisjoint(found):
                 return entry
             if regex is not None:
                 if nfkc is None:

@@ -17,7 +17,8 @@ sorted by name, name then value))``. Verification mirrors ``twilio.request_valid
 
 The signed URL is ``WebhookRequest.url``: the core rebuilds it from ``http.public_url`` or, behind a
 trusted proxy, from ``X-Forwarded-Proto``/``X-Forwarded-Host``. After the signature, ``AccountSid`` must
-name this instance's account (403 otherwise), so one sub-account's webhook URL cannot feed another's.
+name this instance's account (403 otherwise), so one sub-account's webhook URL cannot feed another's;
+signed JSON bodies must name it too (``AccountSid``, ``account_sid`` or ``accountSid``).
 
 Inbound messages are answered with an empty TwiML ``<Response/>`` (Twilio sends no auto-reply and logs
 no warning); status callbacks become ``DeliveryEvent``s and are answered 204.
@@ -276,6 +277,31 @@ def signature_algorithm(settings_header: str | None) -> str:
     return "HMAC_SHA1"
 
 
+class _JsonAccount(msgspec.Struct):
+    """Where Twilio's JSON webhooks name the account: ``AccountSid`` like the form parameters, or
+    the REST resources' ``account_sid`` / the event payloads' ``accountSid``."""
+
+    AccountSid: str | None = None
+    account_sid: str | None = None
+    accountSid: str | None = None  # Twilio's camelCase spelling
+
+
+_json_account = msgspec.json.Decoder(_JsonAccount)
+
+
+def json_account_sid(body: bytes) -> str:
+    """The account a signed JSON body names, "" when it names none (or is not a JSON object).
+
+    The body is authentic here (bodySHA256 matched), but may still be anything: undecodable or
+    deeply nested JSON counts as naming no account (403), never as an error of ours.
+    """
+    try:
+        data = _json_account.decode(body)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return ""
+    return data.AccountSid or data.account_sid or data.accountSid or ""
+
+
 # -- normalization helpers -------------------------------------------------------------------------
 
 
@@ -359,8 +385,10 @@ class TwilioChannel(Channel):
 
         if request.content_type == FORM:
             account = (params.get("AccountSid") or [""])[-1]
-            if not constant_time_equals(account, self.settings.account_sid):
-                raise ForbiddenError("AccountSid does not belong to this instance")
+        else:
+            account = json_account_sid(request.body)
+        if not constant_time_equals(account, self.settings.account_sid):
+            raise ForbiddenError("AccountSid does not belong to this instance")
 
     def _signing_key(self, settings_header: str | None) -> tuple[str, str]:
         if settings_header is None:

@@ -1,13 +1,17 @@
 """Helpers shared by the fault tests: provider deliveries for two channel types, a provider that
-posts them, remembers every answer and retries byte for byte, and configs for worker subprocesses."""
+posts them, remembers every answer and retries byte for byte, configs for worker and dispatcher
+subprocesses, and polling helpers that wait on conditions."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from gateway.config import Config
 from tests.conftest import API_SECRET, api_body, sign
@@ -128,3 +132,69 @@ key_prefix = "{config.redis.key_prefix}"
 [worker]
 group_id = "{config.worker.group_id}"
 {rest}"""
+
+
+def dispatch_config_toml(config: Config, *, callback_url: str, claim_ttl_s: float) -> str:
+    """A gateway.toml for a ``gateway dispatch`` subprocess that shares ``config``'s broker, topics,
+    Redis keys and dispatch group, with one ``api`` instance posting replies to ``callback_url``."""
+    section = config.kafka
+    return f"""
+[gateway]
+topic_prefix = "{config.gateway.topic_prefix}"
+[kafka]
+bootstrap_servers = "{section.bootstrap_servers}"
+partitions = {section.partitions}
+session_timeout_ms = {section.session_timeout_ms}
+heartbeat_interval_ms = {section.heartbeat_interval_ms}
+fetch_max_wait_ms = {section.fetch_max_wait_ms}
+publish_timeout_ms = {section.publish_timeout_ms}
+[redis]
+url = "{config.redis.url}"
+key_prefix = "{config.redis.key_prefix}"
+[dispatch]
+group_id = "{config.dispatch.group_id}"
+retry_backoff_ms = {config.dispatch.retry_backoff_ms}
+claim_ttl_s = {claim_ttl_s}
+[channels.api]
+type = "api"
+secret = "{API_SECRET}"
+callback_url = "{callback_url}"
+"""
+
+
+async def read_until(
+    bootstrap: str, topic: str, done: Callable[[list[Any]], bool], timeout_s: float = 120.0
+) -> list[Any]:
+    """Read a topic from the start until ``done(records so far)`` holds; fails (not hangs) past the deadline."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest", fetch_max_wait_ms=50)
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        async with asyncio.timeout(timeout_s):
+            while not (partitions := consumer.partitions_for_topic(topic)):
+                await consumer._client.force_metadata_update()
+                await asyncio.sleep(0.05)
+            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            while not done(records):
+                for batch in (await consumer.getmany(timeout_ms=100)).values():
+                    records.extend(batch)
+    except TimeoutError:
+        raise AssertionError(f"{topic}: condition not met within {timeout_s}s ({len(records)} records)") from None
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def until(condition: Callable[[], Awaitable[bool] | bool], what: str, timeout_s: float = 60.0) -> None:
+    """Poll ``condition`` until it holds: waits on a state, never on a guessed duration."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                result = condition()
+                if result if isinstance(result, bool) else await result:
+                    return
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"within {timeout_s}s: {what}") from None

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import pytest
 from aiohttp import web
 
 from gateway.channel import ParseResult
+from gateway.ingress.api import IDEMPOTENCY_NAMESPACE, key_identity
 from gateway.ingress.app import create_app
 from gateway.model import DeliveryEvent, decode_event, decode_message
 from gateway.plugins import PluginRegistry
@@ -15,6 +18,7 @@ from tests.conftest import API_SECRET, make_config, read_records, topic_size
 from tests.test_dispatch import Provider, dispatching, enqueue, reply
 
 API_KEY = "k" * 32
+OTHER_API_KEY = "o" * 32
 
 
 async def api_runtime(kafka_bootstrap: str, redis_url: str, registry: PluginRegistry, **api: Any) -> Runtime:
@@ -81,6 +85,108 @@ async def test_auth_validation_and_idempotency(
         assert await topic_size(kafka_bootstrap, runtime.topics.outbound) == 1
     finally:
         await runtime.close()
+
+
+async def test_idempotency_keys_are_scoped_per_api_key_and_bound_to_the_body(
+    kafka_bootstrap: str, redis_url: str, registry: PluginRegistry, aiohttp_client: Any
+) -> None:
+    runtime = await api_runtime(kafka_bootstrap, redis_url, registry, keys=[API_KEY, OTHER_API_KEY])
+    try:
+        client = await aiohttp_client(create_app(runtime))
+        first_headers = {"Authorization": f"Bearer {API_KEY}", "Idempotency-Key": "reply-1"}
+        body = outbound(labels={"b": 1, "a": [1, 2]})
+        first = await client.post("/api/v1/messages", json=body, headers=first_headers)
+        assert first.status == 202
+        first_id = (await first.json())["id"]
+
+        # The same request again, spelled differently (key order, spacing): an idempotent duplicate.
+        same = json.dumps({"labels": {"a": [1, 2], "b": 1}, **outbound()}, indent=2).encode()
+        again = await client.post("/api/v1/messages", data=same, headers=first_headers)
+        assert again.status == 202 and await again.json() == {"id": first_id, "status": "queued", "duplicate": True}
+
+        # The same key with a different message: refused, naming the conflict; nothing is queued.
+        different = outbound(content={"text": "Your refund was declined"})
+        conflict = await client.post("/api/v1/messages", json=different, headers=first_headers)
+        assert conflict.status == 422
+        answer = await conflict.json()
+        assert answer["conflict"] == "idempotency_key" and answer["id"] == first_id
+        assert "reply-1" in answer["error"] and "different request body" in answer["error"]
+
+        # Another API key using the same Idempotency-Key is another client: its message is queued.
+        other_headers = {"X-API-Key": OTHER_API_KEY, "Idempotency-Key": "reply-1"}
+        other = await client.post("/api/v1/messages", json=different, headers=other_headers)
+        assert other.status == 202
+        other_answer = await other.json()
+        assert other_answer["duplicate"] is False and other_answer["id"] != first_id
+
+        too_long = {"X-API-Key": API_KEY, "Idempotency-Key": "x" * 256}
+        assert (await client.post("/api/v1/messages", json=outbound(), headers=too_long)).status == 400
+
+        records = await read_records(kafka_bootstrap, runtime.topics.outbound, 2)
+        texts = sorted(decode_message(r.value).content.text or "" for r in records)
+        assert texts == ["Your refund is on its way", "Your refund was declined"]
+        assert await topic_size(kafka_bootstrap, runtime.topics.outbound) == 2
+
+        # Redis holds a claim per (API key identity, Idempotency-Key) and a body digest, never the key.
+        keys = [k async for k in runtime.store.client.scan_iter(match=runtime.store.prefix + "*")]
+        values = [await runtime.store.client.get(k) for k in keys]
+        assert len(keys) == 2 and all(v is not None and v.startswith(b"done:") and b"|" in v for v in values)
+        stored = b" ".join(keys + [v for v in values if v is not None])
+        assert API_KEY.encode() not in stored and OTHER_API_KEY.encode() not in stored
+        scoped = runtime.store.key("dedup", IDEMPOTENCY_NAMESPACE, f"{key_identity(API_KEY)}:reply-1")
+        assert (await runtime.store.client.get(scoped) or b"").startswith(f"done:{first_id}|".encode())
+    finally:
+        await runtime.close()
+
+
+DEEP = b"[" * 5000 + b"]" * 5000  # what made msgspec raise RecursionError (a 500) before
+DEEP_OBJECT = b'{"a":' * 5000 + b"1" + b"}" * 5000
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "error"),
+    [
+        (b'{"instance": "api", "conversation_id": "c", "content": {}, "labels": {"x": ' + DEEP + b"}}", 400, "nested"),
+        (b'{"instance": "api", "conversation_id": "c", "content": {}, "labels": ' + DEEP_OBJECT + b"}", 400, "nested"),
+        (b'{"instance": "api", "conversation_id": "c", "content": {"text": ' + DEEP + b"}}", 422, "$.content.text"),
+        (DEEP, 422, "Expected `object`, got `array`"),
+        (b'{"instance": "api", "conversation_id": "c", "content": {"text": "\xff\xfe"}}', 400, "UTF-8"),
+        (b'{"instance": "api", "conversation_id": "c", "content": {"text": "\\ud800"}}', 400, "not valid"),
+        (b'{"instance": "api", "conversation_id"', 400, "not valid"),
+        (b"", 400, "not valid"),
+        (b"\x00\x01binary", 400, "not valid"),
+        (json.dumps(outbound(conversation_id="c" * 200_000)).encode(), 422, "$.conversation_id"),
+        (json.dumps(outbound(content={"text": 42})).encode(), 422, "$.content.text"),
+        (json.dumps(outbound(labels=[1, 2])).encode(), 422, "$.labels"),
+        (json.dumps([outbound()]).encode(), 422, "Expected `object`"),
+        (json.dumps(outbound(labels={"x": json.loads("[" * 100 + "]" * 100)})).encode(), 422, "$.labels"),
+    ],
+    ids=[
+        "deep-labels",
+        "deep-labels-objects",
+        "deep-where-a-string-belongs",
+        "deep-top-level",
+        "invalid-utf8",
+        "lone-surrogate",
+        "truncated",
+        "empty",
+        "binary",
+        "huge-string",
+        "wrong-type",
+        "labels-not-a-table",
+        "array-instead-of-object",
+        "labels-too-deep",
+    ],
+)
+async def test_undecodable_bodies_are_4xx_never_5xx(
+    body: bytes, status: int, error: str, client: Any, runtime: Runtime
+) -> None:
+    runtime.config.api.keys = [API_KEY]
+    runtime.config.api.max_body_bytes = 1 << 20
+    response = await client.post("/api/v1/messages", data=body, headers={"X-API-Key": API_KEY})
+    assert response.status == status
+    assert error in (await response.json())["error"]
+    assert await topic_size(runtime.config.kafka.bootstrap_servers, runtime.topics.outbound) == 0
 
 
 async def test_disabled_without_keys_and_503_without_broker(

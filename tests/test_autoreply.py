@@ -265,6 +265,7 @@ async def test_faq_keywords_match_whole_words_only_in_spaced_scripts() -> None:
     assert p.match_faq(inbound("this is priceless")) is None
     assert p.match_faq(inbound("deliveryman")) is None
     assert p.match_faq(inbound("price: 10")) is FAQ[2]
+    assert p.match_faq(inbound("price价格多少")) is FAQ[2]  # a Han neighbour is a word boundary
 
 
 async def test_first_matching_faq_entry_wins(harness: Harness) -> None:

@@ -123,3 +123,27 @@ def test_event_loop_choice() -> None:
 
     assert event_loop_factory("uvloop") is uvloop.new_event_loop
     assert event_loop_factory("asyncio") is None  # asyncio.Runner's default: the standard loop
+
+
+@pytest.mark.parametrize("command", ["worker", "dispatch"])
+def test_sigterm_stops_a_consumer_whose_broker_never_answered(command: str, tmp_path: Path) -> None:
+    """A worker or dispatcher started before its broker (compose, Kubernetes) must still stop on
+    SIGTERM while it waits, instead of being killed after the grace period."""
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"}  # nothing listens there
+    log = (tmp_path / f"{command}.log").open("w+")
+    process = subprocess.Popen([GATEWAY, command], stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while "producer_connect_failed" not in Path(log.name).read_text():
+            assert process.poll() is None, Path(log.name).read_text()
+            assert time.monotonic() < deadline, Path(log.name).read_text()
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        log.close()
+    assert code == 0, Path(log.name).read_text()
+    assert "stopped" in Path(log.name).read_text()

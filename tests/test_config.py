@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ from gateway.config import (
     Config,
     ConfigError,
     config_from_dict,
+    inline_core_secrets,
     inline_secrets,
     load_config,
     resolve_reference,
@@ -205,6 +208,75 @@ def test_resolve_reference_walks_tables_and_lists() -> None:
 def test_inline_secrets_lists_only_literal_values() -> None:
     raw = {"secret": "literal", "token": "env:T", "key": "file:/run/secrets/k", "other": "literal"}
     assert inline_secrets(raw, frozenset({"secret", "token", "key", "missing"})) == ["secret"]
+
+
+# --- production refuses inline secrets in the core sections --------------------------------------------
+
+PRODUCTION = {"environment": "production"}
+INLINE_KEY = "k" * 32
+
+
+def test_production_refuses_every_inline_core_secret_naming_each() -> None:
+    raw = {
+        "gateway": PRODUCTION,
+        "api": {"keys": ["env:GATEWAY_API_KEY", INLINE_KEY]},
+        "kafka": {"sasl_username": "gw", "sasl_password": "s3cr3t-password"},
+        "redis": {"url": "rediss://:hunter2-password@redis.example.com:6380/0"},
+    }
+    error = config_error(raw, {"GATEWAY_API_KEY": INLINE_KEY})
+    assert error.startswith("api.keys[1], kafka.sasl_password, redis.url: secrets must be references")
+    assert "in production" in error and 'url = "env:REDIS_URL"' in error
+    # The message names the settings, never their values.
+    assert "s3cr3t" not in error and "hunter2" not in error and INLINE_KEY not in error
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("api", "keys", [INLINE_KEY]),
+        ("kafka", "sasl_password", "s3cr3t-password"),
+        ("redis", "url", "redis://gateway:s3cr3t@redis:6379/0"),
+        ("redis", "url", "redis://:s3cr3t@redis:6379/0"),
+    ],
+)
+def test_production_refuses_each_kind_of_inline_core_secret(section: str, key: str, value: Any) -> None:
+    error = config_error({"gateway": PRODUCTION, section: {key: value}})
+    assert error.split(":", 1)[0] == (f"{section}.{key}[0]" if isinstance(value, list) else f"{section}.{key}")
+
+
+def test_production_accepts_references_and_a_redis_url_without_password(tmp_path: Path) -> None:
+    secret = write(tmp_path, "redis://:from-a-file@redis:6379/0\n", name="redis_url")
+    environ = {"GATEWAY_API_KEY": INLINE_KEY, "KAFKA_PASSWORD": "s3cr3t"}
+    raw = {
+        "gateway": PRODUCTION,
+        "api": {"keys": ["env:GATEWAY_API_KEY"]},
+        "kafka": {"sasl_password": "env:KAFKA_PASSWORD"},
+        "redis": {"url": f"file:{secret}"},
+    }
+    config = config_from_dict(raw, environ)
+    assert config.api.keys == [INLINE_KEY] and config.kafka.sasl_password == "s3cr3t"
+    assert config.redis.url == "redis://:from-a-file@redis:6379/0"
+    # A URL without a password is not a secret; nor is a user name alone.
+    for url in ("redis://redis:6379/0", "redis://gateway@redis:6379/0", "unix:///run/redis.sock"):
+        assert config_from_dict({"gateway": PRODUCTION, "redis": {"url": url}}, NO_ENV).redis.url == url
+
+
+def test_development_accepts_inline_core_secrets_and_lists_them() -> None:
+    raw = {"api": {"keys": [INLINE_KEY]}, "kafka": {"sasl_password": "pw"}, "redis": {"url": "redis://:pw@r:6379/0"}}
+    assert inline_core_secrets(raw) == ["api.keys[0]", "kafka.sasl_password", "redis.url"]
+    assert config_from_dict(raw, NO_ENV).api.keys == [INLINE_KEY]
+
+
+def test_production_file_with_an_inline_api_key_does_not_start(tmp_path: Path) -> None:
+    """The real command, as an operator runs it: refused at start, before connecting to anything."""
+    config = write(tmp_path, f'[gateway]\nenvironment = "production"\n[api]\nkeys = ["{INLINE_KEY}"]\n')
+    gateway = str(Path(sys.executable).with_name("gateway"))
+    result = subprocess.run(
+        [gateway, "serve", "--config", str(config)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 2
+    assert "invalid configuration: api.keys[0]: secrets must be references" in result.stderr
+    assert INLINE_KEY not in result.stderr
 
 
 # --- invalid values -----------------------------------------------------------------------------------

@@ -1,19 +1,60 @@
-"""The channel contract suite (gateway.testing.ChannelContract) run against built-in channels.
+"""The channel contract suite (gateway.testing.ChannelContract) run against every built-in channel.
 
-Proves the suite itself: two adapters with different authentication schemes (an HMAC over the
-body, a static token header) and payload shapes pass it unchanged.
+One subclass per channel type: api, telegram, whatsapp, messenger, instagram, slack, twilio, line,
+mailgun, sendgrid (HTTP webhooks), smtp (its SMTP listener) and webchat (WebSocket and REST: most
+checks are skipped with the reason; a webhook POST to it must be refused, as to smtp). Each
+webhook channel runs every fixture of tests/fixtures/<provider> that yields a message or an event;
+the ones that legitimately yield nothing are listed (``*_SILENT``) and tested in the channel's own
+tests. tests/test_contract_coverage.py checks that no channel type is left out.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import dataclasses
+import hashlib
+import hmac
+import json
+import re
+import smtplib
+import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+from urllib.parse import parse_qsl
 
+from twilio.request_validator import RequestValidator
+
+from gateway.channel import ParseResult
+from gateway.embedded import free_port
 from gateway.model import Message
-from gateway.testing import ChannelContract, ProviderRequest, json_request, sign_hmac_sha256_hex
+from gateway.testing import (
+    ChannelContract,
+    ProviderRequest,
+    RunningGateway,
+    form_request,
+    json_request,
+    sign_hmac_sha256_hex,
+)
+from gateway.testing.contract import add_form_fields
+from plugins.email.mime import message_from_mime
+from plugins.email.smtp import SmtpChannel
+from tests.email_forms import encode_spec, load_spec
 
-TELEGRAM_FIXTURES = Path(__file__).parent / "fixtures" / "telegram"
+FIXTURES = Path(__file__).parent / "fixtures"
+TELEGRAM_FIXTURES = FIXTURES / "telegram"
+
+
+def json_fixtures(
+    directory: Path, pattern: str = "*.json", silent: frozenset[str] = frozenset()
+) -> dict[str, ProviderRequest]:
+    return {
+        path.stem: ProviderRequest(body=path.read_bytes(), headers={"Content-Type": "application/json"})
+        for path in sorted(directory.glob(pattern))
+        if path.stem not in silent
+    }
 
 
 class TestApiChannelContract(ChannelContract):
@@ -59,6 +100,9 @@ TELEGRAM_SILENT: set[str] = set()
 class TestTelegramChannelContract(ChannelContract):
     channel_type = "telegram"
     signs_body = False  # Telegram echoes a static secret_token header; there is no signature over the body
+    not_applicable: ClassVar[Mapping[str, str]] = {
+        "tampered_body": "Telegram sends a static X-Telegram-Bot-Api-Secret-Token header, no signature over the body"
+    }
 
     def config(self) -> dict[str, Any]:
         return {
@@ -81,3 +125,274 @@ class TestTelegramChannelContract(ChannelContract):
 
     def check_message(self, name: str, message: Message) -> None:
         assert message.conversation_id.startswith(f"{self.instance}:")  # one thread per chat, per bot instance
+
+
+# --- Meta: WhatsApp, Messenger, Instagram (X-Hub-Signature-256 over the body) ---------------------------
+
+# Changes that carry neither a message nor a status (account alerts, template reviews): logged, tested in test_meta.
+WHATSAPP_SILENT = frozenset({"whatsapp_account_errors", "whatsapp_template_status"})
+
+
+class MetaContract(ChannelContract):
+    def config(self) -> dict[str, Any]:
+        return {"app_secret": "contract-meta-app-secret-0123", "verify_token": "contract-verify-token"}
+
+    def valid_payloads(self) -> Mapping[str, ProviderRequest]:
+        return json_fixtures(FIXTURES / "meta", f"{self.channel_type}_*.json", WHATSAPP_SILENT)
+
+    def sign(self, request: ProviderRequest, config: Mapping[str, Any]) -> ProviderRequest:
+        return sign_hmac_sha256_hex(request, config["app_secret"], "X-Hub-Signature-256")
+
+
+class TestWhatsAppChannelContract(MetaContract):
+    channel_type = "whatsapp"
+
+    def duplicate_payload(self) -> ProviderRequest:
+        return self.valid_payloads()["whatsapp_text"]
+
+
+class TestMessengerChannelContract(MetaContract):
+    channel_type = "messenger"
+
+    def duplicate_payload(self) -> ProviderRequest:
+        return self.valid_payloads()["messenger_text"]
+
+
+class TestInstagramChannelContract(MetaContract):
+    channel_type = "instagram"
+
+
+# --- Slack (v0 signature over timestamp and body) -------------------------------------------------------
+
+# Bots' own posts, edits, deletions, joins, reactions, rate-limit notices and the URL handshake are not
+# customer messages: tested in test_slack.
+SLACK_SILENT = frozenset(
+    {
+        "app_rate_limited",
+        "bot_message",
+        "channel_join",
+        "message_changed",
+        "message_deleted",
+        "other_app_message",
+        "own_bot_message",
+        "reaction_added",
+        "url_verification",
+    }
+)
+
+
+class TestSlackChannelContract(ChannelContract):
+    channel_type = "slack"
+
+    def config(self) -> dict[str, Any]:
+        return {"signing_secret": "8f742231b10e8888abcd99yyyzzz85a5"}
+
+    def valid_payloads(self) -> Mapping[str, ProviderRequest]:
+        return json_fixtures(FIXTURES / "slack", silent=SLACK_SILENT)
+
+    def duplicate_payload(self) -> ProviderRequest:
+        return self.valid_payloads()["message_im"]
+
+    def sign(self, request: ProviderRequest, config: Mapping[str, Any]) -> ProviderRequest:
+        timestamp = str(int(time.time()))
+        base = b"v0:" + timestamp.encode() + b":" + request.body
+        digest = hmac.new(config["signing_secret"].encode(), base, hashlib.sha256).hexdigest()
+        return request.with_headers({"X-Slack-Request-Timestamp": timestamp, "X-Slack-Signature": f"v0={digest}"})
+
+
+# --- Twilio (X-Twilio-Signature over the URL and the form) ----------------------------------------------
+
+
+class TestTwilioChannelContract(ChannelContract):
+    channel_type = "twilio"
+
+    def config(self) -> dict[str, Any]:
+        return {"auth_token": "0123456789abcdef0123456789abcdef", "account_sid": "AC0f1e2d3c4b5a69788796a5b4c3d2e1f0"}
+
+    def valid_payloads(self) -> Mapping[str, ProviderRequest]:
+        return {
+            path.stem: form_request(json.loads(path.read_text("utf-8")))
+            for path in sorted((FIXTURES / "twilio").glob("*.json"))
+        }
+
+    def duplicate_payload(self) -> ProviderRequest:
+        return self.valid_payloads()["sms_chinese_emoji"]
+
+    def sign(self, request: ProviderRequest, config: Mapping[str, Any]) -> ProviderRequest:
+        params = dict(parse_form(request.body))
+        signature = RequestValidator(config["auth_token"]).compute_signature(request.url, params)
+        return request.with_headers({"X-Twilio-Signature": signature})
+
+
+def parse_form(body: bytes) -> list[tuple[str, str]]:
+    return parse_qsl(body.decode(), keep_blank_values=True)
+
+
+# --- LINE (X-Line-Signature: base64 HMAC-SHA256 of the body) --------------------------------------------
+
+LINE_SILENT = frozenset({"verify_empty"})  # the console's "Verify" button: no events, answered 200 (test_line)
+
+
+class TestLineChannelContract(ChannelContract):
+    channel_type = "line"
+
+    def config(self) -> dict[str, Any]:
+        return {"channel_secret": "8c570fa6dd201bb328f1c1eac23a96d8"}
+
+    def valid_payloads(self) -> Mapping[str, ProviderRequest]:
+        return json_fixtures(FIXTURES / "line", silent=LINE_SILENT)
+
+    def duplicate_payload(self) -> ProviderRequest:
+        return self.valid_payloads()["text_cjk"]
+
+    def sign(self, request: ProviderRequest, config: Mapping[str, Any]) -> ProviderRequest:
+        digest = hmac.new(config["channel_secret"].encode(), request.body, hashlib.sha256).digest()
+        return request.with_headers({"X-Line-Signature": base64.b64encode(digest).decode()})
+
+
+# --- Mailgun and SendGrid (inbound mail as forms) -------------------------------------------------------
+
+
+def email_fixtures(provider: str) -> dict[str, ProviderRequest]:
+    requests = {}
+    for path in sorted((FIXTURES / provider).glob("*.json")):
+        body, content_type = encode_spec(load_spec(provider, path.stem))
+        requests[path.stem] = ProviderRequest(body=body, headers={"Content-Type": content_type})
+    return requests
+
+
+class TestMailgunChannelContract(ChannelContract):
+    channel_type = "mailgun"
+    signs_body = False  # the signature covers timestamp + token only; the token is a one-time replay guard
+    not_applicable: ClassVar[Mapping[str, str]] = {
+        "tampered_body": "Mailgun signs timestamp + token, not the body; the token is accepted once (replay guard)"
+    }
+
+    def config(self) -> dict[str, Any]:
+        return {"signing_key": "key-3ax6xnjp29jd6fds4gc373sgvjxteol0"}
+
+    def valid_payloads(self) -> Mapping[str, ProviderRequest]:
+        return email_fixtures("mailgun")
+
+    def duplicate_payload(self) -> ProviderRequest:
+        return self.valid_payloads()["reply_with_attachments"]
+
+    def sign(self, request: ProviderRequest, config: Mapping[str, Any]) -> ProviderRequest:
+        """What Mailgun adds to every post (a fresh token each time): timestamp, token, signature fields."""
+        timestamp, token = str(int(time.time())), uuid.uuid4().hex + uuid.uuid4().hex[:18]
+        digest = hmac.new(config["signing_key"].encode(), (timestamp + token).encode(), hashlib.sha256).hexdigest()
+        return add_form_fields(request, {"timestamp": timestamp, "token": token, "signature": digest})
+
+
+class TestSendGridChannelContract(ChannelContract):
+    channel_type = "sendgrid"
+    signs_body = False  # Inbound Parse authenticates with a URL key (or basic auth), not a signature
+    not_applicable: ClassVar[Mapping[str, str]] = {
+        "tampered_body": "Inbound Parse authenticates with a URL key or basic auth, no signature over the body"
+    }
+
+    def config(self) -> dict[str, Any]:
+        return {"url_secret": "k3y-8f1c2e9a7b6d5c4e3f2a1b0c"}
+
+    def valid_payloads(self) -> Mapping[str, ProviderRequest]:
+        return email_fixtures("sendgrid")
+
+    def duplicate_payload(self) -> ProviderRequest:
+        return self.valid_payloads()["parsed_gbk"]
+
+    def sign(self, request: ProviderRequest, config: Mapping[str, Any]) -> ProviderRequest:
+        return dataclasses.replace(request, query={**request.query, "key": config["url_secret"]})
+
+
+# --- transports of their own ----------------------------------------------------------------------------
+
+
+# Not mail at all: quarantined and still answered 250 (tested in test_email_smtp).
+SMTP_SILENT = frozenset({"garbage"})
+SMTP_DOMAIN = "contract.example.com"
+SMTP_FROM = "ada@example.org"
+
+
+def on_the_wire(raw: bytes) -> bytes:
+    """The mail as the listener receives it (CRLF line ends, a final CRLF), so expected and received
+    bytes agree (a mail without Message-ID is deduplicated by a hash of them)."""
+    raw = re.sub(rb"\r\n|\r|\n", b"\r\n", raw)
+    return raw if raw.endswith(b"\r\n") else raw + b"\r\n"
+
+
+class TestSmtpChannelContract(ChannelContract):
+    """Every mail fixture through the instance's SMTP listener: round trips, a Message-ID delivered
+    twice, unknown header fields; SMTP has no per-request signature, so those checks say so."""
+
+    channel_type = "smtp"
+    webhook_transport = "mail arrives over the instance's own SMTP listener"
+    not_applicable: ClassVar[Mapping[str, str]] = dict.fromkeys(
+        ("forged_signature", "tampered_body"),
+        "SMTP has no per-request signature: the listener takes mail only for its configured domains and "
+        "addresses (550 otherwise) and can require STARTTLS (test_email_smtp)",
+    )
+
+    def config(self) -> dict[str, Any]:
+        return {"port": free_port(), "domains": [SMTP_DOMAIN]}
+
+    def valid_payloads(self) -> Mapping[str, ProviderRequest]:
+        return {
+            path.stem: ProviderRequest(body=on_the_wire(path.read_bytes()), headers={"Content-Type": "message/rfc822"})
+            for path in sorted((FIXTURES / "email").glob("*.eml"))
+            if path.stem not in SMTP_SILENT
+        }
+
+    def duplicate_payload(self) -> ProviderRequest:
+        return self.valid_payloads()["gbk_chinese"]
+
+    def sign(self, request: ProviderRequest, config: Mapping[str, Any]) -> ProviderRequest:
+        return request  # nothing to sign: SMTP accepts mail for the configured domains
+
+    def with_unknown_fields(self, request: ProviderRequest) -> ProviderRequest:
+        """A header field no normalizer knows, first in the mail."""
+        return request.with_body(b"X-Contract-Unknown: added by a future mail server\r\n" + request.body)
+
+    async def deliver(self, gateway: RunningGateway, request: ProviderRequest) -> tuple[bool, str]:
+        channel = gateway.runtime.channels[self.instance]
+        assert isinstance(channel, SmtpChannel) and channel.port is not None
+        port = channel.port
+
+        def conversation() -> tuple[int, bytes]:
+            with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+                client.ehlo("contract.test")
+                for code, text in (client.mail(SMTP_FROM), client.rcpt(f"support@{SMTP_DOMAIN}")):
+                    if code != 250:
+                        return code, text
+                return client.data(request.body)
+
+        code, text = await asyncio.to_thread(conversation)
+        return code == 250, f"{code} {text.decode(errors='replace')}"
+
+    def parse(self, gateway: RunningGateway, request: ProviderRequest) -> ParseResult:
+        """What the listener makes of the mail: the shared MIME normalizer with this envelope."""
+        channel = gateway.runtime.channels[self.instance]
+        envelope_to = [f"support@{SMTP_DOMAIN}"]
+        return ParseResult(
+            messages=[message_from_mime(channel, request.body, envelope_to=envelope_to, envelope_from=SMTP_FROM)]
+        )
+
+
+class TestWebchatChannelContract(ChannelContract):
+    channel_type = "webchat"
+    webhook_transport = "visitors write over the widget's WebSocket and REST routes under /chat"
+    not_applicable: ClassVar[Mapping[str, str]] = {
+        **dict.fromkeys(
+            ChannelContract.DATA_CHECKS,
+            "a visitor's message needs a chat session first (a WebSocket hello or POST /chat/api/session), "
+            "which one request cannot carry; round trips, resends deduplicated by client_id and unknown "
+            "frame fields are tested in test_webchat",
+        ),
+        "forged_signature": (
+            "the chat is public: anyone may start a session, and a forged or foreign visitor token starts a "
+            "new visitor rather than being refused (test_webchat); messages without a session token get 401"
+        ),
+        "tampered_body": "a visitor token authenticates the session, not a message body",
+    }
+
+    def config(self) -> dict[str, Any]:
+        return {"token_secret": "contract-webchat-secret-0123456789"}

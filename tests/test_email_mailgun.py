@@ -25,8 +25,14 @@ from gateway.ingress.app import create_app
 from gateway.model import decode_dlq, decode_message, encode
 from gateway.plugins import PluginRegistry, load_plugins
 from gateway.runtime import Runtime
-from gateway.store.redis import StoreUnavailable
-from plugins.email.mailgun import MailgunChannel, MailgunSettings
+from gateway.store.redis import RedisStore
+from plugins.email.mailgun import (
+    LEGACY_REPLAY_NAMESPACE,
+    REPLAY_NAMESPACE,
+    TOKEN_PENDING_S,
+    MailgunChannel,
+    MailgunSettings,
+)
 from plugins.email.webforms import parse_form
 from tests.conftest import make_config, messages_of, read_records, topic_size
 from tests.email_forms import encode_spec, load_spec, multipart
@@ -42,33 +48,18 @@ def registry() -> PluginRegistry:
     return load_plugins(fail_fast=True, disabled=others)
 
 
-class MemoryStore:
-    """The two RedisStore calls the adapter makes, in memory; ``fail`` simulates Redis down."""
-
-    def __init__(self, on_failure: str = "accept", fail: bool = False) -> None:
-        self.settings = RedisSection(on_failure=on_failure)  # type: ignore[arg-type]
-        self.tokens: dict[tuple[str, str], int] = {}
-        self.fail = fail
-
-    async def seen(self, namespace: str, token: str) -> bool:
-        if self.fail:
-            raise StoreUnavailable("ConnectionError: redis down")
-        return (namespace, token) in self.tokens
-
-    async def remember_once(self, namespace: str, token: str, ttl_s: int) -> bool:
-        if self.fail:
-            raise StoreUnavailable("ConnectionError: redis down")
-        if (namespace, token) in self.tokens:
-            return False
-        self.tokens[(namespace, token)] = ttl_s
-        return True
+def unreachable_store(on_failure: str = "accept") -> RedisStore:
+    """A real RedisStore whose Redis is down (nothing listens on port 1): every call fails fast.
+    Parse tests use it too: parsing never touches the store."""
+    section = RedisSection(url="redis://127.0.0.1:1/0", on_failure=on_failure, socket_timeout_s=0.5)  # type: ignore[arg-type]
+    return RedisStore(section)
 
 
-def make_channel(name: str = "mail", store: Any = None, **settings: Any) -> MailgunChannel:
+def make_channel(name: str = "mail", store: RedisStore | None = None, **settings: Any) -> MailgunChannel:
     return MailgunChannel(
         name,
         MailgunSettings(type="mailgun", signing_key=KEY, **settings),
-        ChannelServices(store=store or MemoryStore()),
+        ChannelServices(store=store or unreachable_store()),
     )
 
 
@@ -102,18 +93,18 @@ def signed(spec_name: str, key: str = KEY, **overrides: str) -> tuple[bytes, str
 # --- verify -----------------------------------------------------------------------------------
 
 
-async def test_verify_accepts_mailgun_signature_in_both_encodings() -> None:
-    channel = make_channel()
+async def test_verify_accepts_mailgun_signature_in_both_encodings(store: RedisStore) -> None:
+    channel = make_channel(store=store)
     for spec in ("reply_with_attachments", "new_chinese_urlencoded"):
         body, content_type = signed(spec)
         await channel.verify(request(body, content_type))
 
 
-async def test_verify_known_vector() -> None:
+async def test_verify_known_vector(store: RedisStore) -> None:
     # Computed once with `printf %s 1763800000abc | openssl dgst -sha256 -hmac key-3ax6...`.
     fields = {"timestamp": "1763800000", "token": "abc"}
     expected = hmac.new(KEY.encode(), b"1763800000abc", hashlib.sha256).hexdigest()
-    channel = make_channel(replay_window_s=10**10)
+    channel = make_channel(store=store, replay_window_s=10**10)
     body, content_type = encode_spec({"fields": {"from": "a@b.c"}}, **fields, signature=expected.upper())
     await channel.verify(request(body, content_type))  # hex compared case-insensitively
 
@@ -139,8 +130,8 @@ async def test_verify_rejects_bad_signature_fields(fields: dict[str, str | None]
         await make_channel().verify(request(body, content_type))
 
 
-async def test_verify_rejects_other_instances_key_and_stale_or_future_timestamps() -> None:
-    channel = make_channel(replay_window_s=300)
+async def test_verify_rejects_other_instances_key_and_stale_or_future_timestamps(store: RedisStore) -> None:
+    channel = make_channel(store=store, replay_window_s=300)
     spec = load_spec("mailgun", "minimal")
     for fields in (
         signature_fields(OTHER_KEY),
@@ -163,26 +154,69 @@ async def test_unreadable_body_cannot_be_authenticated() -> None:
         await channel.verify(request(body[: len(body) // 2], content_type))
 
 
-async def test_token_is_remembered_only_once_accepted() -> None:
-    store = MemoryStore()
+async def test_token_is_claimed_at_verification_and_given_back_when_not_stored(store: RedisStore) -> None:
     channel = make_channel(store=store, replay_window_s=120)
     body, content_type = signed("minimal")
     incoming = request(body, content_type)
+    token = parse_form(incoming).text("token")
+    assert token is not None
+    key = store.key("dedup", REPLAY_NAMESPACE, token)
     await channel.verify(incoming)
-    await channel.verify(incoming)  # not stored yet (e.g. our 503): Mailgun's retry must pass
+    # Claimed by the first verify: a second post with the token is refused while the first is stored.
+    assert (await store.client.get(key) or b"").startswith(b"pending:")
+    assert 0 < await store.client.ttl(key) <= TOKEN_PENDING_S  # a crash leaves it for a minute at most
+    with pytest.raises(AuthenticationError, match="replay"):
+        await channel.verify(incoming)
+    # The first was not stored (our 503, a 429): the claim is given back, Mailgun's retry passes.
+    await channel.failed(incoming)
+    await channel.verify(incoming)
     await channel.accepted(incoming)
-    assert list(store.tokens.values()) == [240]  # kept for twice the window
+    assert (await store.client.get(key) or b"").startswith(b"done:")
+    assert 60 < await store.client.ttl(key) <= 122  # as long as the token's timestamp is in the window
+    with pytest.raises(AuthenticationError, match="replay"):
+        await channel.verify(incoming)
+    await channel.failed(incoming)  # releases only a pending claim, never a confirmed one
     with pytest.raises(AuthenticationError, match="replay"):
         await channel.verify(incoming)
 
 
+async def test_a_claimed_token_refuses_a_tampered_body(store: RedisStore) -> None:
+    """The signature covers timestamp and token only: the same token with other fields is a replay."""
+    channel = make_channel(store=store)
+    fields = signature_fields()
+    original = request(*encode_spec(load_spec("mailgun", "minimal"), **fields))
+    tampered = request(*encode_spec({"fields": {"from": "mallory@example.com", "body-plain": "pay me"}}, **fields))
+    await channel.verify(original)
+    with pytest.raises(AuthenticationError, match="replay"):
+        await channel.verify(tampered)
+    await channel.failed(tampered)  # another request's failure cannot release the original's claim
+    with pytest.raises(AuthenticationError, match="replay"):
+        await channel.verify(tampered)
+
+
+async def test_tokens_remembered_before_the_upgrade_stay_refused(store: RedisStore) -> None:
+    body, content_type = signed("minimal")
+    incoming = request(body, content_type)
+    token = parse_form(incoming).text("token")
+    assert token is not None
+    await store.remember_once(LEGACY_REPLAY_NAMESPACE, token, 60)  # what the previous version wrote
+    with pytest.raises(AuthenticationError, match="replay"):
+        await make_channel(store=store).verify(incoming)
+
+
 async def test_replay_check_follows_redis_on_failure_policy() -> None:
     body, content_type = signed("minimal")
-    await make_channel(store=MemoryStore("accept", fail=True)).verify(request(body, content_type))
-    with pytest.raises(IngestError) as info:
-        await make_channel(store=MemoryStore("reject", fail=True)).verify(request(body, content_type))
-    assert info.value.status == 503
-    await make_channel(store=MemoryStore(fail=True)).accepted(request(body, content_type))  # never raises
+    accepting, rejecting = unreachable_store("accept"), unreachable_store("reject")
+    try:
+        await make_channel(store=accepting).verify(request(body, content_type))
+        with pytest.raises(IngestError) as info:
+            await make_channel(store=rejecting).verify(request(body, content_type))
+        assert info.value.status == 503
+        await make_channel(store=accepting).accepted(request(body, content_type))  # never raises
+        await make_channel(store=accepting).failed(request(body, content_type))  # never raises
+    finally:
+        await accepting.close()
+        await rejecting.close()
 
 
 # --- parse ------------------------------------------------------------------------------------
@@ -379,6 +413,50 @@ async def test_signed_post_lands_once_and_replay_is_refused(
         assert message.conversation_id == "mail:ticket-551.first@mail.example.org"
         assert message.sender.id == "ada@example.org"
         assert [a.filename for a in message.content.attachments] == ["box.png", "Rechnung März.pdf"]
+        assert await topic_size(kafka_bootstrap, runtime.topics.inbound) == 1
+    finally:
+        await runtime.close()
+
+
+async def test_concurrent_posts_of_one_token_let_exactly_one_through(
+    kafka_bootstrap: str, redis_url: str, registry: Any, aiohttp_client: Any
+) -> None:
+    """A captured post replayed while the original is in flight, with the mail swapped (the signature
+    does not cover it): the token is claimed atomically, so exactly one of them is stored."""
+    runtime, client = await start(mailgun_config(kafka_bootstrap, redis_url), registry, aiohttp_client)
+    try:
+        fields = signature_fields()
+        spec = load_spec("mailgun", "minimal")
+        posts = [encode_spec(spec, **fields, **{"body-plain": f"version {i}"}) for i in range(8)]
+        responses = await asyncio.gather(*(post(client, body, content_type) for body, content_type in posts))
+        assert sorted(r.status for r in responses) == [200] + [401] * 7
+        [message] = messages_of(await read_records(kafka_bootstrap, runtime.topics.inbound, 1))
+        assert await topic_size(kafka_bootstrap, runtime.topics.inbound) == 1
+        winner = next(i for i, r in enumerate(responses) if r.status == 200)
+        assert message.content.text == f"version {winner}"
+
+        # Two concurrent deliveries of the very same post: one stored, one refused.
+        again = encode_spec(spec, **signature_fields())
+        pair = await asyncio.gather(post(client, *again), post(client, *again))
+        assert sorted(r.status for r in pair) == [200, 401]
+        assert await topic_size(kafka_bootstrap, runtime.topics.inbound) == 2
+    finally:
+        await runtime.close()
+
+
+async def test_a_rate_limited_post_gives_its_token_back(
+    kafka_bootstrap: str, redis_url: str, registry: Any, aiohttp_client: Any
+) -> None:
+    config = mailgun_config(kafka_bootstrap, redis_url, rate_limit={"rate": 0.001, "burst": 1})
+    runtime, client = await start(config, registry, aiohttp_client)
+    try:
+        assert (await post(client, *signed("minimal"))).status == 200  # takes the only token of the bucket
+        body, content_type = signed("new_chinese_urlencoded")
+        assert (await post(client, body, content_type)).status == 429
+        token = parse_form(request(body, content_type)).text("token")
+        assert token is not None
+        # Not stored, so not claimed: Mailgun's retry of this very post will be accepted.
+        assert await runtime.store.client.exists(runtime.store.key("dedup", REPLAY_NAMESPACE, token)) == 0
         assert await topic_size(kafka_bootstrap, runtime.topics.inbound) == 1
     finally:
         await runtime.close()

@@ -33,8 +33,10 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from gateway.channel import ChannelServices, SendError
 from gateway.config import ConfigError
 from gateway.embedded import free_port
+from gateway.helpers.fetch import UrlFetcher
 from gateway.ingress.app import create_app
 from gateway.model import Attachment, Content, Message, Party, decode_dlq, decode_event
+from gateway.outbound.dispatcher import Dispatcher
 from gateway.plugins import PluginRegistry, load_plugins
 from gateway.processor import ProcessorContext
 from gateway.runtime import Runtime
@@ -170,14 +172,45 @@ def outbound(server: MailServer, **smtp: Any) -> dict[str, Any]:
 
 @pytest.fixture
 async def files(aiohttp_server: Any) -> Any:
-    """Where agents' attachments live: a receipt, and a link that is gone."""
+    """Where agents' attachments live (on 127.0.0.1, so fetching needs ``[fetch] allow``): a
+    receipt, and a link that is gone. ``files.hits`` lists the paths asked for."""
+    hits: list[str] = []
 
     async def receipt(request: web.Request) -> web.Response:
+        hits.append(request.path)
         return web.Response(body=PDF, content_type="application/pdf")
 
     app = web.Application()
     app.router.add_get("/files/refund-receipt.pdf", receipt)
-    return await aiohttp_server(app)
+    server = await aiohttp_server(app)
+    server.hits = hits
+    return server
+
+
+# The file server above is an intranet source an operator would allow; nothing else on loopback is.
+ALLOW_FILES = {"allow": ["127.0.0.1"]}
+
+
+@contextlib.asynccontextmanager
+async def email_dispatching(
+    kafka_bootstrap: str, redis_url: str, registry: PluginRegistry, channels: dict[str, Any], **sections: Any
+) -> AsyncIterator[Runtime]:
+    """``tests.test_dispatch.dispatching`` with config sections of its own (``fetch=ALLOW_FILES``)."""
+    config = make_config(kafka_bootstrap, redis_url, channels=channels, dispatch={"max_attempts": 3}, **sections)
+    runtime = Runtime.create(config, registry)
+    await runtime.publisher.start()
+    await runtime.ensure_topics()
+    dispatcher = Dispatcher(runtime)
+    task = asyncio.create_task(dispatcher.run())
+    started = asyncio.create_task(dispatcher.runner.started.wait())
+    done, _ = await asyncio.wait([task, started], timeout=60, return_when=asyncio.FIRST_COMPLETED)
+    assert started in done
+    try:
+        yield runtime
+    finally:
+        dispatcher.stop()
+        await asyncio.wait_for(task, 30)
+        await runtime.close()
 
 
 def text_of(part: Any) -> str:
@@ -206,7 +239,7 @@ async def test_agent_reply_threads_under_the_customers_mail(
     files: Any,
 ) -> None:
     channels = {"parse": {"type": "sendgrid", "url_secret": URL_KEY, **outbound(mail_server)}}
-    async with dispatching(Provider([]), kafka_bootstrap, redis_url, registry, aiohttp_server, channels) as runtime:
+    async with email_dispatching(kafka_bootstrap, redis_url, registry, channels, fetch=ALLOW_FILES) as runtime:
         client = await aiohttp_client(create_app(runtime))
         for spec in ("parsed_gbk", "reply_thread"):  # a GBK mail, then the customer's follow-up in its thread
             body, content_type = encode_spec(load_spec("sendgrid", spec))
@@ -439,6 +472,41 @@ async def test_550_fails_without_retry(
     assert dlq.stage == "dispatch" and dlq.message_id == reply.id and dlq.error_type == "smtp_550"
 
 
+async def test_attachment_at_a_private_address_fails_the_send_without_fetching(
+    kafka_bootstrap: str, redis_url: str, registry: PluginRegistry, mail_server: MailServer, files: Any
+) -> None:
+    """A service puts intranet or metadata URLs on a reply: the dispatcher reports `failed` with the
+    reason and never connects (no ``[fetch] allow`` in this config)."""
+    channels = {"parse": {"type": "sendgrid", "url_secret": URL_KEY, **outbound(mail_server)}}
+    async with email_dispatching(kafka_bootstrap, redis_url, registry, channels) as runtime:
+        intranet = to_customer(
+            attachments=[Attachment(kind="document", url=str(files.make_url("/files/refund-receipt.pdf")))]
+        )
+        metadata = to_customer(
+            attachments=[
+                Attachment(kind="document", url="http://169.254.169.254/latest/meta-data/iam/security-credentials/")
+            ]
+        )
+        await enqueue(runtime, intranet)
+        await enqueue(runtime, metadata)
+        events = {e.message_id: e for e in await events_of(kafka_bootstrap, runtime, 2)}
+        dlq = {
+            d.message_id: d
+            for d in (decode_dlq(r.value) for r in await read_records(kafka_bootstrap, runtime.topics.dlq, 2))
+        }
+
+    for message, reason in (
+        (intranet, "127.0.0.1 is a loopback address"),
+        (metadata, "169.254.169.254 is a cloud metadata address"),
+    ):
+        event = events[message.id]
+        assert event.status == "failed" and event.attempt == 1
+        assert event.error is not None and event.error.code == "attachment_refused" and not event.error.retryable
+        assert event.error.message == f"attachment 1: {reason}: not fetched unless [fetch] allow lists it"
+        assert dlq[message.id].stage == "dispatch" and dlq[message.id].error_type == "attachment_refused"
+    assert files.hits == [] and mail_server.received == []
+
+
 # --- sending directly: TLS, authentication, attachments ------------------------------------------------
 
 
@@ -448,7 +516,8 @@ async def sendgrid(store: RedisStore, smtp: dict[str, Any]) -> AsyncIterator[Sen
         settings = msgspec.convert(
             {"type": "sendgrid", "url_secret": URL_KEY, "from_address": FROM, "smtp": smtp}, SendGridSettings
         )
-        yield SendGridChannel("parse", settings, ChannelServices(store=store, http=http))
+        fetcher = UrlFetcher.from_settings(ALLOW_FILES["allow"])
+        yield SendGridChannel("parse", settings, ChannelServices(store=store, http=http, fetcher=fetcher))
 
 
 def to_customer(**content: Any) -> Message:
@@ -526,6 +595,27 @@ async def test_attachment_that_cannot_be_fetched_fails_the_send(
     assert missing.value.code == "attachment_http_404" and not missing.value.retryable
     assert down.value.code == "connection" and down.value.retryable  # the file host may come back
     assert mail_server.received == []  # never a mail without the file it promises
+
+
+async def test_attachments_share_the_size_cap_and_services_refuse_private_urls_by_default(
+    store: RedisStore, mail_server: MailServer, files: Any
+) -> None:
+    receipt = Attachment(kind="document", url=str(files.make_url("/files/refund-receipt.pdf")))
+    smtp = {**outbound(mail_server)["smtp"], "max_message_bytes": 1024}
+    async with sendgrid(store, smtp) as channel:
+        with pytest.raises(SendError) as too_large:  # four receipts are more than 1024 bytes together
+            await channel.send(to_customer(attachments=[receipt] * 4))
+    async with aiohttp.ClientSession() as http:
+        settings = msgspec.convert(
+            {"type": "sendgrid", "url_secret": URL_KEY, "from_address": FROM, "smtp": smtp}, SendGridSettings
+        )
+        unconfigured = SendGridChannel("parse", settings, ChannelServices(store=store, http=http))
+        with pytest.raises(SendError) as refused:
+            await unconfigured.send(to_customer(attachments=[receipt]))
+    assert too_large.value.code == "too_large" and not too_large.value.retryable
+    assert files.hits == ["/files/refund-receipt.pdf"] * 4  # the fourth was cut off while streaming
+    assert refused.value.code == "attachment_refused" and "loopback" in refused.value.message
+    assert mail_server.received == []
 
 
 async def test_server_without_starttls_is_refused(store: RedisStore, mail_server: MailServer) -> None:

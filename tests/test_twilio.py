@@ -235,7 +235,7 @@ async def test_non_form_body_cannot_be_verified_and_is_401() -> None:
 
 
 async def test_json_body_with_body_sha256_is_verified_like_the_sdk() -> None:
-    body = json.dumps({"MessageSid": "SM1", "Body": "hi"}).encode()
+    body = json.dumps({"MessageSid": "SM1", "Body": "hi", "AccountSid": ACCOUNT_SID}).encode()
     url = f"{URL}&bodySHA256={hashlib.sha256(body).hexdigest()}"
     signature = sdk_signature(url, {})
     assert RequestValidator(AUTH_TOKEN).validate(url, body.decode(), signature)
@@ -247,6 +247,37 @@ async def test_json_body_with_body_sha256_is_verified_like_the_sdk() -> None:
     assert not RequestValidator(AUTH_TOKEN).validate(url, (body + b" ").decode(), signature)
     with pytest.raises(AuthenticationError, match="bodySHA256"):
         await make_channel().verify(changed)
+
+
+def signed_json(body: bytes) -> WebhookRequest:
+    """A JSON webhook signed the way Twilio signs them: bodySHA256 in the URL, signature over the URL."""
+    url = f"{URL}&bodySHA256={hashlib.sha256(body).hexdigest()}"
+    signature = sdk_signature(url, {})
+    assert RequestValidator(AUTH_TOKEN).validate(url, body.decode("utf-8", "replace"), signature)
+    return request(body, url=url, signature=signature, content_type="application/json")
+
+
+@pytest.mark.parametrize("field", ["AccountSid", "account_sid", "accountSid"])
+async def test_json_webhook_of_this_account_passes_in_each_spelling(field: str) -> None:
+    await make_channel().verify(signed_json(json.dumps({field: ACCOUNT_SID, "MessageSid": "SM1"}).encode()))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        json.dumps({"MessageSid": "SM1", "AccountSid": OTHER_SID}).encode(),
+        json.dumps({"MessageSid": "SM1", "account_sid": OTHER_SID}).encode(),
+        json.dumps({"MessageSid": "SM1"}).encode(),  # names no account, like a form without AccountSid
+        json.dumps({"AccountSid": 12}).encode(),
+        json.dumps([{"AccountSid": ACCOUNT_SID}]).encode(),
+        b'{"AccountSid": "' + ACCOUNT_SID.encode() + b'", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+        b"not json at all",
+    ],
+    ids=["other-account", "other-account-snake", "no-account", "not-a-string", "array", "deep", "not-json"],
+)
+async def test_json_webhook_of_another_or_no_account_is_403_after_a_valid_signature(body: bytes) -> None:
+    with pytest.raises(ForbiddenError, match="AccountSid"):
+        await make_channel().verify(signed_json(body))
 
 
 async def test_shared_key_signatures() -> None:

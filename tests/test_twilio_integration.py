@@ -222,10 +222,21 @@ async def test_authenticated_but_unusable_goes_to_dlq_with_2xx(
             headers={"Content-Type": "application/json", "X-Twilio-Signature": signature},
         )
         assert response.status == 200
+        # The same JSON flavour naming another account (the EU sub-account) is refused like a form.
+        body = json.dumps({"MessageSid": "SM2", "AccountSid": EU_SID}).encode()
+        digest = hashlib.sha256(body).hexdigest()
+        signature = RequestValidator(US_TOKEN).compute_signature(f"{twilio.url('twilio-us')}?bodySHA256={digest}", {})
+        response = await twilio.client.post(
+            f"/webhooks/twilio-us?bodySHA256={digest}",
+            data=body,
+            headers={"Content-Type": "application/json", "X-Twilio-Signature": signature},
+        )
+        assert response.status == 403
         records = await read_records(kafka_bootstrap, runtime.topics.dlq, 2)
         reasons = sorted(json.loads(r.value)["reason"] for r in records)
         assert "From" in reasons[1] and "expected application/x-www-form-urlencoded" in reasons[0]
         assert all(json.loads(r.value)["instance"] == "twilio-us" for r in records)
+        assert await topic_size(kafka_bootstrap, runtime.topics.dlq) == 2  # the 403 stored nothing
         assert await topic_size(kafka_bootstrap, runtime.topics.inbound) == 0
 
 

@@ -28,15 +28,10 @@ from gateway.ingress.app import create_app
 from gateway.plugins import PluginRegistry, load_plugins
 from gateway.runtime import Runtime
 from gateway.store.redis import RedisStore
-from plugins.webchat.channel import (
-    WebchatChannel,
-    WebchatSettings,
-    attachment_kind,
-    clean_filename,
-    normalize_origin,
-)
+from plugins.webchat.channel import WebchatChannel, WebchatSettings, normalize_origin
 from plugins.webchat.protocol import ChatMessage, Hello, Typing, frame_decoder
 from plugins.webchat.tokens import TokenError, issue_token, new_visitor_id, read_token
+from plugins.webchat.uploads import attachment_kind, clean_filename
 from tests.conftest import headers_of, make_config, messages_of, read_records, topic_size
 
 FIXTURES = Path(__file__).parent / "fixtures" / "webchat"

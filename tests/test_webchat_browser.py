@@ -1,7 +1,8 @@
 """The widget in a real headless Chromium against the real gateway app, broker and Redis.
 
-Uses Debian's /usr/bin/chromium through Playwright (no browser downloads). Skipped, with the
-reason, only when that binary is absent.
+Uses Debian's /usr/bin/chromium (or ``GATEWAY_TEST_CHROMIUM``) through Playwright (no browser
+downloads). When that binary is absent the tests are skipped with the reason, except under
+``CI=true``: there a missing browser fails the run, so CI can never pass without running them.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import asyncio
 import contextlib
 import importlib.metadata
 import json
+import os
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -29,7 +31,7 @@ from gateway.tracing import child_traceparent
 from tests.conftest import make_config, messages_of, read_records, topic_size
 from tests.test_webchat import SECRET, png
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path(os.environ.get("GATEWAY_TEST_CHROMIUM") or "/usr/bin/chromium")
 SCREENSHOT = Path("/tmp/webchat.png")  # noqa: S108  # a fixed place for a human to look at the widget
 LAUNCH_ARGS = [
     "--headless",
@@ -42,7 +44,24 @@ LAUNCH_ARGS = [
     "--disable-sync",
 ]
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's Chromium is not installed at /usr/bin/chromium")
+
+def running_in_ci() -> bool:
+    """CI services (GitHub Actions, GitLab, ...) set CI=true; a skip there would hide untested code."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+if not CHROMIUM.exists() and running_in_ci():
+    # A collection error: the run fails (exit status non-zero) and says why, before any broker starts.
+    pytest.fail(
+        f"CI=true but Chromium is not installed at {CHROMIUM}: the web chat browser tests must run in CI. "
+        "Install it (apt-get install chromium; scripts/test does so when run as root) "
+        "or point GATEWAY_TEST_CHROMIUM at a Chromium binary.",
+        pytrace=False,
+    )
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason=f"Chromium is not installed at {CHROMIUM} (set GATEWAY_TEST_CHROMIUM; under CI=true this fails instead)",
+)
 
 
 @pytest.fixture(scope="module")

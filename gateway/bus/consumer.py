@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import TypeAlias
 
 import structlog
@@ -51,6 +52,32 @@ DeadLetter = Callable[[Record, BaseException, int], Awaitable[None]]
 
 class Deferred(Exception):
     """The outcome of a record not attempted because an earlier record of its partition failed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Membership:
+    """Where this runner stands in its consumer group, for readiness probes (read-only)."""
+
+    member: bool  # joined the group (a member id and generation, coordinator known)
+    group_id: str
+    member_id: str | None
+    generation: int | None
+    partitions: tuple[TopicPartition, ...]  # assigned now (empty for an idle member)
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionLag:
+    """Records of an assigned partition not yet committed by the group: ``end - committed``.
+
+    ``committed`` is None before the group's first commit (lag counts from the log start then).
+    Clamped at 0: Tansu reports a batch's base offset + 1 as the end, which can trail a commit.
+    """
+
+    topic: str
+    partition: int
+    committed: int | None
+    end: int
+    lag: int
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -110,6 +137,60 @@ class ConsumerRunner:
         """Partition numbers currently owned (empty before joining or after stopping)."""
         consumer = self._consumer
         return {tp.partition for tp in consumer.assignment()} if consumer is not None else set()
+
+    def membership(self) -> Membership:
+        """Group membership as the consumer knows it now, without a network call.
+
+        aiokafka has no public accessor for the member id and generation, so they are read from its
+        group coordinator (present in aiokafka 0.8-0.14); when that changes, ``member`` falls back
+        to "has an assignment".
+        """
+        consumer = self._consumer
+        if consumer is None:
+            return Membership(member=False, group_id=self.group_id, member_id=None, generation=None, partitions=())
+        partitions = tuple(sorted(consumer.assignment(), key=lambda tp: (tp.topic, tp.partition)))
+        coordinator = getattr(consumer, "_coordinator", None)
+        member_id = getattr(coordinator, "member_id", None)
+        generation = getattr(coordinator, "generation", None)
+        if isinstance(member_id, str) and isinstance(generation, int):
+            connected = getattr(coordinator, "coordinator_id", None) is not None
+            member = bool(member_id) and generation >= 0 and connected
+        else:  # pragma: no cover - another aiokafka
+            member, member_id, generation = bool(partitions), None, None
+        return Membership(
+            member=member,
+            group_id=self.group_id,
+            member_id=member_id or None,
+            generation=generation if member else None,
+            partitions=partitions,
+        )
+
+    async def lag(self) -> list[PartitionLag]:
+        """Per assigned partition: the group's committed offset, the log end and the difference.
+
+        Asks the broker (ListOffsets, OffsetFetch): callers bound it with a timeout.
+        """
+        consumer = self._consumer
+        if consumer is None:
+            return []
+        partitions = sorted(consumer.assignment(), key=lambda tp: (tp.topic, tp.partition))
+        if not partitions:
+            return []
+        ends = await consumer.end_offsets(partitions)
+        committed: dict[TopicPartition, int | None] = {}
+        for tp in partitions:
+            committed[tp] = await consumer.committed(tp)
+        never = [tp for tp, offset in committed.items() if offset is None]
+        starts = await consumer.beginning_offsets(never) if never else {}
+        lags = []
+        for tp in partitions:
+            end = int(ends[tp])
+            base = committed[tp]
+            start = base if base is not None else int(starts.get(tp, 0))
+            lags.append(
+                PartitionLag(topic=tp.topic, partition=tp.partition, committed=base, end=end, lag=max(end - start, 0))
+            )
+        return lags
 
     async def run(self) -> None:
         consumer = AIOKafkaConsumer(

@@ -3,11 +3,17 @@
 Authenticated with an API key (``Authorization: Bearer <key>`` or ``X-API-Key``), validated
 against the same model as the topic, answered 202 with the message id once the broker acknowledged
 the record. An ``Idempotency-Key`` header makes client retries return the first id instead of
-queueing the reply twice.
+queueing the reply twice. Idempotency keys belong to the API key that used them (two clients
+choosing the same key do not swallow each other's messages), and the claim remembers a digest of
+the request, so reusing a key for a different message is a 422 rather than a silent drop.
+
+A body that cannot be decoded at all (not JSON, not UTF-8, nested deeper than the decoder
+allows) is a 400; JSON that does not fit the model is a 422 naming the field. Neither is a 500.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated, Any
 
 import msgspec
@@ -27,6 +33,10 @@ log = structlog.get_logger(__name__)
 
 # Kept apart from channel instance names (which never contain "/"), so keys cannot collide.
 IDEMPOTENCY_NAMESPACE = "api/idempotency"
+MAX_IDEMPOTENCY_KEY = 255
+# Labels travel inside the message record; the worker decodes them with the rest of the message, so
+# a nesting that only just decodes here could fail there. No real label needs more depth than this.
+MAX_LABEL_DEPTH = 32
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
 
 
@@ -56,6 +66,63 @@ def _content_is_empty(content: Content) -> bool:
     return not (content.text or content.html or content.attachments or content.location or content.reaction)
 
 
+def _decode(body: bytes) -> OutboundRequest | web.Response:
+    """The request, or the 400/422 answer: every decoding failure is the caller's, never a 500.
+
+    msgspec raises ValidationError (a DecodeError) for JSON that does not fit the model, DecodeError
+    for malformed JSON, UnicodeDecodeError for invalid UTF-8 and RecursionError for nesting deeper
+    than the interpreter's recursion limit.
+    """
+    try:
+        payload = _decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        return error_response(422, f"invalid message: {exc}")
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        return error_response(400, f"body is not valid UTF-8 JSON: {exc}")
+    except RecursionError:
+        return error_response(400, "body is not valid JSON: nested too deeply")
+    if _depth(payload.labels) > MAX_LABEL_DEPTH:
+        return error_response(422, f"invalid message: labels nest deeper than {MAX_LABEL_DEPTH} levels - at `$.labels`")
+    return payload
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of decoded JSON (without recursion, so any depth is measured safely)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def key_identity(api_key: str) -> str:
+    """A stable name of an API key that does not reveal it (idempotency keys are scoped by it):
+    16 hex digits of a domain-separated SHA-256. The key itself is never stored."""
+    return hashlib.sha256(b"gateway.api-key\x00" + api_key.encode()).hexdigest()[:16]
+
+
+def request_digest(payload: OutboundRequest) -> str:
+    """SHA-256 of the canonical request (fields and label keys sorted, defaults filled in), so a retry
+    whose JSON differs only in spacing or key order is the same request."""
+    return hashlib.sha256(msgspec.json.encode(payload, order="sorted")).hexdigest()
+
+
+def _conflict(idempotency_key: str, first_id: str) -> web.Response:
+    detail = (
+        f"Idempotency-Key {idempotency_key!r} was already used with a different request body "
+        "(this API key's first request with it queued message id "
+        f"{first_id}); use a new key for a different message"
+    )
+    return web.json_response({"error": detail, "conflict": "idempotency_key", "id": first_id}, status=422)
+
+
 async def post_message(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     settings = runtime.config.api
@@ -65,14 +132,16 @@ async def post_message(request: web.Request) -> web.Response:
     # Compare against every key, always, so timing does not reveal which prefix matched.
     if not given or not any([constant_time_equals(given, key) for key in settings.keys]):
         return error_response(401, "missing or invalid API key")
+    idempotency_key = request.headers.get("Idempotency-Key")
+    if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
+        return error_response(400, f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters")
     try:
         body = await read_body(request, settings.max_body_bytes)
     except IngestError as exc:
         return error_response(exc.status, exc.detail)
-    try:
-        payload = _decoder.decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        return error_response(422, f"invalid message: {exc}")
+    payload = _decode(body)
+    if isinstance(payload, web.Response):
+        return payload
     channel = runtime.channels.get(payload.instance)
     if channel is None:
         return error_response(422, f"invalid message: no channel instance named {payload.instance!r}")
@@ -90,15 +159,23 @@ async def post_message(request: web.Request) -> web.Response:
         in_reply_to=payload.in_reply_to,
     )
     message.tags.labels.update(payload.labels)
-    idempotency_key = request.headers.get("Idempotency-Key")
-    if idempotency_key:
+    scope: str | None = None  # the claim's key: (identity of the API key, Idempotency-Key)
+    digest = request_digest(payload)
+    # The claim's value is "<message id>|<request digest>": one atomic SET NX keeps both together.
+    claim_value = f"{message.id}|{digest}"
+    if idempotency_key is not None:
+        scope = f"{key_identity(given)}:{idempotency_key}"
         try:
-            claim = await runtime.store.claim_delivery(IDEMPOTENCY_NAMESPACE, idempotency_key, message.id, 60)
+            claim = await runtime.store.claim_delivery(IDEMPOTENCY_NAMESPACE, scope, claim_value, 60)
         except StoreUnavailable:
             return error_response(503, "idempotency store unavailable, retry later", runtime.config.http.retry_after_s)
-        if claim.status == "duplicate":
-            return web.json_response({"id": claim.message_id, "status": "queued", "duplicate": True}, status=202)
-        if claim.status == "in_flight":
+        if claim.status != "new":
+            first_id, _, first_digest = claim.message_id.partition("|")
+            # (A claim written before digests were stored has none: treated as the same request.)
+            if first_digest and first_digest != digest:
+                return _conflict(idempotency_key, first_id)
+            if claim.status == "duplicate":
+                return web.json_response({"id": first_id, "status": "queued", "duplicate": True}, status=202)
             return error_response(409, "a request with this Idempotency-Key is in progress")
     try:
         await runtime.publisher.send(
@@ -110,14 +187,12 @@ async def post_message(request: web.Request) -> web.Response:
             )
         )
     except BrokerUnavailable:
-        if idempotency_key:
-            await _forget(runtime, idempotency_key, message.id)
+        if scope is not None:
+            await _forget(runtime, scope, claim_value)
         return error_response(503, "message store unavailable, retry later", runtime.config.http.retry_after_s)
-    if idempotency_key:
+    if scope is not None:
         try:
-            await runtime.store.confirm_delivery(
-                IDEMPOTENCY_NAMESPACE, idempotency_key, message.id, settings.idempotency_ttl_s
-            )
+            await runtime.store.confirm_delivery(IDEMPOTENCY_NAMESPACE, scope, claim_value, settings.idempotency_ttl_s)
         except StoreUnavailable:
             log.warning("idempotency_confirm_failed", message_id=message.id)
     runtime.metrics.published.labels(channel.type, channel.name, runtime.topics.outbound).inc()
@@ -125,8 +200,8 @@ async def post_message(request: web.Request) -> web.Response:
     return web.json_response({"id": message.id, "status": "queued", "duplicate": False}, status=202)
 
 
-async def _forget(runtime: Runtime, key: str, message_id: str) -> None:
+async def _forget(runtime: Runtime, scope: str, claim_value: str) -> None:
     try:
-        await runtime.store.release_delivery(IDEMPOTENCY_NAMESPACE, key, message_id)
+        await runtime.store.release_delivery(IDEMPOTENCY_NAMESPACE, scope, claim_value)
     except StoreUnavailable:
-        log.warning("idempotency_release_failed", message_id=message_id)
+        log.warning("idempotency_release_failed", message_id=claim_value.partition("|")[0])

@@ -1,7 +1,7 @@
 """Storing what a channel parsed: validate, dedup-claim, publish with acks=all, confirm.
 
 Shared by every ingress path (webhooks, the SMTP listener, web chat sockets), so the delivery
-guarantees of DESIGN.md hold the same way whatever the transport. Failures that the sender should
+guarantees of docs/architecture.md hold the same way whatever the transport. Failures that the sender should
 retry raise ``IngestError`` with status 503; the transport maps that to its own "try later".
 """
 

@@ -1,4 +1,4 @@
-"""`POST|GET /webhooks/{instance}`: the ingress semantics of DESIGN.md for HTTP callers.
+"""`POST|GET /webhooks/{instance}`: the ingress semantics of docs/architecture.md for HTTP callers.
 
 Order of checks: size (413) -> authentication (401/403) -> rate limit (429) -> parse (DLQ + 2xx
 when unusable) -> ingest (dedup, publish with acks=all) -> 2xx. Anything the sender should retry
@@ -163,7 +163,11 @@ class WebhookHandler:
             raise _refusal(exc, default=401) from None
         except Exception as exc:
             raise await self._unverified_failure(channel, "verify", exc, incoming, traceparent) from None
-        return await self._store(request, channel, incoming)
+        try:
+            return await self._store(request, channel, incoming)
+        except BaseException:  # not stored anywhere: give back what verify claimed (a replay token)
+            await _release(channel, incoming)
+            raise
 
     async def _store(self, request: web.Request, channel: Channel, incoming: WebhookRequest) -> web.StreamResponse:
         """Everything after a successful ``verify``: rate limit, parse, publish, ``accepted``."""
@@ -295,3 +299,11 @@ class WebhookHandler:
                 await self._dlq(channel, "ingress", reason, exc, incoming, traceparent)
             except IngestError:
                 log.warning("plugin_failure_not_kept", instance=channel.name, hook="accepted")
+
+
+async def _release(channel: Channel, incoming: WebhookRequest) -> None:
+    """``channel.failed``; its own failure is logged, never hides why the request failed."""
+    try:
+        await channel.failed(incoming)
+    except Exception as exc:
+        log.warning("channel_failed_hook_error", instance=channel.name, error=type(exc).__name__)

@@ -104,6 +104,7 @@ class Worker:
             retry_backoff_ms=worker.retry_backoff_ms,
             name="worker",
         )
+        runtime.metrics.consumers["worker"] = self.runner  # membership and lag for the admin port
         processed = runtime.metrics.processed
         self._counted = {
             "ok": processed.labels("worker", "ok"),

@@ -1,4 +1,5 @@
-"""Redis helpers: delivery dedup, token-bucket rate limits, replay guards, conversation state.
+"""Redis helpers: delivery dedup, outbound send claims, token-bucket rate limits, replay guards,
+conversation state.
 
 Every operation that needs atomicity is one Lua script, so concurrent gateway replicas agree
 without locks. Connection problems surface as ``StoreUnavailable``; callers decide the policy
@@ -103,11 +104,138 @@ return {allowed, tostring(wait)}
 """
 
 
+SendStatus = Literal["new", "in_flight", "sent", "done", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class SendClaim:
+    """What the dispatcher learns when it claims an outbound message.
+
+    ``new``: ours to send. ``in_flight``: another live dispatcher holds it. ``sent``: the provider
+    accepted it (``external_id``) but the ``sent`` event may not be out yet: publish it again with
+    ``event_id``. ``done``: sent and reported. ``failed``: the failure ``error_code`` is to be
+    reported (again) with ``event_id``; ``outcome_unknown`` when a dispatcher vanished while
+    calling the provider.
+    """
+
+    status: SendStatus
+    external_id: str | None = None
+    event_id: str | None = None
+    attempt: int = 0
+    occurred_at: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    error_retryable: bool = False
+
+
+# One hash per outbound message id: state claimed | sending | sent | done | failed, the owner (a
+# dispatcher process) and its lease (ms, server clock), and the outcome fields. A claimed key
+# expires with its lease (nothing was attempted: whoever comes next may send); once the provider
+# is being called the key lives for the long TTL, so a vanished sender is remembered as an unknown
+# outcome rather than sent again. KEYS: the hash, the claim key of earlier versions ("done:<id>":
+# sent, "pending:<id>": being sent; read so a rolling upgrade sends nothing twice). ARGV: owner,
+# lease ms, long TTL s, event id and time for an unknown outcome.
+_SEND_CLAIM = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function outcome(status)
+  local f = redis.call('HMGET', KEYS[1], 'external_id', 'event_id', 'attempt', 'occurred_at',
+                       'error_code', 'error_message', 'error_retryable')
+  return {status, f[1] or '', f[2] or '', f[3] or '0', f[4] or '', f[5] or '', f[6] or '', f[7] or '0'}
+end
+local legacy = redis.call('GET', KEYS[2])
+if legacy and string.sub(legacy, 1, 5) == 'done:' then return {'done', '', '', '0', '', '', '', '0'} end
+if legacy then return {'in_flight', '', '', '0', '', '', '', '0'} end
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'sent' or state == 'done' or state == 'failed' then return outcome(state) end
+if state then
+  local owner = redis.call('HGET', KEYS[1], 'owner')
+  local lease = tonumber(redis.call('HGET', KEYS[1], 'lease') or '0')
+  if owner ~= ARGV[1] and lease > now then return {'in_flight', '', '', '0', '', '', '', '0'} end
+  if state == 'sending' then
+    redis.call('HSET', KEYS[1], 'state', 'failed', 'event_id', ARGV[4], 'occurred_at', ARGV[5],
+               'error_code', 'outcome_unknown', 'error_retryable', '0', 'error_message',
+               'the dispatcher stopped while the provider was being called; it may have been sent')
+    redis.call('EXPIRE', KEYS[1], ARGV[3])
+    return outcome('failed')
+  end
+  redis.call('DEL', KEYS[1])
+end
+redis.call('HSET', KEYS[1], 'state', 'claimed', 'owner', ARGV[1], 'lease', now + tonumber(ARGV[2]))
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return {'new', '', '', '0', '', '', '', '0'}
+"""
+
+# Renew our lease; ARGV[3] (optional) moves the state: 'sending' right before a provider call
+# (attempt ARGV[5]), 'claimed' after a definite failure. 0: the claim is no longer ours.
+_SEND_RENEW = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if (state ~= 'claimed' and state ~= 'sending') or redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then
+  return 0
+end
+if ARGV[3] ~= '' then state = ARGV[3] end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], 'state', state, 'lease', now + tonumber(ARGV[2]))
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'attempt', ARGV[5]) end
+if state == 'claimed' then redis.call('PEXPIRE', KEYS[1], ARGV[2]) else redis.call('EXPIRE', KEYS[1], ARGV[4]) end
+return 1
+"""
+
+# The provider accepted: record it whatever the claim's state (the fact outranks any lease; after
+# a Redis restart the claim may be gone) and link the provider id for status webhooks.
+# KEYS: the hash[, the provider id link]. ARGV: external id, event id, attempt, time, TTL,
+# message id, link TTL.
+_SEND_RECORD = """
+redis.call('HSET', KEYS[1], 'state', 'sent', 'external_id', ARGV[1], 'event_id', ARGV[2],
+           'attempt', ARGV[3], 'occurred_at', ARGV[4])
+redis.call('HDEL', KEYS[1], 'lease')
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+if #KEYS > 1 then redis.call('SET', KEYS[2], ARGV[6], 'EX', ARGV[7]) end
+return 1
+"""
+
+# A failure to report: remembered until reported, so a redelivery reports the same event.
+# ARGV: owner, event id, time, code, message, retryable, attempt, TTL.
+_SEND_FAIL = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'sent' or state == 'done' then return 0 end
+if state ~= 'failed' and redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'failed', 'event_id', ARGV[2], 'occurred_at', ARGV[3], 'error_code', ARGV[4],
+           'error_message', ARGV[5], 'error_retryable', ARGV[6], 'attempt', ARGV[7])
+redis.call('HDEL', KEYS[1], 'lease')
+redis.call('EXPIRE', KEYS[1], ARGV[8])
+return 1
+"""
+
+# After the outcome was reported: 'sent' becomes 'done' (kept, so redeliveries are no-ops); a
+# reported failure (or our own unattempted claim) is deleted, so a deliberate replay can send.
+_SEND_SETTLE = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'sent' then
+  redis.call('HSET', KEYS[1], 'state', 'done')
+  return 1
+end
+if state == 'failed' or (state == 'claimed' and redis.call('HGET', KEYS[1], 'owner') == ARGV[1]) then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
 def _key_part(value: str) -> str:
     """Provider ids are opaque and may be long; keep keys short and free of separators."""
     if len(value) <= 128 and ":" not in value:
         return value
     return "h" + hashlib.sha256(value.encode()).hexdigest()
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass(slots=True)
@@ -224,6 +352,11 @@ class RedisStore:
             )
         )
         self._release = self.client.register_script(_RELEASE)
+        self._send_claim = self.client.register_script(_SEND_CLAIM)
+        self._send_renew = self.client.register_script(_SEND_RENEW)
+        self._send_record = self.client.register_script(_SEND_RECORD)
+        self._send_fail = self.client.register_script(_SEND_FAIL)
+        self._send_settle = self.client.register_script(_SEND_SETTLE)
         self._bucket = self.client.register_script(_BUCKET_SCRIPT)
         self._dedup = _DedupBatcher(self.client)
 
@@ -265,6 +398,94 @@ class RedisStore:
 
     async def release_delivery(self, instance: str, external_id: str, message_id: str) -> None:
         await self._run(self._release(keys=[self.key("dedup", instance, external_id)], args=[message_id]))
+
+    # --- outbound send claims ------------------------------------------------------------------
+    # The dispatcher's record of each outbound message: who is sending it, and whether the
+    # provider accepted it. See _SEND_CLAIM for the states and docs/delivery.md for the guarantee.
+
+    def _send_key(self, message_id: str) -> str:
+        return self.key("send", message_id)
+
+    async def claim_send(
+        self, message_id: str, owner: str, lease_s: float, *, event_id: str, occurred_at: str
+    ) -> SendClaim:
+        """Claim a message for sending; ``event_id``/``occurred_at`` name the ``failed`` event of an
+        unknown outcome, should this claim find a vanished sender's attempt."""
+        keys = [self._send_key(message_id), self.key("dedup", "outbound", message_id)]
+        args: list[str | int] = [owner, _ms(lease_s), self.settings.dedup_ttl_s, event_id, occurred_at]
+        reply = [_text(v) for v in await self._run(self._send_claim(keys=keys, args=args))]
+        return SendClaim(
+            status=cast(SendStatus, reply[0]),
+            external_id=reply[1] or None,
+            event_id=reply[2] or None,
+            attempt=int(reply[3] or 0),
+            occurred_at=reply[4] or None,
+            error_code=reply[5] or None,
+            error_message=reply[6] or None,
+            error_retryable=reply[7] == "1",
+        )
+
+    async def renew_send(
+        self, message_id: str, owner: str, lease_s: float, *, state: str = "", attempt: int | None = None
+    ) -> bool:
+        """Extend our lease (optionally moving to ``sending``/``claimed``); False if no longer ours."""
+        args: list[str | int] = [owner, _ms(lease_s), state, self.settings.dedup_ttl_s, attempt or ""]
+        return bool(await self._run(self._send_renew(keys=[self._send_key(message_id)], args=args)))
+
+    async def record_sent(
+        self,
+        message_id: str,
+        *,
+        instance: str,
+        external_id: str | None,
+        event_id: str,
+        attempt: int,
+        occurred_at: str,
+        link_ttl_s: int,
+    ) -> None:
+        """Durably note that the provider accepted the message (one round trip, with the id link)."""
+        keys = [self._send_key(message_id)]
+        if external_id:
+            keys.append(self.key("outmap", instance, external_id))
+        args: list[str | int] = [
+            external_id or "",
+            event_id,
+            attempt,
+            occurred_at,
+            self.settings.dedup_ttl_s,
+            message_id,
+            link_ttl_s,
+        ]
+        await self._run(self._send_record(keys=keys, args=args))
+
+    async def record_send_failure(
+        self,
+        message_id: str,
+        owner: str,
+        *,
+        event_id: str,
+        occurred_at: str,
+        code: str,
+        message: str,
+        retryable: bool,
+        attempt: int,
+    ) -> bool:
+        """Remember a failure until it is reported; False if the message was sent after all."""
+        args: list[str | int] = [
+            owner,
+            event_id,
+            occurred_at,
+            code,
+            message,
+            int(retryable),
+            attempt,
+            self.settings.dedup_ttl_s,
+        ]
+        return bool(await self._run(self._send_fail(keys=[self._send_key(message_id)], args=args)))
+
+    async def settle_send(self, message_id: str, owner: str) -> None:
+        """The outcome is reported: keep a sent message as done, forget a failed one."""
+        await self._run(self._send_settle(keys=[self._send_key(message_id)], args=[owner]))
 
     # --- outbound message ids -----------------------------------------------------------------
 

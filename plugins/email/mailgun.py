@@ -4,12 +4,17 @@ raw MIME message in ``body-mime``.
 
 Mailgun's signature is hex HMAC-SHA256(signing key, timestamp + token) and covers only those two
 fields, not the body: what makes a captured post useless to an attacker is the timestamp window
-plus remembering each token. A token is recorded as used only once its message is stored
-(``accepted``), so Mailgun's retry of a request we answered 503 is not mistaken for a replay.
+plus using each token once. ``verify`` claims the token atomically (Redis SET NX), so of two
+concurrent posts with one token exactly one gets through. The claim is pending (one minute) until
+the message is stored (``accepted``: kept while the token's timestamp is inside the window) and
+given back when the request fails (``failed``), so Mailgun's retry of a post we answered 503 is not
+mistaken for a replay; after a crash the pending claim expires before Mailgun's first retry.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import time
 from typing import Annotated, Any
 
@@ -45,13 +50,22 @@ from plugins.email.webforms import (
 
 log = structlog.get_logger(__name__)
 
-REPLAY_NAMESPACE = "mailgun"
+# Token claims live apart from channel instance names (which never contain "/"). Tokens are random
+# and shared by every instance, as before: a token used on one instance is refused on all.
+REPLAY_NAMESPACE = "mailgun/token"
+# How long a claim stays pending while its request is being stored. Longer than a publish can take
+# (kafka.publish_timeout_ms, 10 s by default); shorter than Mailgun's first retry (5 min), so after a
+# crash between verify and accepted the retry of the same post is still accepted.
+TOKEN_PENDING_S = 60
+# Where tokens were remembered before they were claimed (once:mailgun:<token>); still consulted so a
+# token used just before an upgrade stays refused. Can go once every such key has expired (18 h).
+LEGACY_REPLAY_NAMESPACE = "mailgun"
 _SIGNATURE_FIELDS = ("signature", "token", "timestamp")
 
 
 class MailgunSettings(EmailChannelSettings, kw_only=True, forbid_unknown_fields=True):
     signing_key: Annotated[str, msgspec.Meta(min_length=1)]  # "HTTP webhook signing key" in Mailgun
-    # How far the timestamp may be from now. Mailgun's retries (10 min to ~8 h later) repeat the original
+    # How far the timestamp may be from now. Mailgun's retries (5 min to ~8 h later) repeat the original
     # timestamp and signature, so a shorter window would refuse the retry of a post we answered 503.
     replay_window_s: Annotated[int, msgspec.Meta(ge=1)] = 32400
 
@@ -83,30 +97,47 @@ class MailgunChannel(Channel):
             raise AuthenticationError("timestamp is not a number") from None
         if abs(age) > self.settings.replay_window_s:
             raise AuthenticationError("timestamp outside the replay window")
-        if await self._token_used(token):
-            raise AuthenticationError("token already used (replay)")
+        await self._claim_token(token, request.body)
 
-    async def _token_used(self, token: str) -> bool:
-        """Read-only replay check. Redis down follows ``redis.on_failure``, like message dedup."""
+    async def _claim_token(self, token: str, body: bytes) -> None:
+        """Take the token, atomically: a second post with it (a replay, concurrent or later) gets 401.
+        Redis down follows ``redis.on_failure``, like message dedup."""
         store = self.services.store
         try:
-            return await store.seen(REPLAY_NAMESPACE, token)
+            claim = await store.claim_delivery(REPLAY_NAMESPACE, token, _claim_id(body), TOKEN_PENDING_S)
+            # Not new: stored already, or being stored by a concurrent request right now.
+            used = claim.status != "new" or await store.seen(LEGACY_REPLAY_NAMESPACE, token)
         except StoreUnavailable as exc:
             if store.settings.on_failure == "reject":
                 raise IngestError(503, "store_unavailable", "replay store unavailable, retry later", 5) from exc
             log.warning("replay_check_skipped", instance=self.name, error=type(exc).__name__)
-            return False
+            return
+        if used:
+            raise AuthenticationError("token already used (replay)")
 
     async def accepted(self, request: WebhookRequest) -> None:
-        """Record the token once the message is stored: kept for twice the window, so a token stays
-        refused for as long as its timestamp could still pass."""
-        try:
-            token = parse_form(request).text("token")
-            if token:
-                await self.services.store.remember_once(REPLAY_NAMESPACE, token, self.settings.replay_window_s * 2)
-        except StoreUnavailable as exc:  # the message is stored; failing the request now would only cause a retry
-            log.warning("replay_token_not_recorded", instance=self.name, error=type(exc).__name__)
+        """Confirm the token's claim once the message is stored, for as long as the token's timestamp
+        stays inside the window (a token outside it is refused by the timestamp check anyway)."""
+        form = parse_form(request)
+        token, timestamp = form.text("token"), form.text("timestamp")
+        if token and timestamp:
+            remaining = int(timestamp) + self.settings.replay_window_s - time.time()
+            ttl = max(1, math.ceil(remaining) + 1)
+            try:
+                await self.services.store.confirm_delivery(REPLAY_NAMESPACE, token, _claim_id(request.body), ttl)
+            except StoreUnavailable as exc:  # stored already; failing the request now would only cause a retry
+                log.warning("replay_token_not_recorded", instance=self.name, error=type(exc).__name__)
         await remember_request_thread(self, self.settings, request)  # threading details for replies
+
+    async def failed(self, request: WebhookRequest) -> None:
+        """Give the token back when its message was not stored: Mailgun retries the very same post."""
+        token = parse_form(request).text("token")
+        if not token:
+            return
+        try:
+            await self.services.store.release_delivery(REPLAY_NAMESPACE, token, _claim_id(request.body))
+        except StoreUnavailable as exc:  # the pending claim expires on its own (TOKEN_PENDING_S)
+            log.warning("replay_token_not_released", instance=self.name, error=type(exc).__name__)
 
     async def send(self, message: Message) -> SendResult:
         return await send_email(self, self.settings, message)
@@ -165,6 +196,12 @@ class MailgunChannel(Channel):
         if count and count.strip().isdigit() and int(count) != len(files):
             email["attachments_missing"] = int(count) - len(files)
         return message
+
+
+def _claim_id(body: bytes) -> str:
+    """Names a request's claim, so ``failed`` releases only its own pending claim. Derived from the
+    body: only an identical post can share it, and that one is the same mail (deduplicated anyway)."""
+    return hashlib.sha256(body).hexdigest()[:32]
 
 
 def _mailgun_files(form: Form) -> list[FormPart]:

@@ -15,8 +15,10 @@ sending API is needed. Why it is built this way:
 * The message is flattened here with a policy that never folds message ids into RFC 2047 encoded
   words (the stdlib does that to long ids, which breaks threading in every client), and with
   7-bit transfer encodings, so it passes any relay whether or not it offers 8BITMIME.
-* Attachments must be fetchable URLs; one that is not fails the send permanently rather than
-  delivering a mail that promises a file it does not carry.
+* Attachments must be fetchable URLs; one that is not fails the send rather than delivering a mail
+  that promises a file it does not carry. The URLs come from whoever produced the message, so they
+  are fetched through the core's ``UrlFetcher`` (no private or metadata addresses, see
+  docs/security.md), never with the provider-API session.
 """
 
 from __future__ import annotations
@@ -45,13 +47,13 @@ from gateway.sdk import (
     Attachment,
     Channel,
     ChannelSettings,
+    FetchError,
     Message,
     PayloadError,
     SendError,
     SendResult,
     StoreUnavailable,
     WebhookRequest,
-    call_provider,
     utcnow,
 )
 from plugins.email.mime import html_to_text
@@ -363,8 +365,9 @@ def _policy_for(addresses: Iterable[str]) -> EmailPolicy:
 
 
 async def fetch_attachments(channel: Channel, attachments: list[Attachment], server: SmtpServer) -> list[FetchedFile]:
-    """Download every attachment with the shared HTTP session; a file that cannot be had fails the
-    send (permanently unless the host answered with a retryable status)."""
+    """Download every attachment through the core's URL fetcher (which refuses private, loopback and
+    metadata addresses, checks every redirect and stops at the size cap while streaming); a file
+    that cannot be had fails the send (permanently unless trying later may help)."""
     files: list[FetchedFile] = []
     total = 0
     for index, attachment in enumerate(attachments, start=1):
@@ -379,31 +382,35 @@ async def fetch_attachments(channel: Channel, attachments: list[Attachment], ser
             raise SendError(
                 "attachment_unavailable", f"attachment {index}: only http(s) URLs are fetched", retryable=False
             )
-
-        def describe(status: int, _body: Any, index: int = index) -> tuple[str, str, bool | None]:
-            return f"attachment_http_{status}", f"attachment {index}: its URL answered HTTP {status}", None
-
-        response = await call_provider(
-            channel.services.http,
-            "GET",
-            url,
-            provider=f"attachment {index}",
-            timeout_s=server.timeout_s,
-            describe=describe,
-        )
-        total += len(response.body)
-        if total > server.max_message_bytes:
-            raise SendError("too_large", f"attachments exceed {server.max_message_bytes} bytes", retryable=False)
+        try:
+            fetched = await channel.services.fetcher.fetch(
+                url, max_bytes=server.max_message_bytes - total, timeout_s=server.timeout_s
+            )
+        except FetchError as exc:
+            raise _attachment_error(index, exc, server) from exc
+        total += len(fetched.body)
         filename = attachment.filename or unquote(PurePosixPath(urlsplit(url).path).name) or f"attachment-{index}"
-        header_type = response.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
         mime_type = (
             attachment.mime_type
-            or (header_type if "/" in header_type else None)
+            or fetched.content_type
             or mimetypes.guess_type(filename)[0]
             or "application/octet-stream"
         )
-        files.append(FetchedFile(data=response.body, mime_type=mime_type.lower(), filename=filename))
+        files.append(FetchedFile(data=fetched.body, mime_type=mime_type.lower(), filename=filename))
     return files
+
+
+def _attachment_error(index: int, exc: FetchError, server: SmtpServer) -> SendError:
+    """The fetcher's failure as the send's: ``too_large``, ``timeout`` and ``connection`` keep their
+    codes, the others are prefixed ``attachment_`` (``attachment_refused``, ``attachment_http_404``)."""
+    if exc.code == "too_large":
+        return SendError("too_large", f"attachments exceed {server.max_message_bytes} bytes", retryable=False)
+    if exc.code.startswith("http_"):
+        message = f"attachment {index}: its URL answered HTTP {exc.code.removeprefix('http_')}"
+    else:
+        message = f"attachment {index}: {exc.message}"
+    code = exc.code if exc.code in ("timeout", "connection") else f"attachment_{exc.code}"
+    return SendError(code, message, retryable=exc.retryable, retry_after_s=exc.retry_after_s)
 
 
 # --- submission and errors ------------------------------------------------------------------------

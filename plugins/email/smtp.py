@@ -20,6 +20,7 @@ import contextlib
 import logging
 import socket
 import ssl
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 import msgspec
@@ -121,6 +122,11 @@ class SmtpChannel(Channel):
     async def send(self, message: Message) -> SendResult:
         """Replies leave through the ``smtp`` submission server, not through this listener."""
         return await send_email(self, self.settings, message)
+
+    def parse_stored(self, payload: bytes, headers: Mapping[str, str]) -> ParseResult:
+        """A quarantined mail is its raw MIME; the SMTP envelope is not kept, so the recipient is
+        taken from the headers (To/Cc) as for a mail without an envelope."""
+        return ParseResult(messages=[message_from_mime(self, payload)])
 
     # --- lifecycle -----------------------------------------------------------------------------
 

@@ -3,22 +3,19 @@
 The transport lives in ``routes.py``; this module holds what both transports share: settings,
 sessions (stateless signed resume tokens plus an optional profile in Redis), turning a chat frame
 into a normalized message stored through ``services.ingest`` (same guarantees as webhooks: the ack
-is sent only after the broker acknowledged), uploads kept in Redis with a TTL, and typing presence.
+is sent only after the broker acknowledged), typing presence, and the rate limits that keep Redis
+from filling up (the scripts are in ``limits.py``, uploads and their quota in ``uploads.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
 import json
-import mimetypes
-import secrets
 import time
-import unicodedata
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import urlsplit
 
 import msgspec
 import structlog
@@ -37,15 +34,20 @@ from gateway.sdk import (
     Party,
     SendError,
     SendResult,
-    StoreUnavailable,
     WebhookRequest,
     decode_json,
     utcnow,
 )
+from plugins.webchat.limits import Limiter, Rate, Refusal, client_address, parse_networks
 from plugins.webchat.live import Listener, Subscriber, doorbell
 from plugins.webchat.mailbox import Mailbox, valid_seq
 from plugins.webchat.protocol import UPLOAD_ID, ChatMessage, VisitorInfo, error_frame
 from plugins.webchat.tokens import VISITOR_ID, TokenError, issue_token, new_visitor_id, read_token
+from plugins.webchat.uploads import (
+    DEFAULT_UPLOAD_TYPES,
+    UploadRejected,
+    Uploads,
+)
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -54,18 +56,6 @@ log = structlog.get_logger(__name__)
 
 _STORE_ERRORS = (RedisError, OSError)
 DAY = 86_400
-DEFAULT_UPLOAD_TYPES = [
-    "image/png",
-    "image/jpeg",
-    "image/gif",
-    "image/webp",
-    "application/pdf",
-    "text/plain",
-    "audio/*",
-    "video/*",
-]
-# Served inline by GET /chat/files/<id>; everything else is a download (no script can run).
-INLINE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp", "application/pdf", "text/plain"})
 
 
 class VisitorRateLimit(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -73,6 +63,15 @@ class VisitorRateLimit(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
 
     rate: Annotated[float, msgspec.Meta(gt=0)] = 1.0  # tokens per second
     burst: Annotated[int, msgspec.Meta(ge=1)] = 20
+
+
+class RateLimited(Exception):
+    """A new session or an upload is refused by a rate limit (429 + Retry-After)."""
+
+    def __init__(self, limit: str, retry_after: float) -> None:
+        super().__init__(f"{limit} rate limit")
+        self.limit = limit  # "visitor", "address" or "instance"
+        self.retry_after = retry_after
 
 
 def normalize_origin(origin: str) -> str:
@@ -102,6 +101,13 @@ class WebchatSettings(ChannelSettings, kw_only=True, forbid_unknown_fields=True)
     upload_ttl_s: Annotated[int, msgspec.Meta(ge=60)] = 7 * DAY
     upload_types: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_UPLOAD_TYPES))
     visitor_rate_limit: VisitorRateLimit = msgspec.field(default_factory=VisitorRateLimit)
+    # New sessions and uploads per client address, and per instance (all addresses together).
+    address_rate_limit: Rate = msgspec.field(default_factory=lambda: Rate(rate=0.5, burst=30))
+    instance_rate_limit: Rate = msgspec.field(default_factory=lambda: Rate(rate=20.0, burst=200))
+    # Bytes of uploads the instance keeps in Redis at once; files free their share after upload_ttl_s.
+    upload_quota_bytes: Annotated[int, msgspec.Meta(ge=1)] = 256 * 1024 * 1024
+    # Proxies (addresses or networks) whose X-Forwarded-For names the client; empty: the TCP peer.
+    trusted_proxies: list[str] = msgspec.field(default_factory=list)
     history_limit: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 50
     # Entries (both directions) kept per visitor: replies wait here until the widget fetches them.
     mailbox_limit: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 200
@@ -115,6 +121,9 @@ class WebchatSettings(ChannelSettings, kw_only=True, forbid_unknown_fields=True)
         self.allowed_origins = [normalize_origin(o) for o in self.allowed_origins]
         if self.mailbox_limit < self.history_limit:
             raise ValueError("mailbox_limit must be at least history_limit")
+        if self.upload_quota_bytes < self.max_upload_bytes:
+            raise ValueError("upload_quota_bytes must be at least max_upload_bytes")
+        parse_networks(self.trusted_proxies)
 
 
 @dataclass(slots=True)
@@ -132,53 +141,9 @@ class Session:
     origin: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class StoredUpload:
-    upload_id: str
-    visitor_id: str
-    filename: str
-    mime_type: str
-    size: int
-    kind: str
-    data: bytes = b""
-
-
-class UploadRejected(Exception):
-    def __init__(self, status: int, code: str, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.retry_after = retry_after
-
-
 @dataclass(slots=True)
 class _Limits:
     last_typing: dict[str, float] = field(default_factory=dict)
-
-
-def attachment_kind(mime_type: str) -> str:
-    major = mime_type.split("/", 1)[0]
-    if major in ("image", "audio", "video"):
-        return major
-    if mime_type in ("application/pdf", "application/msword", "text/plain", "text/csv") or mime_type.startswith(
-        "application/vnd.openxmlformats-officedocument."
-    ):
-        return "document"
-    return "file"
-
-
-def clean_filename(name: str | None) -> str:
-    """Keep the base name, printable characters only, at most 200 characters. Some clients
-    percent-encode non-ASCII names (aiohttp does); browsers send UTF-8: accept both."""
-    name = name or ""
-    if name.isascii() and "%" in name:
-        with contextlib.suppress(UnicodeDecodeError):
-            decoded = unquote(name, errors="strict")
-            name = decoded if not decoded.isascii() else name
-    base = name.replace("\\", "/").rsplit("/", 1)[-1]
-    base = "".join(ch for ch in base if unicodedata.category(ch)[0] != "C").strip(" .")
-    return base[:200] or "upload"
 
 
 def _text(value: bytes | str | None) -> str | None:
@@ -204,6 +169,9 @@ class WebchatChannel(Channel):
             limit=self.settings.mailbox_limit,
             ttl_s=self.settings.session_ttl_s,
         )
+        self.limiter = Limiter(services.store.client)
+        self.uploads = Uploads(name, self.settings, services.store.client, self.limiter, self._key)
+        self._trusted_proxies = parse_networks(self.settings.trusted_proxies)
         self._listeners: dict[str, set[Listener]] = {}
         self._subscriber: Subscriber | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -273,8 +241,12 @@ class WebchatChannel(Channel):
         page: str | None,
         origin: str | None,
         transport: str,
+        address: str = "unknown",
     ) -> Session:
-        """Resume the visitor of a valid token, else start a new one; always a fresh token (sliding expiry)."""
+        """Resume the visitor of a valid token, else start a new one; always a fresh token (sliding expiry).
+
+        Only a new visitor is counted against the client ``address`` and the instance: a resume
+        stores nothing new. Raises RateLimited when either bucket is empty."""
         resumed = False
         visitor_id: str | None = None
         if token:
@@ -284,6 +256,7 @@ class WebchatChannel(Channel):
             except TokenError as exc:
                 log.info("webchat_token_refused", instance=self.name, reason=str(exc))
         if visitor_id is None:
+            await self._limit([("address", self._key("rate", "address", address), self.settings.address_rate_limit)])
             visitor_id = new_visitor_id()
         session = Session(
             visitor_id=visitor_id,
@@ -532,17 +505,50 @@ class WebchatChannel(Channel):
 
     # --- rate limits ---------------------------------------------------------------------------
 
-    async def visitor_rate(self, session: Session, cost: int = 1) -> float | None:
-        """Seconds to wait when the visitor's bucket is empty, else None. Fails open: protection only."""
-        limit = self.settings.visitor_rate_limit
+    def client_address(self, peer: str | None, forwarded_for: str | None) -> str:
+        """The address a request counts against (see ``trusted_proxies``)."""
+        return client_address(peer, forwarded_for, self._trusted_proxies)
+
+    async def _limit(self, buckets: list[tuple[str, str, Rate | VisitorRateLimit]], instance: bool = True) -> None:
+        """Take a token from every bucket (and the instance's) or none; RateLimited names the one
+        that refused. Fails open when Redis fails: the limits are protection, not correctness."""
+        if instance:
+            buckets = [*buckets, ("instance", self._key("rate", "instance"), self.settings.instance_rate_limit)]
+        rates = [(name, key, Rate(rate=r.rate, burst=r.burst)) for name, key, r in buckets]
         try:
-            decision = await self.services.store.take_token(
-                f"webchat:{self.name}:{session.visitor_id}", limit.rate, limit.burst, cost
-            )
-        except StoreUnavailable as exc:
+            refusal: Refusal | None = await self.limiter.take(rates)
+        except _STORE_ERRORS as exc:
             log.warning("webchat_rate_unavailable", instance=self.name, error=type(exc).__name__)
-            return None
-        return None if decision.allowed else max(decision.retry_after_s, 0.001)
+            return
+        if refusal is not None:
+            log.debug("webchat_rate_limited", instance=self.name, limit=refusal.limit)
+            raise RateLimited(refusal.limit, refusal.retry_after_s)
+
+    async def visitor_rate(self, session: Session) -> float | None:
+        """Seconds to wait when the visitor's bucket is empty, else None. Fails open: protection only."""
+        try:
+            await self._limit([self._visitor_bucket(session)], instance=False)
+        except RateLimited as exc:
+            return exc.retry_after
+        return None
+
+    def _visitor_bucket(self, session: Session) -> tuple[str, str, VisitorRateLimit]:
+        return ("visitor", self._key("rate", "visitor", session.visitor_id), self.settings.visitor_rate_limit)
+
+    async def upload_rate(self, session: Session, address: str) -> None:
+        """An upload takes a token from the visitor's, the address's and the instance's buckets
+        (all or none), then counts against the instance's ``rate_limit`` like a message does."""
+        await self._limit(
+            [
+                self._visitor_bucket(session),
+                ("address", self._key("rate", "address", address), self.settings.address_rate_limit),
+            ]
+        )
+        if self.services.ingest is not None:
+            try:
+                await self.services.ingest.check_rate(self)
+            except IngestError as exc:
+                raise RateLimited("instance", exc.retry_after or 1.0) from None
 
     # --- inbound messages ----------------------------------------------------------------------
 
@@ -570,7 +576,7 @@ class WebchatChannel(Channel):
         attachments: list[Attachment] = []
         for ref in frame.attachments:
             try:
-                upload = await self.load_upload(session, ref.upload_id, with_data=False)
+                upload = await self.uploads.load(session, ref.upload_id, with_data=False)
             except UploadRejected as exc:
                 return error_frame(exc.code, exc.message, client_id=client_id, retry_after=exc.retry_after)
             if upload is None:
@@ -579,7 +585,7 @@ class WebchatChannel(Channel):
                 Attachment(
                     kind=upload.kind,  # type: ignore[arg-type]  # attachment_kind yields model kinds only
                     media_id=upload.upload_id,
-                    url=self.file_url(upload.upload_id),
+                    url=self.uploads.file_url(upload.upload_id),
                     mime_type=upload.mime_type,
                     filename=upload.filename,
                     size=upload.size,
@@ -658,72 +664,3 @@ class WebchatChannel(Channel):
         with contextlib.suppress(*_STORE_ERRORS):
             return bool(await self.services.store.client.exists(self._key("typing", visitor_id)))
         return False
-
-    # --- uploads -----------------------------------------------------------------------------------
-
-    def file_url(self, upload_id: str) -> str:
-        base = (self.settings.public_url or "").rstrip("/")
-        return f"{base}/chat/files/{upload_id}?instance={quote(self.name, safe='')}"
-
-    def upload_type(self, filename: str, declared: str | None) -> str:
-        """The declared type, or a guess from the name; UploadRejected (415) unless allowed."""
-        mime = (declared or "").split(";", 1)[0].strip().lower()
-        if not mime or mime == "application/octet-stream":
-            mime = mimetypes.guess_type(filename)[0] or "application/octet-stream"
-        if not any(fnmatch.fnmatchcase(mime, pattern.lower()) for pattern in self.settings.upload_types):
-            raise UploadRejected(415, "unsupported_type", f"files of type {mime} are not accepted")
-        return mime
-
-    async def save_upload(self, session: Session, filename: str, mime_type: str, data: bytes) -> dict[str, Any]:
-        if len(data) > self.settings.max_upload_bytes:
-            raise UploadRejected(413, "too_large", f"file larger than {self.settings.max_upload_bytes} bytes")
-        if not data:
-            raise UploadRejected(400, "invalid", "empty file")
-        upload_id = secrets.token_urlsafe(18)
-        kind = attachment_kind(mime_type)
-        key = self._key("upload", upload_id)
-        fields: dict[str, str | bytes] = {
-            "visitor": session.visitor_id,
-            "filename": filename,
-            "mime": mime_type,
-            "size": str(len(data)),
-            "kind": kind,
-            "data": data,
-        }
-        try:
-            async with self.services.store.client.pipeline(transaction=True) as pipe:
-                pipe.hset(key, mapping=fields)  # type: ignore[arg-type]  # redis accepts bytes values
-                pipe.expire(key, self.settings.upload_ttl_s)
-                await pipe.execute()
-        except _STORE_ERRORS as exc:
-            raise UploadRejected(503, "unavailable", "file store unavailable, retry later", 5) from exc
-        log.info("webchat_upload", instance=self.name, size=len(data), kind=kind)
-        return {
-            "upload_id": upload_id,
-            "url": self.file_url(upload_id),
-            "filename": filename,
-            "mime_type": mime_type,
-            "size": len(data),
-            "kind": kind,
-        }
-
-    async def load_upload(self, session: Session, upload_id: str, *, with_data: bool) -> StoredUpload | None:
-        """An upload of this visitor (None for unknown, expired, or somebody else's)."""
-        names = ["visitor", "filename", "mime", "size", "kind", *(["data"] if with_data else [])]
-        try:
-            values = await self.services.store.client.hmget(self._key("upload", upload_id), names)
-        except _STORE_ERRORS as exc:
-            raise UploadRejected(503, "unavailable", "file store unavailable, retry later", 5) from exc
-        raw = [v.encode() if isinstance(v, str) else v for v in values]
-        if raw[0] is None or raw[0].decode() != session.visitor_id or any(v is None for v in raw):
-            return None  # unknown, expired, somebody else's, or half-written
-        fields = [v or b"" for v in raw]
-        return StoredUpload(
-            upload_id=upload_id,
-            visitor_id=session.visitor_id,
-            filename=fields[1].decode("utf-8", "replace"),
-            mime_type=fields[2].decode(),
-            size=int(fields[3]),
-            kind=fields[4].decode(),
-            data=fields[5] if with_data else b"",
-        )

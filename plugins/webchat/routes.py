@@ -11,6 +11,7 @@ import contextlib
 import functools
 import html
 import json
+import math
 from functools import cache
 from importlib.resources import files
 from typing import Any
@@ -21,7 +22,7 @@ from aiohttp import BodyPartReader, WSMsgType, web
 from redis.exceptions import RedisError
 
 from gateway.sdk import PayloadError, Route, channel_instances, decode_json
-from plugins.webchat.channel import INLINE_TYPES, Session, UploadRejected, WebchatChannel, clean_filename
+from plugins.webchat.channel import RateLimited, Session, WebchatChannel
 from plugins.webchat.live import Listener
 from plugins.webchat.mailbox import valid_seq
 from plugins.webchat.protocol import (
@@ -35,15 +36,18 @@ from plugins.webchat.protocol import (
     session_decoder,
 )
 from plugins.webchat.tokens import TokenError
+from plugins.webchat.uploads import INLINE_TYPES, UploadRejected, clean_filename
 
 log = structlog.get_logger(__name__)
 
 HELLO_TIMEOUT_S = 30.0
+_LIMITED_SESSION = "too many new chats, try again later"
 SESSION_BODY_LIMIT = 16_384
 ERROR_STATUS = {
     "unavailable": 503,
     "rate_limited": 429,
     "too_large": 413,
+    "quota_exceeded": 413,
     "unsupported_type": 415,
     "unauthorized": 401,
     "not_found": 404,
@@ -110,6 +114,15 @@ def _guarded(handler: Any) -> Any:
     wrapper.__name__ = handler.__name__
     wrapper.__doc__ = handler.__doc__
     return wrapper
+
+
+def _address(request: web.Request, channel: WebchatChannel) -> str:
+    """The client address the request counts against (X-Forwarded-For only from trusted proxies)."""
+    return channel.client_address(request.remote, request.headers.get("X-Forwarded-For"))
+
+
+def _retry_after(seconds: float) -> dict[str, str]:
+    return {"Retry-After": str(max(1, math.ceil(seconds)))}
 
 
 def _bearer(request: web.Request) -> str | None:
@@ -215,7 +228,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     channel.sockets.add(ws)
     try:
-        await _converse(channel, ws, origin)
+        await _converse(channel, ws, origin, _address(request, channel))
     finally:
         channel.sockets.discard(ws)
         if not ws.closed:
@@ -228,9 +241,10 @@ async def _send(ws: web.WebSocketResponse, frame: dict[str, Any]) -> None:
         await ws.send_str(json.dumps(frame, ensure_ascii=False))
 
 
-async def _converse(channel: WebchatChannel, ws: web.WebSocketResponse, origin: str | None) -> None:
+async def _converse(channel: WebchatChannel, ws: web.WebSocketResponse, origin: str | None, address: str) -> None:
     """Frames are handled one at a time: acks come back in order and the conversation stays ordered.
-    From the hello on, replies to the visitor are pushed to the socket too (``open_feed``)."""
+    From the hello on, replies to the visitor are pushed to the socket too (``open_feed``). A hello
+    refused by a rate limit gets an error frame with ``retry_after``, then the socket closes (4429)."""
     session: Session | None = None
     listener: Listener | None = None
     try:
@@ -252,9 +266,19 @@ async def _converse(channel: WebchatChannel, ws: web.WebSocketResponse, origin: 
                 await _send(ws, error_frame("invalid", str(exc), client_id=_client_id_of(data)))
                 continue
             if isinstance(frame, Hello):
-                session = await channel.open_session(
-                    frame.token, frame.visitor, page=frame.page, origin=origin, transport="websocket"
-                )
+                try:
+                    session = await channel.open_session(
+                        frame.token,
+                        frame.visitor,
+                        page=frame.page,
+                        origin=origin,
+                        transport="websocket",
+                        address=address,
+                    )
+                except RateLimited as exc:
+                    await _send(ws, error_frame("rate_limited", _LIMITED_SESSION, retry_after=exc.retry_after))
+                    await ws.close(code=4429, message=b"rate limited")
+                    return
                 if listener is not None:  # a second hello on the same socket: follow the new visitor only
                     channel.close_feed(listener)
                 listener = Listener(visitor_id=session.visitor_id, send=functools.partial(_send, ws))
@@ -301,7 +325,18 @@ async def create_session(request: web.Request) -> web.StreamResponse:
         hello = decode_json(body or b"{}", session_decoder, what="session request")
     except PayloadError as exc:
         raise _Refused(400, "invalid", str(exc), _cors(origin)) from None
-    session = await channel.open_session(hello.token, hello.visitor, page=hello.page, origin=origin, transport="rest")
+    try:
+        session = await channel.open_session(
+            hello.token,
+            hello.visitor,
+            page=hello.page,
+            origin=origin,
+            transport="rest",
+            address=_address(request, channel),
+        )
+    except RateLimited as exc:
+        headers = {**_cors(origin), **_retry_after(exc.retry_after)}
+        raise _Refused(429, "rate_limited", _LIMITED_SESSION, headers) from None
     return web.json_response(await channel.welcome(session, hello.after), headers=_cors(origin))
 
 
@@ -351,10 +386,12 @@ async def upload(request: web.Request) -> web.StreamResponse:
         raise _Refused(413, "too_large", f"file larger than {limit} bytes", cors)
     if not request.content_type.startswith("multipart/"):
         raise _Refused(400, "invalid", "expected multipart/form-data with a `file` part", cors)
-    wait = await channel.visitor_rate(session)
-    if wait is not None:
-        retry = {"Retry-After": str(max(1, round(wait)))}
-        raise _Refused(429, "rate_limited", "too many uploads, slow down", {**cors, **retry})
+    try:
+        await channel.upload_rate(session, _address(request, channel))
+    except RateLimited as exc:
+        raise _Refused(
+            429, "rate_limited", "too many uploads, slow down", {**cors, **_retry_after(exc.retry_after)}
+        ) from None
     try:
         reader = await request.multipart()
         while True:
@@ -364,15 +401,15 @@ async def upload(request: web.Request) -> web.StreamResponse:
             if isinstance(part, BodyPartReader) and part.name == "file":
                 break
         filename = clean_filename(part.filename)
-        mime_type = channel.upload_type(filename, part.headers.get("Content-Type"))
+        mime_type = channel.uploads.upload_type(filename, part.headers.get("Content-Type"))
         data = bytearray()
         while chunk := await part.read_chunk(65_536):
             data += chunk
             if len(data) > limit:
                 raise _Refused(413, "too_large", f"file larger than {limit} bytes", cors)
-        answer = await channel.save_upload(session, filename, mime_type, bytes(data))
+        answer = await channel.uploads.save(session, filename, mime_type, bytes(data))
     except UploadRejected as exc:
-        headers = {**cors, **({"Retry-After": str(round(exc.retry_after))} if exc.retry_after else {})}
+        headers = {**cors, **(_retry_after(exc.retry_after) if exc.retry_after else {})}
         raise _Refused(exc.status, exc.code, exc.message, headers) from None
     except ValueError as exc:  # malformed multipart
         raise _Refused(400, "invalid", f"malformed multipart body: {exc}", cors) from None
@@ -386,7 +423,7 @@ async def serve_file(request: web.Request) -> web.StreamResponse:
     origin = _checked_origin(request, channel)
     session = _rest_session(request, channel, origin)
     try:
-        stored = await channel.load_upload(session, request.match_info["upload_id"], with_data=True)
+        stored = await channel.uploads.load(session, request.match_info["upload_id"], with_data=True)
     except UploadRejected as exc:
         raise _Refused(exc.status, exc.code, exc.message, _cors(origin)) from None
     if stored is None:

@@ -25,6 +25,7 @@
   /* cursor: the mailbox seq of the newest entry this page shows; a reconnect asks only for newer. */
   var pollTimer = null, cursor = null, typingSent = 0, typingTimer = null, agentTypingTimer = null, unread = 0;
   var askedAfter = null;  /* the cursor the last hello carried: null means a fresh page (history, not news) */
+  var busyUntil = 0, busyShown = false;  /* a new chat refused (429): wait as told, say so once */
 
   function load() { try { return JSON.parse(localStorage.getItem(storeKey) || "{}"); } catch (e) { return {}; } }
   function save() {
@@ -190,13 +191,21 @@
   }
   function fail() {
     failures += 1;
-    status.textContent = "reconnecting\u2026";
+    status.textContent = busyUntil > Date.now() ? "busy" : "reconnecting\u2026";
     if (!opened && failures >= 3) { mode = "rest"; return restSession(); }
     var delay = Math.min(30000, 500 * Math.pow(2, failures)) * (0.5 + Math.random() / 2);
-    setTimeout(connect, delay);
+    setTimeout(connect, Math.max(delay, busyUntil - Date.now()));
+  }
+  function busy(seconds) {
+    var wait = Math.max(5, Number(seconds) || 30) * 1000;
+    busyUntil = Date.now() + wait;
+    status.textContent = "busy";
+    if (!busyShown) { busyShown = true; note("The chat is busy right now. We will try again shortly."); }
+    return wait;
   }
   function handle(f) {
     if (f.type === "welcome") {
+      busyShown = false;
       state.token = f.token; state.conversation = f.conversation_id; save(); ready = true;
       status.textContent = "online";
       applySettings(f.settings || {});
@@ -213,6 +222,7 @@
     } else if (f.type === "ack") {
       acked(f.client_id, f.id);
     } else if (f.type === "error") {
+      if (!f.client_id && f.code === "rate_limited") busy(f.retry_after);  /* hello refused; the socket closes */
       failed(f);
     } else if (f.type === "typing") {
       agentTyping(f.state);
@@ -275,9 +285,12 @@
                  Object.assign({ method: method, headers: headers, body: body }, extra || {}));
   }
   function restSession() {
-    api("POST", "/api/session", JSON.stringify(hello())).then(function (r) { return r.json(); }).then(function (f) {
-      handle(f);
-      if (!pollTimer) pollTimer = setInterval(poll, 5000);
+    api("POST", "/api/session", JSON.stringify(hello())).then(function (r) {
+      if (r.status === 429) return setTimeout(restSession, busy(r.headers.get("Retry-After")));
+      return r.json().then(function (f) {
+        handle(f);
+        if (!pollTimer) pollTimer = setInterval(poll, 5000);
+      });
     }).catch(function () { setTimeout(restSession, 5000); });
   }
   function restSend(item) {
