@@ -27,6 +27,7 @@ from gateway.sdk import (
     SendResult,
     WebhookRequest,
     call_provider,
+    decode_json,
     encode,
     hmac_sha256_hex,
     hookimpl,
@@ -95,12 +96,7 @@ class ApiChannel(Channel):
     def parse(self, request: WebhookRequest) -> ParseResult:
         if request.content_type not in ("application/json", ""):
             raise PayloadError(f"expected application/json, got {request.content_type}")
-        try:
-            body = _decoder.decode(request.body)
-        except msgspec.ValidationError as exc:
-            raise PayloadError(f"invalid message: {exc}") from None
-        except msgspec.DecodeError as exc:
-            raise PayloadError(f"body is not valid JSON: {exc}") from None
+        body = decode_json(request.body, _decoder, what="message")  # any failure is a PayloadError
         if body.sent_at is not None and body.sent_at.tzinfo is None:
             raise PayloadError("invalid message: `sent_at` must carry a UTC offset - at `$.sent_at`")
         attachments = []
@@ -135,7 +131,7 @@ class ApiChannel(Channel):
                 reply_to=body.reply_to,
             ),
             sent_at=body.sent_at,
-            raw=msgspec.json.decode(request.body) if self.settings.keep_raw else None,
+            raw=decode_json(request.body) if self.settings.keep_raw else None,
         )
         if body.metadata:
             message.tags.labels["metadata"] = dict(body.metadata)

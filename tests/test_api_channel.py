@@ -334,3 +334,16 @@ def test_naive_sent_at_is_a_payload_error() -> None:
 
 def test_metadata_values_must_be_strings() -> None:
     assert "$.metadata" in parse_error(payload(metadata={"order_id": 1}))
+
+
+DEEP = b'{"id": "1", "sender": {"id": "u"}, "text": "hi", "extra": ' + b'{"a": ' * 5000 + b"1" + b"}" * 5001
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [(DEEP, "nested too deeply"), (b'{"id": "1", "sender": {"id": "u"}, "text": "\xff\xfe"}', "not valid UTF-8")],
+    ids=["deep-nesting", "invalid-utf8-in-a-string"],
+)
+def test_every_decoding_failure_is_a_payload_error(body: bytes, expected: str) -> None:
+    """Quarantined with a reason by the channel itself, not caught as a plugin failure by the ingress."""
+    assert expected in parse_error(body)
