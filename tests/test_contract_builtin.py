@@ -6,12 +6,21 @@ body, a static token header) and payload shapes pass it unchanged.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from gateway.model import Message
 from gateway.testing import ChannelContract, ProviderRequest, json_request, sign_hmac_sha256_hex
+from plugins.feishu import crypto as feishu_crypto
+from tests.feishu_events import APP_ID as FEISHU_APP_ID
+from tests.feishu_events import CHINESE as FEISHU_CHINESE
+from tests.feishu_events import ENCRYPT_KEY as FEISHU_KEY
+from tests.feishu_events import TOKEN as FEISHU_TOKEN
+from tests.feishu_events import receive_event as feishu_event
+from tests.feishu_events import signed as feishu_signed
+from tests.feishu_events import with_token as feishu_with_token
 
 TELEGRAM_FIXTURES = Path(__file__).parent / "fixtures" / "telegram"
 
@@ -81,3 +90,55 @@ class TestTelegramChannelContract(ChannelContract):
 
     def check_message(self, name: str, message: Message) -> None:
         assert message.conversation_id.startswith(f"{self.instance}:")  # one thread per chat, per bot instance
+
+
+class TestFeishuEncryptedContract(ChannelContract):
+    """Feishu with an Encrypt Key: encrypted envelopes, X-Lark-Signature over the raw body."""
+
+    channel_type = "feishu"
+
+    def config(self) -> dict[str, Any]:
+        return {"app_id": FEISHU_APP_ID, "verification_token": FEISHU_TOKEN, "encrypt_key": FEISHU_KEY}
+
+    def valid_payloads(self) -> Mapping[str, ProviderRequest]:
+        return feishu_payloads()
+
+    def sign(self, request: ProviderRequest, config: Mapping[str, Any]) -> ProviderRequest:
+        plain = json.dumps(feishu_with_token(request.json(), config["verification_token"]), ensure_ascii=False)
+        envelope = json_request({"encrypt": feishu_crypto.encrypt(config["encrypt_key"], plain.encode())})
+        return feishu_signed(envelope, config["encrypt_key"]).with_url(request.url)
+
+    def check_message(self, name: str, message: Message) -> None:
+        assert message.conversation_id.startswith(f"{self.instance}:oc_")
+        if name == "chinese":
+            assert message.content.text == FEISHU_CHINESE
+
+
+class TestFeishuTokenContract(TestFeishuEncryptedContract):
+    """Feishu without an Encrypt Key: plaintext events, the Verification Token is the only credential."""
+
+    signs_body = False
+
+    def config(self) -> dict[str, Any]:
+        return {"app_id": FEISHU_APP_ID, "verification_token": FEISHU_TOKEN}
+
+    def sign(self, request: ProviderRequest, config: Mapping[str, Any]) -> ProviderRequest:
+        payload = feishu_with_token(request.json(), config["verification_token"])
+        return request.with_body(json.dumps(payload, ensure_ascii=False).encode())
+
+
+def feishu_payloads() -> dict[str, ProviderRequest]:
+    group = {"chat_id": "oc_group0000000000000000000000", "chat_type": "group"}
+    return {
+        "text": json_request(feishu_event("text", {"text": "Where is my order?"}, message_id="om_text1")),
+        "chinese": json_request(feishu_event("text", {"text": FEISHU_CHINESE}, message_id="om_text2", **group)),
+        "post": json_request(
+            feishu_event(
+                "post", {"title": "退货", "content": [[{"tag": "text", "text": "订单 8812"}]]}, message_id="om_p"
+            )
+        ),
+        "image": json_request(feishu_event("image", {"image_key": "img_v2_abc"}, message_id="om_image")),
+        "file": json_request(
+            feishu_event("file", {"file_key": "file_v2_x", "file_name": "发票.pdf"}, message_id="om_f")
+        ),
+    }

@@ -120,10 +120,10 @@ class FeishuChannel(Channel):
             self._check_signature(request, key)
         try:
             envelope, _ = self._plaintext(request.body)
-        except ValueError:
+        except ValueError as exc:
             if signed:
                 return  # authentic but unreadable: parse() sends it to the DLQ
-            raise AuthenticationError("not a Feishu event this instance can authenticate") from None
+            raise AuthenticationError(f"cannot authenticate this body: {exc}") from None
         header = envelope.header if isinstance(envelope.header, dict) else {}
         token = header.get("token") if envelope.schema else envelope.token
         if isinstance(token, str):
