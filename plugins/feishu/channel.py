@@ -33,7 +33,7 @@ from gateway.sdk import (
 )
 
 from . import crypto
-from .inbound import Unusable, content_of
+from .inbound import Unusable, content_of, shallow
 from .outbound import build_content, check_answer, describe, message_uuid
 from .payloads import Answer, CreateMessage, Envelope, Header, ReceiveEvent, ReplyMessage, TokenRequest
 
@@ -120,7 +120,7 @@ class FeishuChannel(Channel):
             self._check_signature(request, key)
         try:
             envelope, _ = self._plaintext(request.body)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             if signed:
                 return  # authentic but unreadable: parse() sends it to the DLQ
             raise AuthenticationError(f"cannot authenticate this body: {exc}") from None
@@ -145,6 +145,8 @@ class FeishuChannel(Channel):
             raise PayloadError(f"not a Feishu event: {exc}") from None
         except msgspec.DecodeError as exc:
             raise PayloadError(f"body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise PayloadError("body nests too deeply to be a Feishu event") from None
         if envelope.type == "url_verification":
             if envelope.challenge is None:
                 raise PayloadError("url_verification without challenge")
@@ -219,10 +221,17 @@ class FeishuChannel(Channel):
             recipient=Party(id=header.app_id or self.settings.app_id),
             content=content,
             sent_at=_millis(received.create_time),
-            raw=msgspec.json.decode(plain) if self.settings.keep_raw else None,
+            raw=self._raw(plain),
         )
         message.tags.labels["feishu"] = labels
         return message
+
+    def _raw(self, plain: bytes) -> dict[str, Any] | None:
+        """The decrypted payload for ``keep_raw`` instances (never the ciphertext), when it is sane."""
+        if not self.settings.keep_raw:
+            return None
+        raw = msgspec.json.decode(plain)
+        return raw if isinstance(raw, dict) and shallow(raw, 64) else None
 
     # -- send --------------------------------------------------------------------------------------
 

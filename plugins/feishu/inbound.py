@@ -33,11 +33,24 @@ def resource_url(base_url: str, message_id: str, key: str, kind: str) -> str:
     return f"{base_url}/open-apis/im/v1/messages/{message_id}/resources/{key}?type={kind}"
 
 
+def shallow(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether ``value`` nests at most ``limit`` levels (walked without recursion): only such
+    values are copied into a message, whose encoding must never hit a recursion limit."""
+    stack = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            if depth >= limit:
+                return False
+            stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return True
+
+
 def _content(message: EventMessage) -> dict[str, Any]:
     try:
         value = msgspec.json.decode(message.content) if message.content else {}
-    except msgspec.DecodeError:
-        raise Unusable(f"{message.message_type} content is not JSON") from None
+    except (msgspec.DecodeError, RecursionError):
+        raise Unusable(f"{message.message_type} content is not JSON (or nests too deeply)") from None
     if not isinstance(value, dict):
         raise Unusable(f"{message.message_type} content is not a JSON object")
     return value
@@ -192,7 +205,8 @@ def content_of(message: EventMessage, base_url: str, labels: dict[str, Any]) -> 
         )
         return Content(type="media", attachments=[attachment], reply_to=reply_to)
     if kind == "interactive":
-        labels["card"] = body
+        if shallow(body) and len(message.content) <= MAX_CARD_TEXT:
+            labels["card"] = body
         readable = card_text(body)
         if not readable:
             return Content(type="unsupported", reply_to=reply_to)
