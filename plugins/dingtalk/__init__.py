@@ -3,8 +3,9 @@
 Inbound (``POST /webhooks/<instance>``, the robot's message receiving address): headers
 ``timestamp`` (ms, within an hour) and ``sign`` = base64(HMAC-SHA256(app_secret, timestamp + "\\n"
 + app_secret)), compared in constant time. text, picture, richText (and audio, video, file)
-become messages, one conversation per DingTalk conversation (1:1 and group); the dedup key is ``msgId``. Each conversation's
-``sessionWebhook`` and its expiry are kept in Redis, only when it points at DingTalk's own origin.
+become messages, one conversation per DingTalk conversation (1:1 and group); the dedup key is
+``msgId``. Each conversation's ``sessionWebhook`` and its expiry are kept in Redis, only when it
+points at DingTalk's own origin.
 
 Outbound: the sessionWebhook while fresh, otherwise the robot OpenAPI (``oToMessages/batchSend``
 for 1:1, ``groupMessages/send`` for groups) with ``x-acs-dingtalk-access-token`` from
