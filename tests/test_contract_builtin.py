@@ -14,6 +14,11 @@ from typing import Any
 from gateway.model import Message
 from gateway.testing import ChannelContract, ProviderRequest, json_request, sign_hmac_sha256_hex
 from plugins.feishu import crypto as feishu_crypto
+from tests.dingtalk_events import APP_KEY as DINGTALK_APP_KEY
+from tests.dingtalk_events import APP_SECRET as DINGTALK_SECRET
+from tests.dingtalk_events import CHINESE as DINGTALK_CHINESE
+from tests.dingtalk_events import robot_message as dingtalk_message
+from tests.dingtalk_events import signed as dingtalk_signed
 from tests.feishu_events import APP_ID as FEISHU_APP_ID
 from tests.feishu_events import CHINESE as FEISHU_CHINESE
 from tests.feishu_events import ENCRYPT_KEY as FEISHU_KEY
@@ -142,3 +147,34 @@ def feishu_payloads() -> dict[str, ProviderRequest]:
             feishu_event("file", {"file_key": "file_v2_x", "file_name": "发票.pdf"}, message_id="om_f")
         ),
     }
+
+
+class TestDingTalkContract(ChannelContract):
+    """DingTalk robot callbacks (HTTP mode): ``timestamp``/``sign`` headers, which do not cover the body."""
+
+    channel_type = "dingtalk"
+    signs_body = False
+
+    def config(self) -> dict[str, Any]:
+        return {"app_key": DINGTALK_APP_KEY, "app_secret": DINGTALK_SECRET}
+
+    def valid_payloads(self) -> Mapping[str, ProviderRequest]:
+        return {
+            "single-text": json_request(dingtalk_message(msg_id="msg-1")),
+            "group-chinese": json_request(dingtalk_message(msg_id="msg-2", group=True)),
+            "picture": json_request(dingtalk_message("picture", msg_id="msg-3", content={"downloadCode": "dl-1"})),
+            "rich-text": json_request(
+                dingtalk_message(
+                    "richText", msg_id="msg-4", content={"richText": [{"text": "订单"}, {"downloadCode": "dl-2"}]}
+                )
+            ),
+        }
+
+    def sign(self, request: ProviderRequest, config: Mapping[str, Any]) -> ProviderRequest:
+        return dingtalk_signed(request, config["app_secret"])
+
+    def check_message(self, name: str, message: Message) -> None:
+        kind = "group" if name == "group-chinese" else "single"
+        assert message.conversation_id.startswith(f"{self.instance}:{kind}:cid")
+        if name == "group-chinese":
+            assert message.content.text == DINGTALK_CHINESE
