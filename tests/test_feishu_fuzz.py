@@ -8,30 +8,24 @@ wrong tokens) and authenticated (encrypted and signed, or carrying the right tok
 Properties: never a 5xx; unauthenticated input is refused (401, or 413 when too large) and
 publishes nothing; authenticated input is answered 2xx (or 413) and the inbound topic and the DLQ
 grow by exactly what the answers say. The gateway is served from a background thread as in
-tests/test_fuzz.py, so Hypothesis drives it synchronously.
+tests/test_fuzz.py (tests/fuzz_server.py), so Hypothesis drives it synchronously.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from aiohttp import web
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from gateway.embedded import free_port
-from gateway.ingress.app import create_app
 from gateway.plugins import PluginRegistry
-from gateway.runtime import Runtime
 from plugins.feishu import crypto
-from tests.conftest import make_config
 from tests.feishu_events import APP_ID, ENCRYPT_KEY, TOKEN, receive_event, with_token
+from tests.fuzz_server import record_answer, served_gateway
 from tests.test_fuzz import Served
 
 LIMIT = 64 * 1024  # both instances' body limit: 413 is reachable cheaply
@@ -56,48 +50,8 @@ CHANNELS: dict[str, dict[str, Any]] = {
 
 @pytest.fixture(scope="module")
 def served(kafka_bootstrap: str, redis_url: str, registry: PluginRegistry) -> Iterator[Served]:
-    config = make_config(kafka_bootstrap, redis_url, channels=CHANNELS)
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    stop = asyncio.Event()
-    port = free_port()
-    holder: dict[str, Any] = {}
-
-    async def serve() -> None:
-        runtime = Runtime.create(config, registry)
-        await runtime.publisher.start()
-        await runtime.ensure_topics()
-        runner = web.AppRunner(create_app(runtime))
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        holder["runtime"] = runtime
-        ready.set()
-        try:
-            await stop.wait()
-        finally:
-            await runner.cleanup()
-            await runtime.close()
-
-    def run() -> None:
-        try:
-            loop.run_until_complete(serve())
-        except BaseException as exc:
-            holder["error"] = exc
-            ready.set()
-
-    thread = threading.Thread(target=run, name="feishu-under-fuzz", daemon=True)
-    thread.start()
-    assert ready.wait(60), "the gateway did not start"
-    if "error" in holder:
-        raise holder["error"]
-    result = Served(port, holder["runtime"], config, loop)
-    result.expected = result.sizes()
-    try:
-        yield result
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(30)
-        loop.close()
+    with served_gateway(kafka_bootstrap, redis_url, registry, CHANNELS) as gateway:
+        yield gateway
 
 
 # --- strategies ---------------------------------------------------------------------------------
@@ -173,21 +127,6 @@ def sign(body: bytes, key: str = ENCRYPT_KEY, skew: int = 0) -> dict[str, str]:
     }
 
 
-def expect(served: Served, status: int, answer: bytes) -> None:
-    """Record what a 2xx answer says was stored."""
-    if status != 200:
-        return
-    data = json.loads(answer)
-    event(f"answer {data.get('status', 'reply')} with {len(data.get('messages', []))} message(s)")
-    if data.get("status") == "quarantined":
-        served.expected["dlq"] += 1
-    for item in data.get("messages", []):
-        if item.get("quarantined"):
-            served.expected["dlq"] += 1
-        elif not item["duplicate"]:
-            served.expected["inbound"] += 1
-
-
 # --- properties ---------------------------------------------------------------------------------
 
 
@@ -238,7 +177,7 @@ def test_authenticated_input_is_stored_only_where_the_answer_says(served: Served
         assert status in (200, 401, 413), (status, answer[:300])
         if not isinstance(payload, dict):
             assert status in (401, 413)
-    expect(served, status, answer)
+    record_answer(served, status, answer)
 
 
 def test_topics_hold_exactly_what_the_answers_promised(served: Served) -> None:

@@ -58,6 +58,7 @@ SESSION_PATH = "/robot/sendBySession"
 SESSION_STATE = "dingtalk-session"  # conversation-state key prefixes in Redis
 ROUTE_STATE = "dingtalk-route"
 ROUTE_TTL_S = 30 * 24 * 3600
+MAX_SESSION_S = 24 * 3600  # sessions last about 90 minutes; a far-off expiry is not believed
 SESSION_MARGIN_MS = 60_000  # a sessionWebhook is not used in its last minute
 MAX_TEXT_CHARS = 20_000  # DingTalk truncates longer robot texts; refuse instead
 GROUP, SINGLE = "2", "1"
@@ -244,7 +245,7 @@ class DingTalkChannel(Channel):
             await store.set_state(f"{ROUTE_STATE}:{conversation}", "route", msgspec.to_builtins(route), ROUTE_TTL_S)
             url, expires = robot.session_webhook, robot.session_webhook_expired_time
             if url and expires is not None:
-                ttl_s = (expires - self.now_ms()) // 1000
+                ttl_s = min((expires - self.now_ms()) // 1000, MAX_SESSION_S)
                 if not self.session_allowed(url):
                     log.warning("dingtalk_session_webhook_refused", instance=self.name, host=urlsplit(url).hostname)
                 elif ttl_s > 0:
