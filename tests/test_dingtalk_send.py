@@ -272,7 +272,9 @@ async def test_callback_to_inbound_then_reply_through_the_session_webhook(
             "/webhooks/dingtalk", data=request.body, headers={"Content-Type": "application/json"}
         )
         assert unsigned.status == 401
-        [inbound] = messages_of(await read_records(kafka_bootstrap, runtime.topics.inbound, 1))
+        records = await read_records(kafka_bootstrap, runtime.topics.inbound, 1)
+        [inbound] = messages_of(records)
+        assert CHINESE.encode() in records[0].value  # UTF-8 on the topic, not \u escapes
         assert inbound.content.text == CHINESE and inbound.conversation_id == f"dingtalk:group:{GROUP_CID}"
         answer = reply(inbound.conversation_id, "已收到：" + CHINESE, recipient=inbound.sender.id)  # noqa: RUF001
         answer.in_reply_to = inbound.id

@@ -278,6 +278,8 @@ async def test_webhook_to_inbound_then_reply_through_the_dispatcher(
             response = await gateway.post("feishu", feishu_request(event, encrypt_key=ENCRYPT_KEY))
             assert response.status == 200
         [inbound] = await gateway.inbound(1)
+        [record] = await gateway.records(gateway.topics.inbound, 1)
+        assert CHINESE.encode() in record.value  # UTF-8 on the topic, not \u escapes
         assert await gateway.count(gateway.topics.inbound) == 1
         assert inbound.content.text == CHINESE and inbound.conversation_id == f"feishu:{CHAT_GROUP}"
         own = receive_event("text", {"text": "bot"}, message_id="om_own", sender_type="app")
