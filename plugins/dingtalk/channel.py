@@ -395,8 +395,9 @@ class DingTalkChannel(Channel):
 
     async def _staff_id(self, message: Message) -> str:
         """The userid a 1:1 send goes to: the recipient, else the one remembered for the conversation."""
-        if message.recipient is not None and message.recipient.id != "unknown":
-            return message.recipient.id
+        recipient = message.recipient.id if message.recipient is not None else ""
+        if recipient and recipient != "unknown" and not recipient.startswith("$:"):  # "$:LWCP...": a senderId
+            return recipient
         try:
             state = await self.services.store.get_state(f"{ROUTE_STATE}:{message.conversation_id}", "route")
             route = msgspec.convert(state, Route) if state is not None else None
