@@ -78,7 +78,9 @@ def with_token(payload: dict[str, Any], token: str) -> dict[str, Any]:
     """The payload carrying the verification token where Feishu puts it (header, or top level)."""
     payload = json.loads(json.dumps(payload))
     if payload.get("schema"):
-        payload.setdefault("header", {})["token"] = token
+        if not isinstance(payload.get("header"), dict):
+            payload["header"] = {}
+        payload["header"]["token"] = token
     else:
         payload["token"] = token
     return payload
