@@ -1,0 +1,179 @@
+"""Answer times of the Feishu and DingTalk webhooks at a fixed offered rate (the platforms' deadlines).
+
+Usage: .venv/bin/python -m bench.chinese_channels [--rate 200] [--seconds 10]
+
+Feishu wants its answer within 3 s (the ``url_verification`` challenge within 1 s); DingTalk's HTTP
+mode documents none. ``gateway serve`` runs as its own process against an embedded Tansu broker and
+a redis-server, with a Feishu instance with an Encrypt Key (encrypted, signed events) and a
+DingTalk instance. Each scenario is an open loop at ``--rate`` requests per second: Feishu
+challenges (encrypted, unsigned), Feishu ``im.message.receive_v1`` events (encrypted and signed,
+a new ``message_id`` each) and DingTalk robot messages (a new ``msgId`` each). Every answer must be
+a 200; p50/p99/max are printed per scenario.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+
+from bench.common import GATEWAY, base_config, header, open_loop, percentile, processes, services, wait_listening
+from gateway.embedded import free_port
+from plugins.dingtalk import sign as dingtalk_sign
+from plugins.feishu import crypto
+
+APP_ID = "cli_bench0000000000"
+TOKEN = "bench-verification-token-0123456789"  # noqa: S105 - throwaway loopback secrets
+ENCRYPT_KEY = "bench-encrypt-key-0123456789abcd"
+APP_KEY = "dingbench000000000"
+APP_SECRET = "bench-dingtalk-secret-0123456789abcdef"  # noqa: S105
+TEXT = "你好，我的快递三天了还没到 📦 𠮷 订单 #8812"  # noqa: RUF001
+
+Request = tuple[str, bytes, dict[str, str]]
+
+
+def feishu_challenge(i: int) -> Request:
+    plain = json.dumps({"challenge": f"c-{i}", "token": TOKEN, "type": "url_verification"}).encode()
+    body = json.dumps({"encrypt": crypto.encrypt(ENCRYPT_KEY, plain)}).encode()
+    return "feishu", body, {"Content-Type": "application/json"}
+
+
+def feishu_message(i: int) -> Request:
+    event = {
+        "schema": "2.0",
+        "header": {
+            "event_id": f"ev-{i}",
+            "token": TOKEN,
+            "create_time": "1608725989000",
+            "event_type": "im.message.receive_v1",
+            "tenant_key": "t",
+            "app_id": APP_ID,
+        },
+        "event": {
+            "sender": {"sender_id": {"open_id": f"ou_{i % 500}"}, "sender_type": "user", "tenant_key": "t"},
+            "message": {
+                "message_id": f"om_bench_{time.time_ns()}_{i}",
+                "create_time": "1609073151345",
+                "chat_id": f"oc_{i % 500}",
+                "chat_type": "p2p",
+                "message_type": "text",
+                "content": json.dumps({"text": TEXT}, ensure_ascii=False),
+            },
+        },
+    }
+    plain = json.dumps(event, ensure_ascii=False).encode()
+    body = json.dumps({"encrypt": crypto.encrypt(ENCRYPT_KEY, plain)}).encode()
+    ts, nonce = str(int(time.time())), str(i)
+    return (
+        "feishu",
+        body,
+        {
+            "Content-Type": "application/json",
+            "X-Lark-Request-Timestamp": ts,
+            "X-Lark-Request-Nonce": nonce,
+            "X-Lark-Signature": crypto.signature(ts, nonce, ENCRYPT_KEY, body),
+        },
+    )
+
+
+def dingtalk_message(i: int) -> Request:
+    message = {
+        "msgtype": "text",
+        "text": {"content": " " + TEXT},
+        "msgId": f"msg_bench_{time.time_ns()}_{i}",
+        "createAt": int(time.time() * 1000),
+        "conversationType": "2",
+        "conversationId": f"cid{i % 500}",
+        "senderId": f"$:LWCP_v1:${i % 500}",
+        "senderNick": "张三",
+        "senderStaffId": f"staff{i % 500}",
+        "robotCode": APP_KEY,
+        "sessionWebhook": f"https://oapi.dingtalk.com/robot/sendBySession?session={i}",
+        "sessionWebhookExpiredTime": int(time.time() * 1000) + 5_400_000,
+    }
+    ts = str(int(time.time() * 1000))
+    headers = {"Content-Type": "application/json", "timestamp": ts, "sign": dingtalk_sign(ts, APP_SECRET)}
+    return "dingtalk", json.dumps(message, ensure_ascii=False).encode(), headers
+
+
+SCENARIOS: dict[str, Callable[[int], Request]] = {
+    "feishu url_verification (1 s deadline)": feishu_challenge,
+    "feishu im.message.receive_v1 (3 s deadline)": feishu_message,
+    "dingtalk robot message": dingtalk_message,
+}
+
+
+async def scenario(url: str, make: Callable[[int], Request], rate: float, seconds: float) -> tuple[list[float], int]:
+    samples: list[float] = []
+    errors = 0
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one(i: int) -> None:
+            nonlocal errors
+            instance, body, headers = make(i)
+            started = time.perf_counter()
+            async with session.post(url + instance, data=body, headers=headers) as response:
+                await response.read()
+                errors += response.status != 200
+            samples.append((time.perf_counter() - started) * 1000)
+
+        await open_loop(rate, seconds, one)
+    samples.sort()
+    return samples, errors
+
+
+def write_config(path: Path, bootstrap: str, redis_url: str, port: int) -> None:
+    prefix = f"benchcn{int(time.time())}."
+    path.write_text(
+        base_config(bootstrap, redis_url, port, prefix)
+        + f"""
+[channels.feishu]
+type = "feishu"
+app_id = "{APP_ID}"
+verification_token = "env:BENCH_FEISHU_TOKEN"
+encrypt_key = "env:BENCH_FEISHU_KEY"
+
+[channels.dingtalk]
+type = "dingtalk"
+app_key = "{APP_KEY}"
+app_secret = "env:BENCH_DINGTALK_SECRET"
+"""
+    )
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--rate", type=float, default=200.0, help="offered rate per scenario (req/s)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="duration of each scenario")
+    args = parser.parse_args()
+    results: dict[str, tuple[list[float], int]] = {}
+    with services() as svc, tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        config = Path(tmp) / "gateway.toml"
+        write_config(config, svc.bootstrap, svc.redis_url, port)
+        secrets = {"BENCH_FEISHU_TOKEN": TOKEN, "BENCH_FEISHU_KEY": ENCRYPT_KEY, "BENCH_DINGTALK_SECRET": APP_SECRET}
+        with processes([GATEWAY, "serve", "--config", str(config)], env=secrets):
+            await wait_listening(port)
+            url = f"http://127.0.0.1:{port}/webhooks/"
+            for make in SCENARIOS.values():  # warm up: connections, topic metadata, caches
+                await scenario(url, make, args.rate, 1.0)
+            for name, make in SCENARIOS.items():
+                results[name] = await scenario(url, make, args.rate, args.seconds)
+    print(header())
+    print(f"open loop at {args.rate:.0f} req/s for {args.seconds:.0f} s per scenario:")
+    for name, (samples, errors) in results.items():
+        print(
+            f"  {name:44} p50 {percentile(samples, 0.5):6.1f} ms  p99 {percentile(samples, 0.99):6.1f} ms"
+            f"  max {samples[-1]:6.1f} ms  non-200 {errors} of {len(samples)}"
+        )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
