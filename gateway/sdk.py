@@ -30,6 +30,7 @@ from gateway.helpers.keywords import normalize as normalize_for_match
 from gateway.helpers.priority import PRIORITY_RANK, Priority, add_tags, raise_priority
 from gateway.helpers.text import html_to_text, message_text, primary_language, readable_text
 from gateway.helpers.tokens import AccessTokens, Token, TokenError, TokenRejected, with_token
+from gateway.helpers.wxcrypto import Decrypted, WXBizMsgCrypt, WxCryptoError, check_sha1_signature, sha1_signature
 from gateway.hookspecs import hookimpl
 from gateway.model import (
     Attachment,
@@ -64,7 +65,9 @@ from gateway.store.redis import StoreUnavailable
 # load_calendars, format_calendar_error, WEEKDAYS, Priority, PRIORITY_RANK, raise_priority, add_tags).
 # 1.2: Channel.parse_stored (a DLQ payload parsed again by `gateway dlq replay`); AccessTokens,
 # Token, TokenError, TokenRejected, with_token (provider tokens shared by all processes).
-API_VERSION = "1.2"
+# 1.3: WXBizMsgCrypt, WxCryptoError, Decrypted, sha1_signature, check_sha1_signature (the callback
+# crypto of WeChat, WeCom and DingTalk).
+API_VERSION = "1.3"
 
 __all__ = [
     "API_VERSION",
@@ -81,6 +84,7 @@ __all__ = [
     "ChannelServices",
     "ChannelSettings",
     "Content",
+    "Decrypted",
     "DeliveryError",
     "DeliveryEvent",
     "Drop",
@@ -112,11 +116,14 @@ __all__ = [
     "Token",
     "TokenError",
     "TokenRejected",
+    "WXBizMsgCrypt",
     "WebhookRequest",
+    "WxCryptoError",
     "add_tags",
     "basic_auth",
     "call_provider",
     "channel_instances",
+    "check_sha1_signature",
     "constant_time_equals",
     "encode",
     "format_calendar_error",
@@ -133,6 +140,7 @@ __all__ = [
     "raise_priority",
     "readable_text",
     "retry_after_seconds",
+    "sha1_signature",
     "utcnow",
     "verify_prefixed_hex",
     "with_token",
