@@ -12,6 +12,7 @@ from typing import Any
 
 from gateway.model import Message
 from gateway.testing import ChannelContract, ProviderRequest, json_request, sign_hmac_sha256_hex
+from tests.test_wechat import ADA, PLAIN, SAFE, contract_payloads, query, safe, with_unknown_element
 
 TELEGRAM_FIXTURES = Path(__file__).parent / "fixtures" / "telegram"
 
@@ -81,3 +82,40 @@ class TestTelegramChannelContract(ChannelContract):
 
     def check_message(self, name: str, message: Message) -> None:
         assert message.conversation_id.startswith(f"{self.instance}:")  # one thread per chat, per bot instance
+
+
+class TestWeChatPlaintextContract(ChannelContract):
+    channel_type = "wechat"
+    # Plaintext mode: `signature` covers token, timestamp and nonce, not the body (safe mode covers it).
+    signs_body = False
+
+    def config(self) -> dict[str, Any]:
+        return dict(PLAIN)
+
+    def valid_payloads(self) -> Mapping[str, ProviderRequest]:
+        return contract_payloads()
+
+    def with_unknown_fields(self, request: ProviderRequest) -> ProviderRequest:
+        return with_unknown_element(request)
+
+    def sign(self, request: ProviderRequest, config: Mapping[str, Any]) -> ProviderRequest:
+        q = query(config["token"])
+        return ProviderRequest(body=request.body, headers=request.headers, query=q, url=request.url)
+
+    def check_message(self, name: str, message: Any) -> None:
+        assert message.conversation_id == f"{self.instance}:{ADA}"
+
+
+class TestWeChatSafeModeContract(TestWeChatPlaintextContract):
+    # msg_signature covers the ciphertext; bytes appended after </xml> change nothing it protects.
+    signs_body = False
+
+    def config(self) -> dict[str, Any]:
+        return dict(SAFE)
+
+    def sign(self, request: ProviderRequest, config: Mapping[str, Any]) -> ProviderRequest:
+        try:
+            body, q = safe(request.body, key=config["encoding_aes_key"], token=config["token"])
+        except ValueError:  # wechatpy refuses a forged key that is no longer valid Base64
+            body, q = request.body, query(config["token"])
+        return ProviderRequest(body=body, headers=request.headers, query=q, url=request.url)

@@ -13,8 +13,8 @@ import re
 
 import pytest
 from wechatpy.crypto import WeChatCrypto
-from wechatpy.utils import check_signature
 from wechatpy.enterprise.crypto import WeChatCrypto as WorkCrypto
+from wechatpy.utils import check_signature
 
 from gateway.sdk import WXBizMsgCrypt, WxCryptoError, check_sha1_signature, sha1_signature
 
@@ -47,7 +47,7 @@ OA_ENCRYPT = (
 )
 
 OTHER_KEY = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFG"
-CHINESE = "我的订单还没到😀𠀀𪚥 𫝀，请尽快处理".encode()  # 4-byte emoji and CJK extension B/C/D characters
+CHINESE = "我的订单还没到😀𠀀𪚥 𫝀，请尽快处理".encode()  # noqa: RUF001  4-byte emoji and CJK extension B/C/D characters
 
 
 def test_official_account_java_vector_encrypts_byte_for_byte() -> None:
