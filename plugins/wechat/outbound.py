@@ -71,7 +71,7 @@ class MenuBody(_Out, kw_only=True):
     """A message with tappable choices; a tap comes back as a text message with ``bizmsgmenuid``."""
 
     head_content: str = ""
-    list: list[MenuItem]
+    items: list[MenuItem] = msgspec.field(name="list")
     tail_content: str = ""
 
 
@@ -179,7 +179,7 @@ def build(touser: str, message: Message, text_limit: int) -> list[CustomMessage]
     if labels.msgmenu is not None:
         menu = labels.msgmenu
         if not menu.head_content and content.text:
-            menu = MenuBody(head_content=content.text, list=menu.list, tail_content=menu.tail_content)
+            menu = MenuBody(head_content=content.text, items=menu.items, tail_content=menu.tail_content)
         out.append(CustomMessage(touser=touser, msgtype="msgmenu", msgmenu=menu))
     if not out:
         raise SendError("unsupported_content", f"WeChat cannot send {content.type} content", retryable=False)
