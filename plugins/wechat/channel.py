@@ -147,17 +147,15 @@ class WeChatChannel(Channel):
             raise AuthenticationError(f"timestamp outside the {skew} s window")
         return timestamp, nonce
 
-    def _fields(self, request: WebhookRequest, timestamp: str, nonce: str) -> dict[str, str]:
-        """The callback's fields; in safe mode those inside the authenticated ciphertext only."""
-        try:
-            fields = parse_xml(request.body)
-        except XmlError as exc:
-            if self.crypto is not None:  # nothing to authenticate the body with
-                raise AuthenticationError(f"safe mode: {exc}") from None
-            raise PayloadError(str(exc)) from None
+    def _plaintext(self, request: WebhookRequest, timestamp: str, nonce: str) -> bytes:
+        """The callback document; in safe mode the one inside the authenticated ciphertext (the
+        plaintext copy compatible mode also sends is not covered by any signature: ignored)."""
         if self.crypto is None:
-            return fields
-        encrypted = fields.get("Encrypt")
+            return request.body
+        try:
+            encrypted = parse_xml(request.body).get("Encrypt")
+        except XmlError as exc:  # nothing to authenticate the body with
+            raise AuthenticationError(f"safe mode: {exc}") from None
         if not encrypted:
             raise AuthenticationError("safe mode: the body has no Encrypt element")
         try:
@@ -166,10 +164,13 @@ class WeChatChannel(Channel):
             raise AuthenticationError(f"safe mode: {exc}") from None
         if decrypted.previous_key:
             log.info("wechat_previous_aes_key_used", instance=self.name)
+        return decrypted.plaintext
+
+    def _fields(self, request: WebhookRequest, timestamp: str, nonce: str) -> dict[str, str]:
         try:
-            return parse_xml(decrypted.plaintext)
+            return parse_xml(self._plaintext(request, timestamp, nonce))
         except XmlError as exc:
-            raise PayloadError(f"decrypted body: {exc}") from None
+            raise PayloadError(str(exc)) from None
 
     async def handshake(self, request: WebhookRequest) -> HttpReply:
         """URL verification in the console (服务器配置): echo ``echostr`` when signed by our token."""
@@ -185,7 +186,7 @@ class WeChatChannel(Channel):
     async def verify(self, request: WebhookRequest) -> None:
         timestamp, nonce = self._check_query(request)
         if self.crypto is not None:
-            self._fields(request, timestamp, nonce)  # msg_signature and the receive id, before anything is stored
+            self._plaintext(request, timestamp, nonce)  # msg_signature and the receive id, before anything is stored
 
     def parse(self, request: WebhookRequest) -> ParseResult:
         query = request.query

@@ -22,6 +22,7 @@ VOICE_MIME = {"amr": "audio/amr", "speex": "audio/speex", "mp3": "audio/mpeg"}
 # Events that grant a short send window (WeChat: 3 messages within a minute).
 SHORT_WINDOW_EVENTS = frozenset({"subscribe", "scan", "click"})
 QR_SCENE_PREFIX = "qrscene_"
+MAX_TIMESTAMP = 253402300799  # 9999-12-31T23:59:59Z: later CreateTimes are not dates
 
 
 class XmlError(Exception):
@@ -74,7 +75,7 @@ def _int(value: str | None) -> int | None:
     if value is None or not value.strip().lstrip("-").isdigit():
         return None
     number = int(value)
-    return number if 0 <= number < 2**63 else None
+    return number if 0 <= number <= MAX_TIMESTAMP else None
 
 
 def _float(value: str | None, bound: float) -> float | None:
