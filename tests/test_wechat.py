@@ -321,3 +321,12 @@ def with_unknown_element(request: ProviderRequest) -> ProviderRequest:
     return request.with_body(
         request.body.replace(b"</xml>", b"<XGatewayUnknown><![CDATA[new]]></XGatewayUnknown></xml>")
     )
+
+
+def test_stored_payloads_parse_again_for_dlq_replay() -> None:
+    plain = channel().parse_stored(text(), {})
+    assert plain.messages[0].content.text == CHINESE and plain.reply is None
+    body, _ = safe(text())
+    assert channel(**SAFE).parse_stored(body, {}).messages[0].content.text == CHINESE
+    with pytest.raises(PayloadError):
+        channel(**SAFE).parse_stored(b"<xml><Encrypt>AAAA</Encrypt></xml>", {})

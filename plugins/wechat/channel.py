@@ -191,26 +191,20 @@ class WeChatChannel(Channel):
     def parse(self, request: WebhookRequest) -> ParseResult:
         query = request.query
         inbound = self._read(self._fields(request, query.get("timestamp", ""), query.get("nonce", "")))
-        message = self.message(
-            external_id=inbound.dedup_key,
-            conversation_id=f"{self.name}:{inbound.openid}",
-            sender=Party(id=inbound.openid),
-            recipient=Party(id=inbound.account),
-            content=inbound.content,
-            sent_at=inbound.sent_at,
-        )
-        message.tags.labels.update(inbound.top_labels)
-        message.tags.labels["wechat"] = inbound.labels
-        return ParseResult(messages=[message], reply=HttpReply(status=200, body="success"))
+        return ParseResult(messages=[self._message(inbound)], reply=HttpReply(status=200, body="success"))
 
     def parse_stored(self, payload: bytes, headers: Any) -> ParseResult:
-        """A DLQ payload is the plaintext or ciphertext body; without its query it cannot be
-        decrypted, so a stored plaintext body is parsed as such."""
+        """A DLQ payload (`gateway dlq replay`): the body as it arrived, verified then. A safe-mode
+        envelope is decrypted again (its query, and so its msg_signature, was not kept)."""
         try:
             fields = parse_xml(payload)
-        except XmlError as exc:
+            if self.crypto is not None and fields.get("Encrypt"):
+                fields = parse_xml(self.crypto.decrypt(fields["Encrypt"]).plaintext)
+        except (XmlError, WxCryptoError) as exc:
             raise PayloadError(str(exc)) from None
-        inbound = self._read(fields)
+        return ParseResult(messages=[self._message(self._read(fields))])
+
+    def _message(self, inbound: Inbound) -> Message:
         message = self.message(
             external_id=inbound.dedup_key,
             conversation_id=f"{self.name}:{inbound.openid}",
@@ -221,7 +215,7 @@ class WeChatChannel(Channel):
         )
         message.tags.labels.update(inbound.top_labels)
         message.tags.labels["wechat"] = inbound.labels
-        return ParseResult(messages=[message])
+        return message
 
     @staticmethod
     def _read(fields: dict[str, str]) -> Inbound:
@@ -249,9 +243,7 @@ class WeChatChannel(Channel):
             await self._script("open")(
                 keys=[self._window_key(inbound.openid)], args=[start, span, quota, "1" if short else "0"]
             )
-        except (StoreUnavailable, OSError, ConnectionError) as exc:
-            log.warning("wechat_window_not_opened", instance=self.name, error=type(exc).__name__)
-        except Exception as exc:  # redis errors: the window is advisory on this side
+        except Exception as exc:  # Redis down: sends will be refused as outside the window until it is back
             log.warning("wechat_window_not_opened", instance=self.name, error=type(exc).__name__)
 
     # -- outbound --------------------------------------------------------------------------------
@@ -324,7 +316,10 @@ class WeChatChannel(Channel):
             for part in remaining:
                 await self._send_one(part)
                 sent += 1
-                await store.client.set(progress_key, done + sent, ex=PROGRESS_TTL_S)
+                try:
+                    await store.client.set(progress_key, done + sent, ex=PROGRESS_TTL_S)
+                except Exception as exc:  # a retry may then repeat this piece: logged, not fatal
+                    log.warning("wechat_progress_not_kept", instance=self.name, error=type(exc).__name__)
         except SendError as exc:
             if self.settings.enforce_window:
                 await self._after_failure(window, exc, len(remaining) - sent)
