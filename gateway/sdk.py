@@ -30,6 +30,7 @@ from gateway.helpers.keywords import normalize as normalize_for_match
 from gateway.helpers.priority import PRIORITY_RANK, Priority, add_tags, raise_priority
 from gateway.helpers.text import html_to_text, message_text, primary_language, readable_text
 from gateway.helpers.tokens import AccessTokens, Token, TokenError, TokenRejected, with_token
+from gateway.helpers.window import ReplyWindow, split_utf8
 from gateway.helpers.wxcrypto import Decrypted, WXBizMsgCrypt, WxCryptoError, check_sha1_signature, sha1_signature
 from gateway.hookspecs import hookimpl
 from gateway.model import (
@@ -66,7 +67,8 @@ from gateway.store.redis import StoreUnavailable
 # 1.2: Channel.parse_stored (a DLQ payload parsed again by `gateway dlq replay`); AccessTokens,
 # Token, TokenError, TokenRejected, with_token (provider tokens shared by all processes).
 # 1.3: WXBizMsgCrypt, WxCryptoError, Decrypted, sha1_signature, check_sha1_signature (the callback
-# crypto of WeChat, WeCom and DingTalk).
+# crypto of WeChat, WeCom and DingTalk); ReplyWindow (48 h / n-message send windows in Redis) and
+# split_utf8 (texts cut to a provider's byte limit).
 API_VERSION = "1.3"
 
 __all__ = [
@@ -106,6 +108,7 @@ __all__ = [
     "ProcessorSettings",
     "ProviderResponse",
     "Reaction",
+    "ReplyWindow",
     "Route",
     "Routing",
     "SendError",
@@ -141,6 +144,7 @@ __all__ = [
     "readable_text",
     "retry_after_seconds",
     "sha1_signature",
+    "split_utf8",
     "utcnow",
     "verify_prefixed_hex",
     "with_token",

@@ -19,10 +19,10 @@ from aiohttp import web
 from gateway.channel import SendError
 from gateway.model import Attachment, Content, Message, Party, decode_event
 from gateway.plugins import PluginRegistry
+from gateway.sdk import split_utf8
 from gateway.store.redis import RedisStore
 from gateway.testing import ProviderRequest, make_channel, read_records, webhook_request
 from plugins.wechat import WeChatChannel
-from plugins.wechat.outbound import split_utf8
 from tests.test_dispatch import Provider, dispatching, enqueue
 from tests.test_wechat import ACCOUNT, ADA, APP_ID, CHINESE, PLAIN, query, text
 

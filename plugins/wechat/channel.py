@@ -34,6 +34,7 @@ from gateway.sdk import (
     ParseResult,
     Party,
     PayloadError,
+    ReplyWindow,
     SendError,
     SendResult,
     StoreUnavailable,
@@ -55,46 +56,6 @@ log = structlog.get_logger(__name__)
 DEFAULT_BASE_URL = "https://api.weixin.qq.com"
 EncodingAESKey = Annotated[str, msgspec.Meta(pattern="^[A-Za-z0-9]{43}$")]
 PROGRESS_TTL_S = 7 * 86400  # how long the parts sent of one outbound message are remembered
-
-# Open a window: a customer message gives `quota` sends for `span` seconds from its CreateTime; an
-# event (follow, scan, menu click) gives a short one, unless a longer window is already open. An
-# older message (a redelivery) never replaces a newer window.
-_OPEN = """
-local start = tonumber(ARGV[1])
-local span = tonumber(ARGV[2])
-local quota = tonumber(ARGV[3])
-local short = ARGV[4] == '1'
-local state = redis.call('HMGET', KEYS[1], 'since', 'until')
-local since = tonumber(state[1])
-local until_ = tonumber(state[2])
-if since and since > start then return 0 end
-if short and until_ and until_ >= start + span then return 0 end
-redis.call('HSET', KEYS[1], 'since', start, 'until', start + span, 'left', quota)
-local t = redis.call('TIME')
-local ttl = start + span - tonumber(t[1])
-if ttl < 1 then ttl = 1 end
-redis.call('EXPIRE', KEYS[1], ttl + 60)
-return 1
-"""
-
-# Take n sends from the window: 'ok', 'closed' (none open, or expired) or 'exhausted'.
-_TAKE = """
-local n = tonumber(ARGV[1])
-local t = redis.call('TIME')
-local now = tonumber(t[1])
-local state = redis.call('HMGET', KEYS[1], 'until', 'left')
-local until_ = tonumber(state[1])
-local left = tonumber(state[2])
-if not until_ or until_ <= now then return 'closed' end
-if not left or left < n then return 'exhausted' end
-redis.call('HINCRBY', KEYS[1], 'left', -n)
-return 'ok'
-"""
-
-_REFUND = """
-if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HINCRBY', KEYS[1], 'left', ARGV[1]) end
-return 1
-"""
 
 
 class WeChatSettings(ChannelSettings, kw_only=True, forbid_unknown_fields=True):
@@ -130,7 +91,7 @@ class WeChatChannel(Channel):
             else None
         )
         self._tokens: AccessTokens | None = None
-        self._scripts: dict[str, Any] = {}
+        self._window: ReplyWindow | None = None
 
     # -- inbound ---------------------------------------------------------------------------------
 
@@ -240,22 +201,20 @@ class WeChatChannel(Channel):
             return
         start = inbound.create_time if inbound.create_time is not None else int(time.time())
         try:
-            await self._script("open")(
-                keys=[self._window_key(inbound.openid)], args=[start, span, quota, "1" if short else "0"]
-            )
+            await self.window.open(self._window_key(inbound.openid), start, span, quota, short=short)
         except Exception as exc:  # Redis down: sends will be refused as outside the window until it is back
             log.warning("wechat_window_not_opened", instance=self.name, error=type(exc).__name__)
 
     # -- outbound --------------------------------------------------------------------------------
 
-    def _script(self, name: str) -> Any:
-        if name not in self._scripts:
-            source = {"open": _OPEN, "take": _TAKE, "refund": _REFUND}[name]
-            self._scripts[name] = self.services.store.client.register_script(source)
-        return self._scripts[name]
+    @property
+    def window(self) -> ReplyWindow:
+        if self._window is None:
+            self._window = ReplyWindow(self.services.store, "wechat-window")
+        return self._window
 
     def _window_key(self, openid: str) -> str:
-        return self.services.store.key("wechat-window", self.settings.app_id, openid)
+        return self.window.key(self.settings.app_id, openid)
 
     @property
     def tokens(self) -> AccessTokens:
@@ -328,10 +287,9 @@ class WeChatChannel(Channel):
 
     async def _take(self, window: str, count: int) -> None:
         try:
-            verdict = await self._script("take")(keys=[window], args=[count])
-        except Exception as exc:
-            raise SendError("store_unavailable", f"Redis: {type(exc).__name__}", retryable=True) from None
-        verdict = verdict.decode() if isinstance(verdict, bytes) else str(verdict)
+            verdict = await self.window.take(window, count)
+        except StoreUnavailable as exc:
+            raise SendError("store_unavailable", str(exc), retryable=True) from None
         if verdict == "closed":
             raise SendError(
                 "window_closed",
@@ -349,19 +307,17 @@ class WeChatChannel(Channel):
 
     async def _after_failure(self, window: str, exc: SendError, unsent: int) -> None:
         """Give back the sends that did not happen; mark the window as WeChat sees it."""
-        client = self.services.store.client
         try:
             if exc.code.startswith("window_closed"):
-                await client.delete(window)
+                await self.window.close(window)
             elif exc.code.startswith("quota_exhausted"):
-                await client.hset(window, "left", 0)
+                await self.window.exhaust(window)
             else:
                 # A timeout may have delivered the piece in flight: count it as spent.
                 uncertain = 1 if exc.code in ("timeout", "connection") else 0
-                if unsent - uncertain > 0:
-                    await self._script("refund")(keys=[window], args=[unsent - uncertain])
-        except Exception as error:
-            log.warning("wechat_window_not_updated", instance=self.name, error=type(error).__name__)
+                await self.window.refund(window, unsent - uncertain)
+        except StoreUnavailable as error:
+            log.warning("wechat_window_not_updated", instance=self.name, error=str(error))
 
     async def _send_one(self, part: outbound.CustomMessage) -> None:
         url = f"{self._base()}/cgi-bin/message/custom/send"

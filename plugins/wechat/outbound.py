@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from gateway.sdk import Attachment, Message, SendError
+from gateway.sdk import Attachment, Message, SendError, split_utf8
 
 # Errcodes (wechatpy/constants.py names them). Token problems refresh once; these never retry.
 TOKEN_ERRCODES = frozenset({40001, 40014, 42001})
@@ -109,25 +109,6 @@ class TokenAnswer(msgspec.Struct, kw_only=True):
     expires_in: float | None = None
     errcode: int = 0
     errmsg: str = ""
-
-
-def split_utf8(text: str, limit: int) -> list[str]:
-    """``text`` in pieces of at most ``limit`` UTF-8 bytes, cut at character boundaries (after a
-    newline or a space in the second half of a piece when there is one)."""
-    pieces: list[str] = []
-    rest = text
-    while len(rest.encode()) > limit:
-        cut = rest.encode()[:limit].decode("utf-8", errors="ignore")  # drops a split character
-        for separator in ("\n", " "):
-            at = cut.rfind(separator)
-            if at >= len(cut) // 2:
-                cut = cut[: at + 1]
-                break
-        pieces.append(cut)
-        rest = rest[len(cut) :]
-    if rest:
-        pieces.append(rest)
-    return pieces
 
 
 def _attachment(touser: str, attachment: Attachment, labels: WeChatLabels) -> CustomMessage:
