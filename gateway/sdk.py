@@ -31,7 +31,15 @@ from gateway.helpers.priority import PRIORITY_RANK, Priority, add_tags, raise_pr
 from gateway.helpers.text import html_to_text, message_text, primary_language, readable_text
 from gateway.helpers.tokens import AccessTokens, Token, TokenError, TokenRejected, with_token
 from gateway.helpers.window import ReplyWindow, split_utf8
-from gateway.helpers.wxcrypto import Decrypted, WXBizMsgCrypt, WxCryptoError, check_sha1_signature, sha1_signature
+from gateway.helpers.wxcrypto import (
+    Decrypted,
+    WXBizMsgCrypt,
+    WxCryptoError,
+    WxXmlError,
+    check_sha1_signature,
+    parse_wx_xml,
+    sha1_signature,
+)
 from gateway.hookspecs import hookimpl
 from gateway.model import (
     Attachment,
@@ -67,8 +75,8 @@ from gateway.store.redis import StoreUnavailable
 # 1.2: Channel.parse_stored (a DLQ payload parsed again by `gateway dlq replay`); AccessTokens,
 # Token, TokenError, TokenRejected, with_token (provider tokens shared by all processes).
 # 1.3: WXBizMsgCrypt, WxCryptoError, Decrypted, sha1_signature, check_sha1_signature (the callback
-# crypto of WeChat, WeCom and DingTalk); ReplyWindow (48 h / n-message send windows in Redis) and
-# split_utf8 (texts cut to a provider's byte limit).
+# crypto of WeChat, WeCom and DingTalk), parse_wx_xml and WxXmlError (their XML, without DTDs);
+# ReplyWindow (48 h / n-message send windows in Redis) and split_utf8 (texts cut to a byte limit).
 API_VERSION = "1.3"
 
 __all__ = [
@@ -122,6 +130,7 @@ __all__ = [
     "WXBizMsgCrypt",
     "WebhookRequest",
     "WxCryptoError",
+    "WxXmlError",
     "add_tags",
     "basic_auth",
     "call_provider",
@@ -138,6 +147,7 @@ __all__ = [
     "load_calendars",
     "message_text",
     "normalize_for_match",
+    "parse_wx_xml",
     "primary_language",
     "raise_for_response",
     "raise_priority",

@@ -11,6 +11,8 @@ callbacks and DingTalk's event callbacks, so it lives here once, exported by ``g
 - the plaintext is ``random(16) + len(msg) as 4 bytes big-endian + msg + receive id`` (the app id,
   the corp id, or "" for WeCom bots); decryption checks the receive id, so a message encrypted for
   another app is refused;
+- the XML documents themselves (:func:`parse_wx_xml`): flat ``<xml>`` elements, parsed by defusedxml
+  without DTDs or entities (no billion laughs, no external entities);
 - key rotation: WeChat's console lets the operator change the EncodingAESKey, and messages under
   the previous key keep arriving for a while. The previous key is tried after the current one and
   :class:`Decrypted` says which worked, so a passive reply is encrypted with that same key.
@@ -25,8 +27,11 @@ import os
 import re
 import struct
 from dataclasses import dataclass
+from xml.etree.ElementTree import Element, ParseError
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import fromstring
 
 from gateway.signing import constant_time_equals
 
@@ -36,6 +41,26 @@ _KEY_FORMAT = re.compile(r"[A-Za-z0-9]{43}")
 
 class WxCryptoError(Exception):
     """A signature, key or ciphertext the scheme refuses; the message names no secret."""
+
+
+class WxXmlError(Exception):
+    """The body is not a usable WeChat/WeCom XML document."""
+
+
+def parse_wx_xml(body: bytes) -> dict[str, str]:
+    """The children of the root ``<xml>`` as {tag: text} (nested elements as their joined text;
+    the first occurrence of a tag wins). Refuses DTDs, entity declarations and other roots."""
+    try:
+        root = fromstring(body, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    except (ParseError, DefusedXmlException, ValueError) as exc:
+        raise WxXmlError(f"body is not well-formed XML without DTD: {type(exc).__name__}") from None
+    if not isinstance(root, Element) or root.tag != "xml":
+        raise WxXmlError("the root element is not <xml>")
+    fields: dict[str, str] = {}
+    for child in root:
+        if isinstance(child.tag, str):
+            fields.setdefault(child.tag, (child.text or "").strip() if len(child) == 0 else "".join(child.itertext()))
+    return fields
 
 
 def sha1_signature(*parts: str) -> str:

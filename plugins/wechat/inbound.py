@@ -1,8 +1,8 @@
 """WeChat Official Account callbacks: the XML envelope, its fields, and what each becomes.
 
 Kept free of I/O so every message and event shape is tested with real-format XML alone. The XML is
-parsed by defusedxml (no DTD, no entities: a billion-laughs or external-entity body is refused
-before anything is expanded); WeChat's documents are flat ``<xml>`` elements with text children.
+parsed by ``gateway.sdk.parse_wx_xml`` (defusedxml: no DTD, no entities, so a billion-laughs or
+external-entity body is refused before anything is expanded).
 """
 
 from __future__ import annotations
@@ -10,12 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from xml.etree.ElementTree import Element, ParseError
 
-from defusedxml import DefusedXmlException
-from defusedxml.ElementTree import fromstring
-
-from gateway.sdk import Attachment, Content, Location, Postback
+from gateway.sdk import Attachment, Content, Location, Postback, WxXmlError, parse_wx_xml
 
 # Voice formats WeChat names in <Format>, as MIME types.
 VOICE_MIME = {"amr": "audio/amr", "speex": "audio/speex", "mp3": "audio/mpeg"}
@@ -25,26 +21,8 @@ QR_SCENE_PREFIX = "qrscene_"
 MAX_TIMESTAMP = 253402300799  # 9999-12-31T23:59:59Z: later CreateTimes are not dates
 
 
-class XmlError(Exception):
-    """The body is not a usable WeChat XML document."""
-
-
-def parse_xml(body: bytes) -> dict[str, str]:
-    """The children of the root ``<xml>`` as {tag: text} (nested elements as their own text).
-
-    Refuses DTDs and entity declarations; the first occurrence of a tag wins.
-    """
-    try:
-        root = fromstring(body, forbid_dtd=True, forbid_entities=True, forbid_external=True)
-    except (ParseError, DefusedXmlException, ValueError) as exc:
-        raise XmlError(f"body is not well-formed XML without DTD: {type(exc).__name__}") from None
-    if not isinstance(root, Element) or root.tag != "xml":
-        raise XmlError("the root element is not <xml>")
-    fields: dict[str, str] = {}
-    for child in root:
-        if isinstance(child.tag, str):
-            fields.setdefault(child.tag, (child.text or "").strip() if len(child) == 0 else "".join(child.itertext()))
-    return fields
+XmlError = WxXmlError  # the body is not a usable WeChat XML document
+parse_xml = parse_wx_xml
 
 
 @dataclass(frozen=True, slots=True)
