@@ -1,7 +1,8 @@
-"""Property-based fuzzing of the WeChat webhook over the real app, broker and Redis.
+"""Property-based fuzzing of the WeChat and WeCom 微信客服 webhooks over the real app, broker and Redis.
 
 The same setup as tests/test_fuzz.py (the gateway in a background thread, driven with http.client),
-with a plaintext-mode and a safe-mode instance. XML-shaped bodies (WeChat's tags, random tags,
+with a WeChat plaintext-mode and safe-mode instance and a wecom_kf instance (whose pulls go to a
+closed local port: the callbacks are what is fuzzed here). XML-shaped bodies (WeChat's tags, random tags,
 deep nesting, DTDs and entities, invalid UTF-8, huge strings, random bytes), signed correctly or
 not, encrypted for the safe-mode instance or not. Properties:
 
@@ -34,6 +35,7 @@ from gateway.sdk import WXBizMsgCrypt, sha1_signature
 from tests.conftest import make_config
 from tests.test_fuzz import Served
 from tests.test_wechat import AES_KEY, APP_ID, PLAIN, SAFE, TOKEN
+from tests.test_wecom_kf import SETTINGS as KF_SETTINGS
 
 LIMIT = 65536
 FUZZ = settings(
@@ -45,8 +47,14 @@ FUZZ = settings(
 CHANNELS = {
     "wechat": {"type": "wechat", **PLAIN, "max_body_bytes": LIMIT},
     "wechat-safe": {"type": "wechat", **SAFE, "max_body_bytes": LIMIT},
+    "kf": {"type": "wecom_kf", **KF_SETTINGS, "max_body_bytes": LIMIT, "base_url": "http://127.0.0.1:9"},
 }
 CRYPTO = WXBizMsgCrypt(TOKEN, AES_KEY, APP_ID)
+KF_CRYPTO = WXBizMsgCrypt(KF_SETTINGS["token"], KF_SETTINGS["encoding_aes_key"], KF_SETTINGS["corp_id"])
+kf_fields = st.fixed_dictionaries(
+    {"MsgType": st.just("event"), "Event": st.sampled_from(["kf_msg_or_event", "other", ""])},
+    optional={"Token": st.text(max_size=20), "OpenKfId": st.text(max_size=20), "ToUserName": st.text(max_size=10)},
+)
 
 
 @pytest.fixture(scope="module")
@@ -156,10 +164,10 @@ def signed_query(nonce: str = "n1") -> dict[str, str]:
     return {"signature": sha1_signature(TOKEN, ts, nonce), "timestamp": ts, "nonce": nonce}
 
 
-def encrypted(body: bytes, q: dict[str, str]) -> bytes:
-    cipher = CRYPTO.encrypt(body)
+def encrypted(body: bytes, q: dict[str, str], crypto: WXBizMsgCrypt = CRYPTO) -> bytes:
+    cipher = crypto.encrypt(body)
     q["encrypt_type"] = "aes"
-    q["msg_signature"] = CRYPTO.signature(q["timestamp"], q["nonce"], cipher)
+    q["msg_signature"] = crypto.signature(q["timestamp"], q["nonce"], cipher)
     return f"<xml><ToUserName><![CDATA[gh_1]]></ToUserName><Encrypt><![CDATA[{cipher}]]></Encrypt></xml>".encode()
 
 
@@ -188,9 +196,9 @@ def test_unauthenticated_requests_store_nothing(
     elif wrong == "timestamp":  # a signature captured an hour ago
         ts = str(int(time.time()) - 3600)
         q = {**q, "signature": sha1_signature(TOKEN, ts, "n"), "timestamp": ts, "nonce": "n"}
-    elif wrong == "msg_signature" and instance == "wechat-safe":  # right signature, forged ciphertext signature
+    elif wrong == "msg_signature" and instance != "wechat":  # right signature, forged ciphertext signature
         q = signed_query()
-        body = encrypted(body, q)
+        body = encrypted(body, q, KF_CRYPTO if instance == "kf" else CRYPTO)
         q["msg_signature"] = "0" * 40
     path = f"/webhooks/{instance}?{urlencode(q)}"
     status, answer, _ = served.request(method, path, body, {"Content-Type": "text/xml"})
@@ -206,14 +214,25 @@ def test_unauthenticated_input_left_every_topic_untouched(served: Served) -> Non
     assert sizes["inbound"] == served.expected["inbound"] and sizes["dlq"] == served.expected["dlq"]
 
 
+def kf_document(fields: dict[str, str]) -> bytes:
+    inner = "".join(f"<{k}><![CDATA[{v.replace(']]>', '')}]]></{k}>" for k, v in fields.items())
+    return f"<xml>{inner}</xml>".encode()
+
+
 @FUZZ
-@given(instance=st.sampled_from(list(CHANNELS)), body=bodies, nonce=st.text(min_size=1, max_size=20))
+@given(
+    instance=st.sampled_from(list(CHANNELS)),
+    body=bodies | kf_fields.map(kf_document),
+    nonce=st.text(min_size=1, max_size=20),
+)
 def test_signed_input_is_answered_and_stored_only_as_promised(
     served: Served, instance: str, body: bytes, nonce: str
 ) -> None:
     q = signed_query(nonce)
     if instance == "wechat-safe":
         body = encrypted(body, q)
+    elif instance == "kf":
+        body = encrypted(body, q, KF_CRYPTO)
     status, answer, _ = served.request(
         "POST", f"/webhooks/{instance}?{urlencode(q)}", body, {"Content-Type": "text/xml"}
     )

@@ -68,6 +68,7 @@ class KfApi:
         self.token_fetches = 0
         self.current = "KF_TOKEN_1"
         self.gate: asyncio.Event | None = None  # hold sync_msg calls (lock tests)
+        self.by_kfid: dict[str, list[dict[str, Any]]] | None = None  # records per open_kfid instead
 
     async def gettoken(self, request: web.Request) -> web.Response:
         self.token_fetches += 1
@@ -88,14 +89,15 @@ class KfApi:
             return web.json_response({"errcode": 40014, "errmsg": "invalid access_token"})
         start = int(body.get("cursor") or 0)
         limit = int(body.get("limit", 1000))
-        page = self.records[start : start + limit]
+        records = self.records if self.by_kfid is None else self.by_kfid.get(body.get("open_kfid"), [])
+        page = records[start : start + limit]
         end = start + len(page)
         return web.json_response(
             {
                 "errcode": 0,
                 "errmsg": "ok",
                 "next_cursor": str(end),
-                "has_more": int(end < len(self.records)),
+                "has_more": int(end < len(records)),
                 "msg_list": page,
             }
         )
@@ -119,16 +121,18 @@ async def kf_server(aiohttp_server: Any, api: KfApi) -> Any:
     return await aiohttp_server(app)
 
 
-def callback(kfid: str = KFID, token: str = CALLBACK_TOKEN, **fields: str) -> tuple[bytes, dict[str, str]]:
-    """A kf_msg_or_event callback as WeCom posts it, encrypted and signed by wechatpy."""
-    inner = (
+def callback_xml(kfid: str = KFID, token: str = CALLBACK_TOKEN) -> str:
+    """The decrypted kf_msg_or_event callback (developer.work.weixin.qq.com/document/path/94699)."""
+    return (
         f"<xml><ToUserName><![CDATA[{CORP_ID}]]></ToUserName><CreateTime>{int(time.time())}</CreateTime>"
         f"<MsgType><![CDATA[event]]></MsgType><Event><![CDATA[kf_msg_or_event]]></Event>"
-        f"<Token><![CDATA[{token}]]></Token><OpenKfId><![CDATA[{kfid}]]></OpenKfId>"
-        + "".join(f"<{k}>{v}</{k}>" for k, v in fields.items())
-        + "</xml>"
+        f"<Token><![CDATA[{token}]]></Token><OpenKfId><![CDATA[{kfid}]]></OpenKfId></xml>"
     )
-    return encrypt(inner)
+
+
+def callback(kfid: str = KFID, token: str = CALLBACK_TOKEN) -> tuple[bytes, dict[str, str]]:
+    """A kf_msg_or_event callback as WeCom posts it, encrypted and signed by wechatpy."""
+    return encrypt(callback_xml(kfid, token))
 
 
 def encrypt(inner: str, key: str = AES_KEY, token: str = TOKEN) -> tuple[bytes, dict[str, str]]:
