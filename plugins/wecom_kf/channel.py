@@ -307,15 +307,15 @@ class WeComKfChannel(Channel):
             messages=[self._message(item) for item in outcome.inbound],
             events=[event for event, _, _ in outcome.events],
         )
-        for record, reason in outcome.unreadable:
-            await ingest.quarantine(self, msgspec.json.encode(record), reason, error_type="PayloadError")
         if outcome.ignored:
             log.debug("wecom_kf_events_ignored", instance=self.name, kinds=sorted(set(outcome.ignored)))
-        if result.messages or result.events:
-            try:
+        try:
+            if result.messages or result.events:
                 await ingest.ingest(self, result, raw=body)
-            except IngestError as exc:
-                raise SendError("ingest", exc.detail, retryable=True) from None
+            for record, reason in outcome.unreadable:  # after the readable ones: a retry re-quarantines less
+                await ingest.quarantine(self, msgspec.json.encode(record), reason, error_type="PayloadError")
+        except IngestError as exc:
+            raise SendError("ingest", exc.detail, retryable=True) from None
         for item in outcome.inbound:  # the customer wrote: a new 48 h window of 5 messages
             key = self.window.key(item.open_kfid, item.external_userid)
             try:
