@@ -202,7 +202,7 @@ class TestWeComKfContract(ChannelContract):
         while await gateway.count(gateway.topics.inbound) < len(expected):
             assert time.monotonic() < deadline, f"{name}: the pulled records never landed"
             await asyncio.sleep(0.05)
-        while channel._pending or channel._wake.is_set():  # type: ignore[attr-defined]
+        while not channel.idle:  # type: ignore[attr-defined]
             assert time.monotonic() < deadline, f"{name}: the puller never went idle"
             await asyncio.sleep(0.05)
         messages = await gateway.inbound(len(expected))

@@ -184,6 +184,9 @@ def test_unknown_types_are_kept_as_unsupported_and_broken_bodies_refused() -> No
     for body in (b"", b"{}", b"<xml><FromUserName>x</FromUserName></xml>", b"<other/>", b"<xml>\xff\xfe</xml>"):
         with pytest.raises(PayloadError):
             ch.parse(request(body))
+    body, _ = safe(text())
+    with pytest.raises(PayloadError, match="no encoding_aes_key"):
+        ch.parse(request(body))
     bomb = b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;&a;">]>'
     bomb += b"<xml><Content>&b;</Content></xml>"
     with pytest.raises(PayloadError):

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from structlog.testing import capture_logs
 
 from gateway.channel import SendError
 from gateway.model import Attachment, Content, Message, Party, decode_event
@@ -111,8 +112,10 @@ async def customer_writes(channel: WeChatChannel, msg_id: int = 1) -> None:
 async def test_text_goes_out_with_a_stable_token_fetched_once(api_and_channel: tuple[WeChatApi, WeChatChannel]) -> None:
     api, channel = api_and_channel
     await customer_writes(channel)
-    await channel.send(outbound(Content(text=CHINESE)))
-    await channel.send(outbound(Content(text="第二条")))
+    with capture_logs() as logs:
+        await channel.send(outbound(Content(text=CHINESE)))
+        await channel.send(outbound(Content(text="第二条")))
+    assert logs and "ACCESS_TOKEN" not in repr(logs) and CHINESE not in repr(logs)  # no token, no body
     assert api.sent == [
         {"touser": ADA, "msgtype": "text", "text": {"content": CHINESE}},
         {"touser": ADA, "msgtype": "text", "text": {"content": "第二条"}},

@@ -129,9 +129,12 @@ class WeChatChannel(Channel):
 
     def _fields(self, request: WebhookRequest, timestamp: str, nonce: str) -> dict[str, str]:
         try:
-            return parse_xml(self._plaintext(request, timestamp, nonce))
+            fields = parse_xml(self._plaintext(request, timestamp, nonce))
         except XmlError as exc:
             raise PayloadError(str(exc)) from None
+        if self.crypto is None and "Encrypt" in fields and "FromUserName" not in fields:
+            raise PayloadError("a safe-mode (encrypted) callback, but this instance has no encoding_aes_key")
+        return fields
 
     async def handshake(self, request: WebhookRequest) -> HttpReply:
         """URL verification in the console (服务器配置): echo ``echostr`` when signed by our token."""

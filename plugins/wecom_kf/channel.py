@@ -111,6 +111,7 @@ class WeComKfChannel(Channel):
         self._task: asyncio.Task[None] | None = None
         self._own_http: aiohttp.ClientSession | None = None
         self.pulls = 0  # completed pulls (tests, metrics)
+        self.busy = False  # a batch of pulls is running
 
     # -- callbacks -------------------------------------------------------------------------------
 
@@ -179,6 +180,11 @@ class WeComKfChannel(Channel):
             return
         self.schedule(kfid, fields.get("Token") or None)
 
+    @property
+    def idle(self) -> bool:
+        """Nothing waiting to be pulled and no pull running (tests wait for this)."""
+        return not self._pending and not self._wake.is_set() and not self.busy
+
     def schedule(self, open_kfid: str, token: str | None = None) -> None:
         """Pull ``open_kfid`` soon (in the background task, started here if ``start`` was not)."""
         self._pending[open_kfid] = token or self._pending.get(open_kfid)
@@ -226,10 +232,12 @@ class WeComKfChannel(Channel):
             self._wake.clear()
             batch, self._pending = self._pending, {}
             failed = False
+            self.busy = True
             for kfid, token in batch.items():
                 try:
                     done = await self.pull(kfid, token)
                 except asyncio.CancelledError:
+                    self.busy = False
                     raise
                 except Exception as exc:
                     log.warning("wecom_kf_pull_failed", instance=self.name, open_kfid=kfid, error=str(exc)[:300])
@@ -237,6 +245,7 @@ class WeComKfChannel(Channel):
                 if not done:
                     self._pending.setdefault(kfid, token)
                     failed = True
+            self.busy = False
             if failed:  # busy elsewhere, broker or provider down: try again, backing off
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
