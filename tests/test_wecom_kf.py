@@ -87,6 +87,8 @@ class KfApi:
             await self.gate.wait()
         if not self._token_ok(request):
             return web.json_response({"errcode": 40014, "errmsg": "invalid access_token"})
+        if body.get("token") == "EXPIRED":
+            return web.json_response({"errcode": 95007, "errmsg": "invalid msg token"})
         start = int(body.get("cursor") or 0)
         limit = int(body.get("limit", 1000))
         records = self.records if self.by_kfid is None else self.by_kfid.get(body.get("open_kfid"), [])
@@ -328,6 +330,23 @@ async def test_pull_pages_with_the_cursor_and_commits_it_after_storing(
     assert await ch.pull(KFID)
     assert [m.external_id for m in ingest.stored[-1].messages] == ["m5"] and api.syncs[-1]["cursor"] == "5"
     assert api.token_fetches == 1
+
+
+async def test_an_expired_callback_token_is_dropped_and_unreadable_records_quarantined(
+    pulling: tuple[KfApi, WeComKfChannel, FakeIngest],
+) -> None:
+    api, ch, ingest = pulling
+    quarantined: list[str] = []
+
+    async def quarantine(channel: Any, raw: bytes, reason: str, **_: Any) -> None:
+        quarantined.append(reason)
+
+    ingest.quarantine = quarantine  # type: ignore[method-assign]
+    api.records = [customer("m1"), {"msgid": 7}, customer("m2")]
+    assert await ch.pull(KFID, "EXPIRED")
+    assert [s.get("token") for s in api.syncs] == ["EXPIRED", None, None]
+    assert [m.external_id for r in ingest.stored for m in r.messages] == ["m1", "m2"]
+    assert len(quarantined) == 1 and "invalid sync_msg record" in quarantined[0]
 
 
 async def test_one_puller_at_a_time(pulling: tuple[KfApi, WeComKfChannel, FakeIngest]) -> None:
