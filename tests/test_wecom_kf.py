@@ -180,6 +180,15 @@ async def test_url_verification_answers_the_decrypted_echostr() -> None:
     query = {"msg_signature": signature.group(1), "timestamp": "1", "nonce": "n", "echostr": encrypted.group(1)}
     answer = await ch.handshake(request(b"", query))
     assert answer.status == 200 and answer.body == b"5927782489442352469"  # no quotes, no newline
+    for _ in range(200):  # an echostr with a "+", which arrives as a space when not escaped on the way
+        envelope = theirs.encrypt_message("5927782489442352469", "n", "1")
+        plus = re.search(r"<Encrypt><!\[CDATA\[(.*?)\]\]>", envelope)
+        sig = re.search(r"<MsgSignature><!\[CDATA\[(\w+)\]\]>", envelope)
+        assert plus is not None and sig is not None
+        if "+" in plus.group(1):
+            break
+    spaced = {**query, "msg_signature": sig.group(1), "echostr": plus.group(1).replace("+", " ")}
+    assert (await ch.handshake(request(b"", spaced))).body == b"5927782489442352469"
     assert (await ch.handshake(request(b"", {**query, "msg_signature": "0" * 40}))).status == 401
     assert (await ch.handshake(request(b"", {k: v for k, v in query.items() if k != "echostr"}))).status == 400
 

@@ -134,33 +134,32 @@ class WeComKfChannel(Channel):
         echostr = request.query.get("echostr")
         if not echostr:
             return HttpReply(status=400, body="missing echostr")
+        # Base64 has no spaces: a "+" that reached us unescaped was decoded to one on the way.
+        echostr = echostr.replace(" ", "+")
         try:
             plaintext = self._signed(request, echostr)
         except AuthenticationError as exc:
             return HttpReply(status=401, body=str(exc))
         return HttpReply(status=200, body=plaintext)
 
-    def _callback(self, request: WebhookRequest) -> dict[str, str]:
+    def _envelope(self, request: WebhookRequest) -> bytes:
+        """The authenticated, decrypted callback document (AuthenticationError otherwise)."""
         try:
             encrypted = parse_wx_xml(request.body).get("Encrypt")
         except WxXmlError as exc:
             raise AuthenticationError(f"no encrypted envelope: {exc}") from None
         if not encrypted:
             raise AuthenticationError("the body has no Encrypt element")
-        plaintext = self._signed(request, encrypted)
+        return self._signed(request, encrypted)
+
+    def _callback(self, request: WebhookRequest) -> dict[str, str]:
         try:
-            return parse_wx_xml(plaintext)
+            return parse_wx_xml(self._envelope(request))
         except WxXmlError as exc:
             raise PayloadError(f"decrypted callback: {exc}") from None
 
     async def verify(self, request: WebhookRequest) -> None:
-        try:
-            encrypted = parse_wx_xml(request.body).get("Encrypt")
-        except WxXmlError as exc:
-            raise AuthenticationError(f"no encrypted envelope: {exc}") from None
-        if not encrypted:
-            raise AuthenticationError("the body has no Encrypt element")
-        self._signed(request, encrypted)
+        self._envelope(request)
 
     def parse(self, request: WebhookRequest) -> ParseResult:
         """A callback stores nothing itself: the pull that ``accepted`` schedules does."""
