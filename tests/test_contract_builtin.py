@@ -1,7 +1,9 @@
 """The channel contract suite (gateway.testing.ChannelContract) run against built-in channels.
 
-Proves the suite itself: two adapters with different authentication schemes (an HMAC over the
-body, a static token header) and payload shapes pass it unchanged.
+Proves the suite itself: adapters with different authentication schemes (an HMAC over the body, a
+static token header, WeChat's sha1 query signature in plaintext and safe mode, WeCom's encrypted
+callbacks) and payload shapes pass it, the pull channel (wecom_kf) with "lands once" waiting for
+its background pull.
 """
 
 from __future__ import annotations
