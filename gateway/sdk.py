@@ -32,6 +32,16 @@ from gateway.helpers.payload import decode_json
 from gateway.helpers.priority import PRIORITY_RANK, Priority, add_tags, raise_priority
 from gateway.helpers.text import html_to_text, message_text, primary_language, readable_text
 from gateway.helpers.tokens import AccessTokens, Token, TokenError, TokenRejected, with_token
+from gateway.helpers.window import ReplyWindow, split_utf8
+from gateway.helpers.wxcrypto import (
+    Decrypted,
+    WXBizMsgCrypt,
+    WxCryptoError,
+    WxXmlError,
+    check_sha1_signature,
+    parse_wx_xml,
+    sha1_signature,
+)
 from gateway.hookspecs import hookimpl
 from gateway.model import (
     Attachment,
@@ -69,6 +79,9 @@ from gateway.store.redis import StoreUnavailable
 # processes); UrlFetcher (ChannelServices.fetcher), Fetched, FetchError (URLs messages name).
 # decode_json (untrusted JSON whose every failure, deep nesting and invalid UTF-8 included, is a
 # PayloadError).
+# WXBizMsgCrypt, WxCryptoError, Decrypted, sha1_signature, check_sha1_signature (the callback
+# crypto of WeChat, WeCom and DingTalk), parse_wx_xml and WxXmlError (their XML, without DTDs);
+# ReplyWindow (48 h / n-message send windows in Redis) and split_utf8 (texts cut to a byte limit).
 API_VERSION = "1.2"
 
 __all__ = [
@@ -86,6 +99,7 @@ __all__ = [
     "ChannelServices",
     "ChannelSettings",
     "Content",
+    "Decrypted",
     "DeliveryError",
     "DeliveryEvent",
     "Drop",
@@ -109,6 +123,7 @@ __all__ = [
     "ProcessorSettings",
     "ProviderResponse",
     "Reaction",
+    "ReplyWindow",
     "Route",
     "Routing",
     "SendError",
@@ -120,11 +135,15 @@ __all__ = [
     "TokenError",
     "TokenRejected",
     "UrlFetcher",
+    "WXBizMsgCrypt",
     "WebhookRequest",
+    "WxCryptoError",
+    "WxXmlError",
     "add_tags",
     "basic_auth",
     "call_provider",
     "channel_instances",
+    "check_sha1_signature",
     "constant_time_equals",
     "decode_json",
     "encode",
@@ -137,11 +156,14 @@ __all__ = [
     "load_calendars",
     "message_text",
     "normalize_for_match",
+    "parse_wx_xml",
     "primary_language",
     "raise_for_response",
     "raise_priority",
     "readable_text",
     "retry_after_seconds",
+    "sha1_signature",
+    "split_utf8",
     "utcnow",
     "verify_prefixed_hex",
     "with_token",

@@ -1,9 +1,10 @@
 """The channel contract suite (gateway.testing.ChannelContract) run against every built-in channel.
 
 One subclass per channel type: api, telegram, whatsapp, messenger, instagram, slack, twilio, line,
-mailgun, sendgrid (HTTP webhooks), smtp (its SMTP listener) and webchat (WebSocket and REST: most
-checks are skipped with the reason; a webhook POST to it must be refused, as to smtp). Each
-webhook channel runs every fixture of tests/fixtures/<provider> that yields a message or an event;
+mailgun, sendgrid, feishu, dingtalk, wechat (plaintext and safe mode) (HTTP webhooks), wecom_kf
+(encrypted callbacks, "lands once" waiting for its background pull), smtp (its SMTP listener) and
+webchat (WebSocket and REST: most checks are skipped with the reason; a webhook POST to it must be
+refused, as to smtp). Each webhook channel runs every fixture of tests/fixtures/<provider> that yields a message or an event;
 the ones that legitimately yield nothing are listed (``*_SILENT``) and tested in the channel's own
 tests. tests/test_contract_coverage.py checks that no channel type is left out.
 """
@@ -20,13 +21,15 @@ import re
 import smtplib
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl
 
+import pytest_asyncio
 from twilio.request_validator import RequestValidator
 
+import plugins.wecom_kf as wecom_kf_plugin
 from gateway.channel import ParseResult
 from gateway.embedded import free_port
 from gateway.model import Message
@@ -36,7 +39,9 @@ from gateway.testing import (
     RunningGateway,
     form_request,
     json_request,
+    running_gateway,
     sign_hmac_sha256_hex,
+    webhook_request,
 )
 from gateway.testing.contract import add_form_fields
 from plugins.email.mime import message_from_mime
@@ -55,6 +60,14 @@ from tests.feishu_events import TOKEN as FEISHU_TOKEN
 from tests.feishu_events import receive_event as feishu_event
 from tests.feishu_events import signed as feishu_signed
 from tests.feishu_events import with_token as feishu_with_token
+from tests.test_wechat import ADA, PLAIN, SAFE, contract_payloads, query, safe, with_unknown_element
+from tests.test_wecom_kf import SETTINGS as KF_SETTINGS
+from tests.test_wecom_kf import USER as KF_USER
+from tests.test_wecom_kf import KfApi, kf_server
+from tests.test_wecom_kf import callback_xml as kf_callback_xml
+from tests.test_wecom_kf import customer as kf_customer
+from tests.test_wecom_kf import encrypt as kf_encrypt
+from tests.test_wecom_kf import event_record as kf_event_record
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TELEGRAM_FIXTURES = FIXTURES / "telegram"
@@ -492,3 +505,113 @@ class TestDingTalkContract(ChannelContract):
         assert message.conversation_id.startswith(f"{self.instance}:{kind}:cid")
         if name == "group-chinese":
             assert message.content.text == DINGTALK_CHINESE
+
+
+class TestWeChatPlaintextContract(ChannelContract):
+    channel_type = "wechat"
+    # Plaintext mode: `signature` covers token, timestamp and nonce, not the body (safe mode covers it).
+    signs_body = False
+
+    def config(self) -> dict[str, Any]:
+        return dict(PLAIN)
+
+    def valid_payloads(self) -> Mapping[str, ProviderRequest]:
+        return contract_payloads()
+
+    def with_unknown_fields(self, request: ProviderRequest) -> ProviderRequest:
+        return with_unknown_element(request)
+
+    def sign(self, request: ProviderRequest, config: Mapping[str, Any]) -> ProviderRequest:
+        q = query(config["token"])
+        return ProviderRequest(body=request.body, headers=request.headers, query=q, url=request.url)
+
+    def check_message(self, name: str, message: Any) -> None:
+        assert message.conversation_id == f"{self.instance}:{ADA}"
+
+
+class TestWeChatSafeModeContract(TestWeChatPlaintextContract):
+    # msg_signature covers the ciphertext; bytes appended after </xml> change nothing it protects.
+    signs_body = False
+
+    def config(self) -> dict[str, Any]:
+        return dict(SAFE)
+
+    def sign(self, request: ProviderRequest, config: Mapping[str, Any]) -> ProviderRequest:
+        try:
+            body, q = safe(request.body, key=config["encoding_aes_key"], token=config["token"])
+        except ValueError:  # wechatpy refuses a forged key that is no longer valid Base64
+            body, q = request.body, query(config["token"])
+        return ProviderRequest(body=body, headers=request.headers, query=q, url=request.url)
+
+
+XML = {"Content-Type": "text/xml"}
+
+
+class TestWeComKfContract(ChannelContract):
+    """A pull channel: the callback carries no message, the records come from kf/sync_msg. The
+    gateway runs against a local WeCom API whose records depend on the callback's OpenKfId, and
+    "lands once" waits for the background pull instead of parsing the callback."""
+
+    channel_type = "wecom_kf"
+    plugins = (("wecom_kf", wecom_kf_plugin),)
+    signs_body = False  # msg_signature covers the ciphertext; bytes after </xml> change nothing it protects
+    records: ClassVar[dict[str, list[dict[str, Any]]]] = {
+        "wk_text": [{**kf_customer("kf-m1"), "open_kfid": "wk_text"}],
+        "wk_media": [
+            {**kf_customer("kf-m2"), "open_kfid": "wk_media", "msgtype": "image", "image": {"media_id": "MEDIA_1"}},
+            {**kf_customer("kf-m3"), "open_kfid": "wk_media", "msgtype": "voice", "voice": {"media_id": "MEDIA_2"}},
+        ],
+        "wk_event": [
+            kf_event_record(
+                "kf-e1", {"event_type": "enter_session", "open_kfid": "wk_event", "external_userid": KF_USER}
+            )
+        ],
+    }
+
+    def config(self) -> dict[str, Any]:
+        return dict(KF_SETTINGS)
+
+    def valid_payloads(self) -> Mapping[str, ProviderRequest]:
+        return {
+            kfid.removeprefix("wk_"): ProviderRequest(
+                body=kf_callback_xml(kfid).encode(), headers={"Content-Type": "text/xml"}
+            )
+            for kfid in self.records
+        }
+
+    def with_unknown_fields(self, request: ProviderRequest) -> ProviderRequest:
+        return with_unknown_element(request)
+
+    def sign(self, request: ProviderRequest, config: Mapping[str, Any]) -> ProviderRequest:
+        body, query = kf_encrypt(request.body.decode(), key=config["encoding_aes_key"], token=config["token"])
+        return ProviderRequest(body=body, headers=request.headers, query=query, url=request.url)
+
+    @pytest_asyncio.fixture
+    async def contract_gateway(
+        self, kafka_bootstrap: str, redis_url: str, aiohttp_server: Any
+    ) -> AsyncIterator[RunningGateway]:
+        api = KfApi()
+        api.by_kfid = {kfid: list(items) for kfid, items in self.records.items()}
+        server = await kf_server(aiohttp_server, api)
+        channels = {self.instance: {"type": self.channel_type, **self.config(), "base_url": str(server.make_url(""))}}
+        async with running_gateway(kafka_bootstrap, redis_url, channels=channels, plugins=self.plugins) as gateway:
+            yield gateway
+
+    async def assert_lands_once(self, gateway: RunningGateway, name: str, request: ProviderRequest) -> None:
+        channel = gateway.runtime.channels[self.instance]
+        kfid = channel._callback(webhook_request(request, self.instance))["OpenKfId"]  # type: ignore[attr-defined]
+        expected = {r["msgid"] for r in self.records[kfid]}
+        deadline = time.monotonic() + 30
+        while await gateway.count(gateway.topics.inbound) < len(expected):
+            assert time.monotonic() < deadline, f"{name}: the pulled records never landed"
+            await asyncio.sleep(0.05)
+        while not channel.idle:  # type: ignore[attr-defined]
+            assert time.monotonic() < deadline, f"{name}: the puller never went idle"
+            await asyncio.sleep(0.05)
+        messages = await gateway.inbound(len(expected))
+        assert {m.external_id for m in messages} == expected
+        assert await gateway.count(gateway.topics.inbound) == len(expected)
+        assert await gateway.count(gateway.topics.dlq) == 0
+        for message in messages:
+            assert (message.channel, message.instance) == (self.channel_type, self.instance)
+            assert message.conversation_id == f"{self.instance}:{kfid}:{KF_USER}"

@@ -1,0 +1,173 @@
+"""``kf/send_msg`` bodies and WeCom errcodes."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from gateway.sdk import Attachment, Message, SendError, split_utf8
+
+TOKEN_ERRCODES = frozenset({40014, 42001, 41001})  # invalid, expired, missing access token
+RETRYABLE_ERRCODES = {-1: "system_busy", 45009: "api_frequency_limit", 45033: "api_concurrency_limit"}
+PERMANENT_ERRCODES = {
+    95018: "session_state_invalid",  # the session is with a human agent (state 3) or ended (4)
+    60020: "ip_not_trusted",  # the caller's IP is not among the app's trusted IPs (企业可信IP)
+    40096: "invalid_external_userid",
+}
+
+
+class _Out(msgspec.Struct, kw_only=True, omit_defaults=True):
+    pass
+
+
+class TextBody(_Out, kw_only=True):
+    content: str
+
+
+class MediaBody(_Out, kw_only=True):
+    media_id: str
+
+
+class LocationBody(_Out, kw_only=True):
+    latitude: float
+    longitude: float
+    name: str | None = None
+    address: str | None = None
+
+
+class MenuClick(_Out, kw_only=True):
+    id: str
+    content: str
+
+
+class MenuEntry(_Out, kw_only=True):
+    type: Literal["click"] = "click"
+    click: MenuClick
+
+
+class MenuBody(_Out, kw_only=True):
+    head_content: str = ""
+    items: list[MenuEntry] = msgspec.field(name="list")
+    tail_content: str = ""
+
+
+class MenuItemIn(msgspec.Struct, kw_only=True):
+    id: str
+    content: str
+
+
+class MenuIn(msgspec.Struct, kw_only=True):
+    """``tags.labels.wecom_kf.msgmenu``, the same shape as the WeChat channel's (``{id, content}`` items)."""
+
+    head_content: str = ""
+    items: list[MenuItemIn] = msgspec.field(name="list")
+    tail_content: str = ""
+
+
+class KfLabels(msgspec.Struct, kw_only=True):
+    msgmenu: MenuIn | None = None
+
+
+class SendMsg(_Out, kw_only=True):
+    touser: str
+    open_kfid: str
+    msgid: str = ""
+    msgtype: Literal["text", "image", "voice", "video", "file", "location", "msgmenu"]
+    text: TextBody | None = None
+    image: MediaBody | None = None
+    voice: MediaBody | None = None
+    video: MediaBody | None = None
+    file: MediaBody | None = None
+    location: LocationBody | None = None
+    msgmenu: MenuBody | None = None
+
+
+class SendAnswer(msgspec.Struct, kw_only=True):
+    errcode: int = 0
+    errmsg: str = ""
+    msgid: str | None = None
+
+
+class TokenAnswer(msgspec.Struct, kw_only=True):
+    errcode: int = 0
+    errmsg: str = ""
+    access_token: str | None = None
+    expires_in: float | None = None
+
+
+def _labels(message: Message) -> KfLabels:
+    raw = message.tags.labels.get("wecom_kf")
+    if not isinstance(raw, dict) or "msgmenu" not in raw:
+        return KfLabels()
+    try:
+        return msgspec.convert({"msgmenu": raw["msgmenu"]}, KfLabels)
+    except msgspec.ValidationError as exc:
+        raise SendError("invalid_labels", f"tags.labels.wecom_kf: {exc}", retryable=False) from None
+
+
+def _attachment(touser: str, kfid: str, attachment: Attachment) -> SendMsg:
+    if not attachment.media_id:
+        raise SendError(
+            "unsupported_content", f"a kf {attachment.kind} is sent by media id: upload it first", retryable=False
+        )
+    body = MediaBody(media_id=attachment.media_id)
+    kind = attachment.kind
+    if kind == "image":
+        return SendMsg(touser=touser, open_kfid=kfid, msgtype="image", image=body)
+    if kind in ("voice", "audio"):
+        return SendMsg(touser=touser, open_kfid=kfid, msgtype="voice", voice=body)
+    if kind == "video":
+        return SendMsg(touser=touser, open_kfid=kfid, msgtype="video", video=body)
+    if kind in ("file", "document"):
+        return SendMsg(touser=touser, open_kfid=kfid, msgtype="file", file=body)
+    raise SendError("unsupported_content", f"微信客服 cannot send {kind} attachments", retryable=False)
+
+
+def build(touser: str, kfid: str, message: Message, text_limit: int) -> list[SendMsg]:
+    """The send_msg calls of one outbound message: text pieces, attachments, location, menu."""
+    labels = _labels(message)
+    content = message.content
+    out: list[SendMsg] = []
+    if content.text and labels.msgmenu is None and content.location is None:
+        out.extend(
+            SendMsg(touser=touser, open_kfid=kfid, msgtype="text", text=TextBody(content=piece))
+            for piece in split_utf8(content.text, text_limit)
+        )
+    out.extend(_attachment(touser, kfid, attachment) for attachment in content.attachments)
+    if content.location is not None:
+        point = content.location
+        body = LocationBody(
+            latitude=point.latitude, longitude=point.longitude, name=point.name or content.text, address=point.address
+        )
+        out.append(SendMsg(touser=touser, open_kfid=kfid, msgtype="location", location=body))
+    if labels.msgmenu is not None:
+        menu = labels.msgmenu
+        entries = [MenuEntry(click=MenuClick(id=item.id, content=item.content)) for item in menu.items]
+        out.append(
+            SendMsg(
+                touser=touser,
+                open_kfid=kfid,
+                msgtype="msgmenu",
+                msgmenu=MenuBody(
+                    head_content=menu.head_content or content.text or "", items=entries, tail_content=menu.tail_content
+                ),
+            )
+        )
+    if not out:
+        raise SendError("unsupported_content", f"微信客服 cannot send {content.type} content", retryable=False)
+    return out
+
+
+def classify(errcode: int, errmsg: str) -> SendError:
+    text = f"WeCom errcode {errcode}: {errmsg}"
+    if errcode in RETRYABLE_ERRCODES:
+        return SendError(RETRYABLE_ERRCODES[errcode], text, retryable=True, retry_after_s=60.0 if errcode else None)
+    return SendError(f"{PERMANENT_ERRCODES.get(errcode, 'wecom_error')}:{errcode}", text, retryable=False)
+
+
+def describe(status: int, body: Any) -> tuple[str, str, bool | None] | None:
+    if isinstance(body, dict) and isinstance(body.get("errcode"), int):
+        error = classify(body["errcode"], str(body.get("errmsg", "")))
+        return error.code, error.message, error.retryable
+    return None
