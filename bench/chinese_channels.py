@@ -1,14 +1,18 @@
-"""Answer times of the Feishu and DingTalk webhooks at a fixed offered rate (the platforms' deadlines).
+"""Answer times of the Chinese channels' webhooks at a fixed offered rate (the platforms' deadlines).
 
 Usage: .venv/bin/python -m bench.chinese_channels [--rate 200] [--seconds 10]
 
-Feishu wants its answer within 3 s (the ``url_verification`` challenge within 1 s); DingTalk's HTTP
-mode documents none. ``gateway serve`` runs as its own process against an embedded Tansu broker and
-a redis-server, with a Feishu instance with an Encrypt Key (encrypted, signed events) and a
-DingTalk instance. Each scenario is an open loop at ``--rate`` requests per second: Feishu
-challenges (encrypted, unsigned), Feishu ``im.message.receive_v1`` events (encrypted and signed,
-a new ``message_id`` each) and DingTalk robot messages (a new ``msgId`` each). Every answer must be
-a 200; p50/p99/max are printed per scenario.
+WeChat wants its answer within 5 s, WeCom's URL verification within 1 s, Feishu within 3 s (its
+``url_verification`` challenge within 1 s); DingTalk's HTTP mode documents none. ``gateway serve``
+runs as its own process against an embedded Tansu broker and a redis-server, with a WeChat
+Official Account in safe mode, a WeCom 微信客服 account, a Feishu instance with an Encrypt Key and
+a DingTalk instance. Each scenario is an open loop at ``--rate`` requests per second: WeChat URL
+checks (GET ``echostr``) and encrypted text messages (a new ``MsgId`` each, answered ``success``
+after the broker ack), WeCom URL verifications (decrypting ``echostr``) and ``kf_msg_or_event``
+callbacks (answered at once; the pull they trigger goes to an unreachable API and is not timed),
+Feishu challenges (encrypted, unsigned) and ``im.message.receive_v1`` events (encrypted and signed,
+a new ``message_id`` each), DingTalk robot messages (a new ``msgId`` each). Every answer must be a
+200; p50/p99/max are printed per scenario.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import aiohttp
 
 from bench.common import GATEWAY, base_config, header, open_loop, percentile, processes, services, wait_listening
 from gateway.embedded import free_port
+from gateway.helpers.wxcrypto import WXBizMsgCrypt, sha1_signature
 from plugins.dingtalk import sign as dingtalk_sign
 from plugins.feishu import crypto
 
@@ -34,14 +39,73 @@ ENCRYPT_KEY = "bench-encrypt-key-0123456789abcd"
 APP_KEY = "dingbench000000000"
 APP_SECRET = "bench-dingtalk-secret-0123456789abcdef"  # noqa: S105
 TEXT = "你好，我的快递三天了还没到 📦 𠮷 订单 #8812"  # noqa: RUF001
+WECHAT_TOKEN = "benchWeChatToken"  # noqa: S105
+WECHAT_APP_ID = "wxbench0123456789"
+WECHAT_AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
+KF_CORP_ID = "wwbench0123456789"
+KF_TOKEN = "benchKfToken"  # noqa: S105
+KF_AES_KEY = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C"
+wechat_crypto = WXBizMsgCrypt(WECHAT_TOKEN, WECHAT_AES_KEY, WECHAT_APP_ID)
+kf_crypto = WXBizMsgCrypt(KF_TOKEN, KF_AES_KEY, KF_CORP_ID)
 
-Request = tuple[str, bytes, dict[str, str]]
+# (method, instance, query, body, headers)
+Request = tuple[str, str, dict[str, str], bytes, dict[str, str]]
+
+
+def wechat_query(nonce: str) -> dict[str, str]:
+    ts = str(int(time.time()))
+    return {"signature": sha1_signature(WECHAT_TOKEN, ts, nonce), "timestamp": ts, "nonce": nonce}
+
+
+def wechat_url_check(i: int) -> Request:
+    return "GET", "wechat", {**wechat_query(str(i)), "echostr": f"echo{i}"}, b"", {}
+
+
+def wechat_message(i: int) -> Request:
+    inner = (
+        f"<xml><ToUserName><![CDATA[gh_bench]]></ToUserName><FromUserName><![CDATA[o{i % 500:027d}]]></FromUserName>"
+        f"<CreateTime>{int(time.time())}</CreateTime><MsgType><![CDATA[text]]></MsgType>"
+        f"<Content><![CDATA[{TEXT}]]></Content><MsgId>{time.time_ns() + i}</MsgId></xml>"
+    )
+    encrypted = wechat_crypto.encrypt(inner.encode())
+    query = wechat_query(str(i))
+    query |= {
+        "encrypt_type": "aes",
+        "msg_signature": wechat_crypto.signature(query["timestamp"], query["nonce"], encrypted),
+    }
+    body = f"<xml><ToUserName><![CDATA[gh_bench]]></ToUserName><Encrypt><![CDATA[{encrypted}]]></Encrypt></xml>"
+    return "POST", "wechat", query, body.encode(), {"Content-Type": "text/xml"}
+
+
+def wecom_verification(i: int) -> Request:
+    echostr = kf_crypto.encrypt(str(5927782489442352469 + i).encode())
+    ts, nonce = str(int(time.time())), str(i)
+    query = {
+        "msg_signature": kf_crypto.signature(ts, nonce, echostr),
+        "timestamp": ts,
+        "nonce": nonce,
+        "echostr": echostr,
+    }
+    return "GET", "wecom_kf", query, b"", {}
+
+
+def wecom_callback(i: int) -> Request:
+    inner = (
+        f"<xml><ToUserName><![CDATA[{KF_CORP_ID}]]></ToUserName><CreateTime>{int(time.time())}</CreateTime>"
+        "<MsgType><![CDATA[event]]></MsgType><Event><![CDATA[kf_msg_or_event]]></Event>"
+        f"<Token><![CDATA[ENC{i}]]></Token><OpenKfId><![CDATA[wkbench{i % 5}]]></OpenKfId></xml>"
+    )
+    encrypted = kf_crypto.encrypt(inner.encode())
+    ts, nonce = str(int(time.time())), str(i)
+    query = {"msg_signature": kf_crypto.signature(ts, nonce, encrypted), "timestamp": ts, "nonce": nonce}
+    body = f"<xml><ToUserName><![CDATA[{KF_CORP_ID}]]></ToUserName><Encrypt><![CDATA[{encrypted}]]></Encrypt></xml>"
+    return "POST", "wecom_kf", query, body.encode(), {"Content-Type": "text/xml"}
 
 
 def feishu_challenge(i: int) -> Request:
     plain = json.dumps({"challenge": f"c-{i}", "token": TOKEN, "type": "url_verification"}).encode()
     body = json.dumps({"encrypt": crypto.encrypt(ENCRYPT_KEY, plain)}).encode()
-    return "feishu", body, {"Content-Type": "application/json"}
+    return "POST", "feishu", {}, body, {"Content-Type": "application/json"}
 
 
 def feishu_message(i: int) -> Request:
@@ -71,7 +135,9 @@ def feishu_message(i: int) -> Request:
     body = json.dumps({"encrypt": crypto.encrypt(ENCRYPT_KEY, plain)}).encode()
     ts, nonce = str(int(time.time())), str(i)
     return (
+        "POST",
         "feishu",
+        {},
         body,
         {
             "Content-Type": "application/json",
@@ -99,10 +165,14 @@ def dingtalk_message(i: int) -> Request:
     }
     ts = str(int(time.time() * 1000))
     headers = {"Content-Type": "application/json", "timestamp": ts, "sign": dingtalk_sign(ts, APP_SECRET)}
-    return "dingtalk", json.dumps(message, ensure_ascii=False).encode(), headers
+    return "POST", "dingtalk", {}, json.dumps(message, ensure_ascii=False).encode(), headers
 
 
 SCENARIOS: dict[str, Callable[[int], Request]] = {
+    "wechat URL check (5 s deadline)": wechat_url_check,
+    "wechat safe-mode text (5 s deadline)": wechat_message,
+    "wecom_kf URL verification (1 s deadline)": wecom_verification,
+    "wecom_kf kf_msg_or_event callback (5 s)": wecom_callback,
     "feishu url_verification (1 s deadline)": feishu_challenge,
     "feishu im.message.receive_v1 (3 s deadline)": feishu_message,
     "dingtalk robot message": dingtalk_message,
@@ -117,9 +187,9 @@ async def scenario(url: str, make: Callable[[int], Request], rate: float, second
 
         async def one(i: int) -> None:
             nonlocal errors
-            instance, body, headers = make(i)
+            method, instance, query, body, headers = make(i)
             started = time.perf_counter()
-            async with session.post(url + instance, data=body, headers=headers) as response:
+            async with session.request(method, url + instance, params=query, data=body, headers=headers) as response:
                 await response.read()
                 errors += response.status != 200
             samples.append((time.perf_counter() - started) * 1000)
@@ -140,6 +210,21 @@ app_id = "{APP_ID}"
 verification_token = "env:BENCH_FEISHU_TOKEN"
 encrypt_key = "env:BENCH_FEISHU_KEY"
 
+[channels.wechat]
+type = "wechat"
+token = "env:BENCH_WECHAT_TOKEN"
+app_id = "{WECHAT_APP_ID}"
+app_secret = "env:BENCH_WECHAT_SECRET"
+encoding_aes_key = "env:BENCH_WECHAT_AES_KEY"
+
+[channels.wecom_kf]
+type = "wecom_kf"
+corp_id = "{KF_CORP_ID}"
+token = "env:BENCH_KF_TOKEN"
+encoding_aes_key = "env:BENCH_KF_AES_KEY"
+secret = "env:BENCH_KF_SECRET"
+base_url = "http://127.0.0.1:9"  # the pulls a callback starts fail fast; only the answers are timed
+
 [channels.dingtalk]
 type = "dingtalk"
 app_key = "{APP_KEY}"
@@ -158,7 +243,17 @@ async def main() -> None:
         port = free_port()
         config = Path(tmp) / "gateway.toml"
         write_config(config, svc.bootstrap, svc.redis_url, port)
-        secrets = {"BENCH_FEISHU_TOKEN": TOKEN, "BENCH_FEISHU_KEY": ENCRYPT_KEY, "BENCH_DINGTALK_SECRET": APP_SECRET}
+        secrets = {
+            "BENCH_FEISHU_TOKEN": TOKEN,
+            "BENCH_FEISHU_KEY": ENCRYPT_KEY,
+            "BENCH_DINGTALK_SECRET": APP_SECRET,
+            "BENCH_WECHAT_TOKEN": WECHAT_TOKEN,
+            "BENCH_WECHAT_SECRET": "bench-wechat-secret-0123456789",
+            "BENCH_WECHAT_AES_KEY": WECHAT_AES_KEY,
+            "BENCH_KF_TOKEN": KF_TOKEN,
+            "BENCH_KF_AES_KEY": KF_AES_KEY,
+            "BENCH_KF_SECRET": "bench-kf-secret-0123456789",
+        }
         with processes([GATEWAY, "serve", "--config", str(config)], env=secrets):
             await wait_listening(port)
             url = f"http://127.0.0.1:{port}/webhooks/"

@@ -4,9 +4,10 @@ One subclass per channel type: api, telegram, whatsapp, messenger, instagram, sl
 mailgun, sendgrid, feishu, dingtalk, wechat (plaintext and safe mode) (HTTP webhooks), wecom_kf
 (encrypted callbacks, "lands once" waiting for its background pull), smtp (its SMTP listener) and
 webchat (WebSocket and REST: most checks are skipped with the reason; a webhook POST to it must be
-refused, as to smtp). Each webhook channel runs every fixture of tests/fixtures/<provider> that yields a message or an event;
-the ones that legitimately yield nothing are listed (``*_SILENT``) and tested in the channel's own
-tests. tests/test_contract_coverage.py checks that no channel type is left out.
+refused, as to smtp). Each webhook channel runs every fixture of tests/fixtures/<provider> that
+yields a message or an event; the ones that legitimately yield nothing are listed (``*_SILENT``)
+and tested in the channel's own tests. tests/test_contract_coverage.py checks that no channel type
+is left out.
 """
 
 from __future__ import annotations
