@@ -6,9 +6,9 @@ import asyncio
 import json
 from collections.abc import Callable
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
-from gateway.bus.kafka import client_options
+from gateway.bus.kafka import client_options, topic_partitions
 from gateway.config import KafkaSection
 
 
@@ -25,13 +25,9 @@ async def tail_topic(
     await consumer.start()
     seen = 0
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        if not partitions:
+        tps = await topic_partitions(consumer, topic)
+        if not tps:
             raise SystemExit(f"topic {topic} does not exist")
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         if from_beginning:
             await consumer.seek_to_beginning(*tps)

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import msgspec
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
-from gateway.bus.kafka import client_options
+from gateway.bus.kafka import client_options, topic_partitions
 from gateway.config import KafkaSection
 from gateway.model import DlqRecord, DlqStage
 
@@ -97,13 +97,9 @@ async def read_dlq(kafka: KafkaSection, topic: str) -> AsyncIterator[DlqEntry]:
     consumer = AIOKafkaConsumer(**client_options(kafka), enable_auto_commit=False, fetch_max_wait_ms=50)
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        if not partitions:
+        tps = await topic_partitions(consumer, topic)
+        if not tps:
             return
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)

@@ -7,6 +7,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from gateway.bus.kafka import topic_partitions
 from gateway.model import DeliveryEvent, DlqRecord, Message, decode_dlq, decode_event, decode_message
 
 
@@ -19,11 +20,7 @@ async def topic_size(bootstrap: str, topic: str) -> int:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, fetch_max_wait_ms=50)
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        if partitions is None:
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in partitions]
+        tps = await topic_partitions(consumer, topic)
         if not tps:
             return 0
         end = await consumer.end_offsets(tps)
