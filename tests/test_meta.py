@@ -1,4 +1,4 @@
-"""Unit tests of the Meta channels (plugins/meta.py): handshake, verify and parse as pure functions,
+"""Unit tests of the Meta channels (plugins/meta/): handshake, verify and parse as pure functions,
 over payloads in the format of Meta's documented webhook examples (tests/fixtures/meta/)."""
 
 from __future__ import annotations

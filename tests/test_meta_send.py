@@ -1,4 +1,4 @@
-"""Sending through the Meta channels (plugins/meta.py) to a local Graph API server.
+"""Sending through the Meta channels (plugins/meta/) to a local Graph API server.
 
 The server implements the documented send endpoints of the WhatsApp Cloud API
 (``POST /{version}/{phone_number_id}/messages``) and of the Messenger Platform / Instagram
