@@ -1,4 +1,4 @@
-"""Unit tests of the Telegram channel (plugins/telegram.py): verify and parse as pure functions.
+"""Unit tests of the Telegram channel (plugins/telegram/): verify and parse as pure functions.
 
 Fixtures under tests/fixtures/telegram/ are Bot API ``Update`` objects as Telegram POSTs them
 (https://core.telegram.org/bots/api#update): private, group, forum-topic and channel chats, edits,
