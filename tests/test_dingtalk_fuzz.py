@@ -23,8 +23,7 @@ from hypothesis import strategies as st
 from gateway.plugins import PluginRegistry
 from plugins.dingtalk import sign
 from tests.dingtalk_events import APP_KEY, APP_SECRET, robot_message
-from tests.fuzz_server import record_answer, served_gateway
-from tests.test_fuzz import Served
+from tests.fuzz_server import Served, record_answer, served_gateway
 
 LIMIT = 64 * 1024
 FUZZ = settings(

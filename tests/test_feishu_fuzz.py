@@ -25,8 +25,7 @@ from hypothesis import strategies as st
 from gateway.plugins import PluginRegistry
 from plugins.feishu import crypto
 from tests.feishu_events import APP_ID, ENCRYPT_KEY, TOKEN, receive_event, with_token
-from tests.fuzz_server import record_answer, served_gateway
-from tests.test_fuzz import Served
+from tests.fuzz_server import Served, record_answer, served_gateway
 
 LIMIT = 64 * 1024  # both instances' body limit: 413 is reachable cheaply
 FUZZ = settings(

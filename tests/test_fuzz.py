@@ -35,20 +35,16 @@ having run first (``pytest tests/test_fuzz.py -k <any one>`` checks the same pro
 from __future__ import annotations
 
 import asyncio
-import http.client
 import json
 import os
 import resource
 import string
-import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
 import pytest
-from aiohttp import web
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -61,12 +57,8 @@ from bench.fuzz import (
     twilio_signature,
     urlencoded,
 )
-from gateway.config import Config
-from gateway.embedded import free_port
-from gateway.ingress.app import create_app
 from gateway.plugins import PluginRegistry
-from gateway.runtime import Runtime
-from tests.conftest import make_config, topic_size
+from tests.fuzz_server import Served, served_gateway
 
 API_KEY = SECRETS["api_key"]
 SMALL_LIMIT = 4096  # the tg-small instance's body limit, so 413 is reachable cheaply
@@ -124,89 +116,12 @@ def rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-@dataclass
-class Served:
-    """The gateway running in a background thread."""
-
-    port: int
-    runtime: Runtime
-    config: Config
-    loop: asyncio.AbstractEventLoop
-    rss_start: int = 0
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def request(
-        self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
-    ) -> tuple[int, bytes, dict[str, str]]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            response = conn.getresponse()
-            return response.status, response.read(), {k.lower(): v for k, v in response.getheaders()}
-        finally:
-            conn.close()
-
-    def sizes(self) -> dict[str, int]:
-        topics = self.runtime.topics
-        bootstrap = self.config.kafka.bootstrap_servers
-
-        async def count() -> dict[str, int]:
-            names = {"inbound": topics.inbound, "dlq": topics.dlq, "outbound": topics.outbound, "events": topics.events}
-            return {key: await topic_size(bootstrap, topic) for key, topic in names.items()}
-
-        return asyncio.run(count())
-
-
 @pytest.fixture(scope="module")
 def served(kafka_bootstrap: str, redis_url: str, registry: PluginRegistry) -> Iterator[Served]:
     assert "viber" in registry.channels, "install contrib/viber-channel (scripts/test does) to fuzz it too"
-    config = make_config(kafka_bootstrap, redis_url, channels=CHANNELS, api={"keys": [API_KEY]})
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    stop = asyncio.Event()
-    port = free_port()
-    holder: dict[str, Any] = {}
-
-    async def serve() -> None:
-        runtime = Runtime.create(config, registry)
-        await runtime.publisher.start()
-        await runtime.ensure_topics()
-        runner = web.AppRunner(create_app(runtime))
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        holder["runtime"] = runtime
-        ready.set()
-        try:
-            await stop.wait()
-        finally:
-            for channel in runtime.channels.values():
-                await channel.stop()
-            await runner.cleanup()
-            await runtime.close()
-
-    def run() -> None:
-        try:
-            loop.run_until_complete(serve())
-        except BaseException as exc:  # surfaced to the test thread below
-            holder["error"] = exc
-            ready.set()
-
-    thread = threading.Thread(target=run, name="gateway-under-fuzz", daemon=True)
-    thread.start()
-    assert ready.wait(60), "the gateway did not start"
-    if "error" in holder:
-        raise holder["error"]
-    result = Served(port, holder["runtime"], config, loop)
-    result.rss_start = rss_bytes()
-    try:
+    with served_gateway(kafka_bootstrap, redis_url, registry, CHANNELS, api={"keys": [API_KEY]}) as result:
+        result.rss_start = rss_bytes()
         yield result
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(30)
-        loop.close()
 
 
 # --- strategies ---------------------------------------------------------------------------------

@@ -14,26 +14,18 @@ not, encrypted for the safe-mode instance or not. Properties:
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from aiohttp import web
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from gateway.embedded import free_port
-from gateway.ingress.app import create_app
 from gateway.plugins import PluginRegistry
-from gateway.runtime import Runtime
 from gateway.sdk import WXBizMsgCrypt, sha1_signature
-from tests.conftest import make_config
-from tests.test_fuzz import Served
+from tests.fuzz_server import Served, served_gateway
 from tests.test_wechat import AES_KEY, APP_ID, PLAIN, SAFE, TOKEN
 from tests.test_wecom_kf import SETTINGS as KF_SETTINGS
 
@@ -59,50 +51,10 @@ kf_fields = st.fixed_dictionaries(
 
 @pytest.fixture(scope="module")
 def served(kafka_bootstrap: str, redis_url: str, registry: PluginRegistry) -> Iterator[Served]:
-    config = make_config(kafka_bootstrap, redis_url, channels=CHANNELS)
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    stop = asyncio.Event()
-    port = free_port()
-    holder: dict[str, Any] = {}
-
-    async def serve() -> None:
-        runtime = Runtime.create(config, registry)
-        await runtime.publisher.start()
-        await runtime.ensure_topics()
-        runner = web.AppRunner(create_app(runtime))
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        holder["runtime"] = runtime
-        ready.set()
-        try:
-            await stop.wait()
-        finally:
-            await runner.cleanup()
-            await runtime.close()
-
-    def run() -> None:
-        try:
-            loop.run_until_complete(serve())
-        except BaseException as exc:
-            holder["error"] = exc
-            ready.set()
-
-    thread = threading.Thread(target=run, name="wechat-under-fuzz", daemon=True)
-    thread.start()
-    assert ready.wait(60), "the gateway did not start"
-    if "error" in holder:
-        raise holder["error"]
-    result = Served(port, holder["runtime"], config, loop)
-    result.expected = result.sizes()
-    result.expected["max_inbound"] = result.expected["inbound"]
-    result.expected["max_dlq"] = result.expected["dlq"]
-    try:
+    with served_gateway(kafka_bootstrap, redis_url, registry, CHANNELS) as result:
+        result.expected["max_inbound"] = result.expected["inbound"]
+        result.expected["max_dlq"] = result.expected["dlq"]
         yield result
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(30)
-        loop.close()
 
 
 # --- strategies ---------------------------------------------------------------------------------
