@@ -96,13 +96,40 @@ async def call_provider(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     describe: Describe | None = None,
     accept: Collection[int] = (),
+    secrets: Collection[str] = (),
 ) -> ProviderResponse:
     """Send one request to a provider API; return the 2xx response or raise a classified SendError.
 
     JSON bodies are encoded with msgspec (``json=``); ``data=`` passes form fields or raw bytes.
     Statuses in ``accept`` are returned too, for non-2xx answers that mean success to the caller
-    (LINE's 409 for a push whose retry key was already accepted).
+    (LINE's 409 for a push whose retry key was already accepted). ``secrets`` (an access token in
+    the URL's query, say) are replaced by ``***`` in the error's message: error texts can quote the
+    request, and they end up in delivery events and logs.
     """
+    try:
+        return await _call(http, method, url, provider, json, data, headers, timeout_s, describe, accept)
+    except SendError as exc:
+        message = exc.message
+        for secret in secrets:
+            if secret:
+                message = message.replace(secret, "***")
+        if message == exc.message:
+            raise
+        raise SendError(exc.code, message, retryable=exc.retryable, retry_after_s=exc.retry_after_s) from None
+
+
+async def _call(
+    http: aiohttp.ClientSession | None,
+    method: str,
+    url: str,
+    provider: str,
+    json: Any,
+    data: Any,
+    headers: Mapping[str, str] | None,
+    timeout_s: float,
+    describe: Describe | None,
+    accept: Collection[int],
+) -> ProviderResponse:
     if http is None:
         raise SendError("no_http_session", "this process has no HTTP client for sending", retryable=False)
     request_headers = dict(headers or {})

@@ -96,3 +96,22 @@ async def test_failures_are_classified(aiohttp_server: Any) -> None:
     with pytest.raises(SendError) as no_session:
         await call_provider(None, "GET", "http://127.0.0.1/", provider="demo")
     assert not no_session.value.retryable
+
+
+async def test_secrets_are_redacted_from_errors(aiohttp_server: Any) -> None:
+    """A provider (or aiohttp) quoting the request's token in an error never lets it reach events or logs."""
+    server = await provider(aiohttp_server)
+    token = "ACCESS-TOKEN-0123456789"
+
+    def describe(status: int, body: Any) -> tuple[str, str, bool | None] | None:
+        return "demo_190", f"{body['error']['message']} for access_token={token}", None
+
+    async with aiohttp.ClientSession() as http:
+        url = str(server.make_url("/token").with_query(access_token=token))
+        with pytest.raises(SendError) as redacted:
+            await call_provider(http, "POST", url, provider="demo", json={}, describe=describe, secrets=(token,))
+        with pytest.raises(SendError) as plain:
+            await call_provider(http, "POST", url, provider="demo", json={}, describe=describe)
+    assert redacted.value.message == "Invalid OAuth access token for access_token=***"
+    assert (redacted.value.code, redacted.value.retryable) == ("demo_190", False)
+    assert token in plain.value.message  # nothing is redacted unless named

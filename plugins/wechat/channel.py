@@ -326,18 +326,16 @@ class WeChatChannel(Channel):
         url = f"{self._base()}/cgi-bin/message/custom/send"
 
         async def call(token: str) -> None:
-            try:
-                response = await call_provider(
-                    self.services.http,
-                    "POST",
-                    f"{url}?{urlencode({'access_token': token})}",
-                    provider="wechat",
-                    json=part,
-                    describe=outbound.describe,
-                    timeout_s=15.0,
-                )
-            except SendError as exc:
-                raise _scrubbed(exc, token) from None
+            response = await call_provider(
+                self.services.http,
+                "POST",
+                f"{url}?{urlencode({'access_token': token})}",
+                provider="wechat",
+                json=part,
+                describe=outbound.describe,
+                timeout_s=15.0,
+                secrets=(token,),
+            )
             answer = outbound.answer_of(response.body)
             if answer is None:
                 raise SendError("bad_answer", "WeChat answered without an errcode", retryable=True)
@@ -359,12 +357,3 @@ class WeChatChannel(Channel):
             raise SendError("token_unavailable", str(exc), retryable=False) from None
         except StoreUnavailable as exc:
             raise SendError("store_unavailable", str(exc), retryable=True) from None
-
-
-def _scrubbed(exc: SendError, token: str) -> SendError:
-    """The same error with the token removed from its text (an URL in an exception message)."""
-    if token and token in exc.message:
-        return SendError(
-            exc.code, exc.message.replace(token, "***"), retryable=exc.retryable, retry_after_s=exc.retry_after_s
-        )
-    return exc

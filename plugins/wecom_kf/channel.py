@@ -370,10 +370,9 @@ class WeComKfChannel(Channel):
         """``GET /cgi-bin/gettoken`` with the corp id and the 微信客服 secret."""
         s = self.settings
         url = f"{self._base()}/cgi-bin/gettoken?{urlencode({'corpid': s.corp_id, 'corpsecret': s.secret})}"
-        try:
-            response = await call_provider(self.services.http or self._http(), "GET", url, provider="wecom")
-        except SendError as exc:
-            raise _scrubbed(exc, s.secret) from None
+        response = await call_provider(
+            self.services.http or self._http(), "GET", url, provider="wecom", secrets=(s.secret,)
+        )
         try:
             answer = msgspec.json.decode(response.body, type=outbound.TokenAnswer)
         except (msgspec.DecodeError, msgspec.ValidationError):
@@ -387,18 +386,16 @@ class WeComKfChannel(Channel):
         url = f"{self._base()}/cgi-bin/{path}"
 
         async def call(token: str) -> bytes:
-            try:
-                response = await call_provider(
-                    http or self.services.http,
-                    "POST",
-                    f"{url}?{urlencode({'access_token': token})}",
-                    provider="wecom",
-                    json=payload,
-                    describe=outbound.describe,
-                    timeout_s=15.0,
-                )
-            except SendError as exc:
-                raise _scrubbed(exc, token) from None
+            response = await call_provider(
+                http or self.services.http,
+                "POST",
+                f"{url}?{urlencode({'access_token': token})}",
+                provider="wecom",
+                json=payload,
+                describe=outbound.describe,
+                timeout_s=15.0,
+                secrets=(token,),
+            )
             errcode = outbound.SendAnswer
             try:
                 answer = msgspec.json.decode(response.body, type=errcode)
@@ -498,12 +495,3 @@ class WeComKfChannel(Channel):
                 await self.window.refund(window, unsent - uncertain)
         except StoreUnavailable as error:
             log.warning("wecom_kf_window_not_updated", instance=self.name, error=str(error))
-
-
-def _scrubbed(exc: SendError, secret: str) -> SendError:
-    """The same error without a credential that an URL in its text may carry."""
-    if secret and secret in exc.message:
-        return SendError(
-            exc.code, exc.message.replace(secret, "***"), retryable=exc.retryable, retry_after_s=exc.retry_after_s
-        )
-    return exc
