@@ -92,16 +92,13 @@ class Replayer:
         client = self.runtime.store.client
         marker = self._marker(record)
         try:
-            if not force:
-                if dry_run:
-                    if await client.exists(marker):
-                        result.outcome = "already_replayed"
-                    return result
-                if not await client.set(marker, b"pending", nx=True, ex=_PENDING_TTL_S):
+            if dry_run:
+                if not force and await client.exists(marker):
                     result.outcome = "already_replayed"
-                    result.detail = "replayed before (use --force to replay again)"
-                    return result
-            elif dry_run:
+                return result
+            if not force and not await client.set(marker, b"pending", nx=True, ex=_PENDING_TTL_S):
+                result.outcome = "already_replayed"
+                result.detail = "replayed before (use --force to replay again)"
                 return result
         except (RedisError, OSError) as exc:
             return self._unavailable(result, f"Redis: {type(exc).__name__}: {exc}")
@@ -136,8 +133,9 @@ class Replayer:
             result.outcome = "unsupported"
             result.detail = f"no channel instance {record.instance!r} in this configuration"
             return
+        payload = payload_bytes(record)
         try:
-            parsed = channel.parse_stored(payload_bytes(record), CIMultiDict(record.headers))
+            parsed = channel.parse_stored(payload, CIMultiDict(record.headers))
         except PayloadError as exc:
             result.outcome, result.detail = "still_failing", str(exc)
             return
@@ -149,14 +147,15 @@ class Replayer:
             result.outcome, result.detail = "still_failing", f"{type(exc).__name__}: {exc}"
             return
         assert self.runtime.ingestor is not None
-        outcome = await self.runtime.ingestor.ingest(channel, parsed, raw=payload_bytes(record), headers=record.headers)
+        outcome = await self.runtime.ingestor.ingest(channel, parsed, raw=payload, headers=record.headers)
         result.message_ids = [m.id for m in outcome.messages if m.id is not None]
         result.outcome = "replayed" if outcome.published else "duplicate"
         result.detail = f"{outcome.published} record(s) published, {outcome.duplicates} duplicate(s)"
 
     async def _to_topic(self, record: DlqRecord, result: ReplayResult) -> None:
+        payload = payload_bytes(record)
         try:
-            message = decode_message(payload_bytes(record))
+            message = decode_message(payload)
         except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as exc:
             result.outcome, result.detail = "still_failing", f"the stored record does not decode: {exc}"
             return
@@ -165,7 +164,7 @@ class Replayer:
             message,
             traceparent=child_traceparent(None),
             key=message.conversation_id,
-            value=payload_bytes(record),
+            value=payload,
             extra_headers=[("replay-of", record.id)],
         )
         await self.runtime.publisher.send(outgoing)

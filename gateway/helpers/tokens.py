@@ -91,7 +91,6 @@ class AccessTokens:
         self._cached: tuple[str, float] | None = None  # (token, monotonic time it stops being used)
         self._local = asyncio.Lock()  # one refresh at a time inside this process too
         self._delete_if = store.client.register_script(_DELETE_IF)
-        self.fetches = 0  # tokens this process fetched from the provider (metrics, tests)
 
     def _remember(self, value: str, ttl_ms: int) -> str:
         self._cached = (value, time.monotonic() + ttl_ms / 1000 - self.margin_s)
@@ -142,7 +141,6 @@ class AccessTokens:
                     if found is not None:
                         return found
                     token = await self._fetch(rejected is not None)
-                    self.fetches += 1
                     ttl_ms = int(token.expires_in_s * 1000)
                     if ttl_ms <= self.margin_s * 1000:
                         raise TokenError(
