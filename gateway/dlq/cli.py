@@ -20,6 +20,14 @@ from gateway.dlq.select import DlqEntry, DlqFilter, find, parse_time, select
 from gateway.model import DlqStage
 
 STAGES = list(get_args(DlqStage))
+# As gateway.cli's (that module registers this one, so it is not imported from there).
+CONFIG_OPTION = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="GATEWAY_CONFIG",
+    help="TOML configuration file (or GATEWAY_CONFIG).",
+)
 
 
 def _time(_: click.Context, __: click.Parameter, value: str | None) -> datetime | None:
@@ -92,7 +100,7 @@ def dlq() -> None:
 
 
 @dlq.command("list")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), envvar="GATEWAY_CONFIG")
+@CONFIG_OPTION
 @filter_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per record (payload included).")
 @click.option("--limit", type=int, default=None, help="At most this many records (the oldest first).")
@@ -107,7 +115,7 @@ def list_records(config_path: Path | None, as_json: bool, limit: int | None, **o
 
 
 @dlq.command("show")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), envvar="GATEWAY_CONFIG")
+@CONFIG_OPTION
 @click.argument("record_id")
 @click.option("--raw", is_flag=True, help="Print only the stored payload, as it was received (bytes).")
 def show(config_path: Path | None, record_id: str, raw: bool) -> None:
@@ -129,7 +137,7 @@ def show(config_path: Path | None, record_id: str, raw: bool) -> None:
 
 
 @dlq.command("replay")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), envvar="GATEWAY_CONFIG")
+@CONFIG_OPTION
 @filter_options
 @click.option("--all", "everything", is_flag=True, help="Replay every record (needed when no filter is given).")
 @click.option("--dry-run", is_flag=True, help="Say what would be replayed, change nothing.")
