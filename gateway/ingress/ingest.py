@@ -74,6 +74,12 @@ def fitting_payload(raw: bytes, limit: int = MAX_RECORD_BYTES) -> bytes:
     return b""
 
 
+def check_size(record: OutgoingRecord, what: str) -> None:
+    """ValueError (quarantined by the caller) for a record the producer would refuse as too large."""
+    if len(record.value) + len(record.key or b"") > MAX_RECORD_BYTES:
+        raise ValueError(f"{what} too large to publish: {len(record.value)} bytes (limit {MAX_RECORD_BYTES})")
+
+
 @dataclass(slots=True)
 class _Claimed:
     """A record that is new to us and must be confirmed (or released) after publish."""
@@ -191,8 +197,7 @@ class Ingestor:
             record = record_for(
                 runtime.topics.inbound, message, traceparent=traceparent, key=message.conversation_id, value=payload
             )  # headers and key encode too (a lone surrogate in a conversation id would not)
-            if len(record.value) + len(record.key or b"") > MAX_RECORD_BYTES:
-                raise ValueError(f"message too large to publish: {len(record.value)} bytes (limit {MAX_RECORD_BYTES})")
+            check_size(record, "message")
         except (msgspec.ValidationError, *ENCODE_ERRORS) as exc:
             await self.quarantine(
                 channel,
@@ -231,8 +236,7 @@ class Ingestor:
         key = event.conversation_id or event.external_id
         try:
             record = record_for(self.runtime.topics.events, event, traceparent=traceparent, key=key)
-            if len(record.value) + len(record.key or b"") > MAX_RECORD_BYTES:
-                raise ValueError(f"event too large to publish: {len(record.value)} bytes (limit {MAX_RECORD_BYTES})")
+            check_size(record, "event")
         except ENCODE_ERRORS as exc:
             await self.quarantine(
                 channel,
