@@ -216,6 +216,10 @@ class Channel:
     # Request headers that carry credentials (static tokens, basic auth), never copied to the DLQ.
     secret_headers: ClassVar[frozenset[str]] = frozenset()
     description: ClassVar[str] = ""
+    # Whether ``send`` renders ``content.choices`` with a widget of the provider (buttons, quick
+    # replies, a menu). When False the dispatcher appends them to the text as a numbered list
+    # (gateway.helpers.choices) before calling ``send``, so every channel can offer them.
+    native_choices: ClassVar[bool] = False
 
     def __init__(self, name: str, settings: ChannelSettings, services: ChannelServices) -> None:
         self.name = name

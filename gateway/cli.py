@@ -315,7 +315,7 @@ def schema() -> None:
 @schema.command("print")
 @click.argument("schema_id", default="gateway.message/v1")
 def schema_print(schema_id: str) -> None:
-    """Print one schema (gateway.message/v1, gateway.event/v1, gateway.dlq/v1)."""
+    """Print one schema (gateway.message/v1, gateway.event/v1, gateway.dlq/v1, gateway.conversation/v1)."""
     from gateway.schema import SCHEMA_FILES, render
 
     if schema_id not in SCHEMA_FILES:

@@ -19,6 +19,7 @@ from gateway.ids import new_id
 MESSAGE_SCHEMA = "gateway.message/v1"
 EVENT_SCHEMA = "gateway.event/v1"
 DLQ_SCHEMA = "gateway.dlq/v1"
+CONVERSATION_SCHEMA = "gateway.conversation/v1"
 
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 Score = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
@@ -93,6 +94,18 @@ class Postback(msgspec.Struct, kw_only=True):
 ContentType = Literal["text", "media", "location", "reaction", "postback", "contacts", "email", "event", "unsupported"]
 
 
+class Choice(msgspec.Struct, kw_only=True):
+    """One answer an outbound message offers (a survey rating, a menu item). Channels render the
+    choices with their own widget (buttons, quick replies, a menu) or, without one, as a numbered
+    list in the text; the customer's pick comes back as a ``postback`` whose payload is ``id``."""
+
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    title: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    # What the customer types to pick it where the choices are shown as text (default: its 1-based
+    # position), e.g. "5" for the best rating of a survey listed from 5 down to 1.
+    key: Annotated[str, msgspec.Meta(min_length=1, max_length=16)] | None = None
+
+
 class Content(msgspec.Struct, kw_only=True):
     type: ContentType = "text"
     text: str | None = None
@@ -103,6 +116,20 @@ class Content(msgspec.Struct, kw_only=True):
     reaction: Reaction | None = None
     postback: Postback | None = None
     reply_to: str | None = None  # provider id of the message this one answers
+    choices: list[Choice] = []  # outbound: answers offered to the customer (buttons, quick replies)
+
+
+AuthorKind = Literal["agent", "bot", "automatic"]
+
+
+class Author(msgspec.Struct, kw_only=True):
+    """Who wrote an outbound message: a person (``agent``), a conversational bot, or the gateway's
+    own automatic messages (auto-replies, surveys). Only an agent's message answers a customer for
+    the response-time clocks (docs/conversations.md)."""
+
+    kind: AuthorKind
+    id: str | None = None
+    name: str | None = None
 
 
 SentimentLabel = Literal["positive", "neutral", "negative"]
@@ -131,12 +158,19 @@ class Routing(msgspec.Struct, kw_only=True):
     sla_due_at: datetime | None = None
     topic: str | None = None  # target topic when a rule names one other than processed
     reason: str | None = None
+    calendar: str | None = None  # business-hours calendar of the SLA: service times are also counted in it
 
     def __post_init__(self) -> None:
         _require_utc(self, "sla_due_at")
 
 
 Direction = Literal["inbound", "outbound"]
+
+# An inbound message that ends its conversation carries this label: a table with ``via`` (``api``,
+# ``outbound``, ``channel``) and, when known, ``author`` (kind, id, name). Channels set it on their
+# session-end events; the API and resolving outbound messages publish such a message themselves, so
+# a resolution reaches the worker in order with the conversation's messages (docs/conversations.md).
+RESOLVED_LABEL = "conversation_resolved"
 
 
 class Message(msgspec.Struct, kw_only=True):
@@ -158,6 +192,8 @@ class Message(msgspec.Struct, kw_only=True):
     tags: Tags = msgspec.field(default_factory=Tags)
     routing: Routing | None = None
     in_reply_to: str | None = None  # gateway id of the message an outbound message answers
+    author: Author | None = None  # outbound: who wrote it (None: a person, see docs/conversations.md)
+    resolve: bool = False  # outbound: resolve the conversation once this message has been handled
     trace: dict[str, str] = {}  # processing breadcrumbs: input id, processors run
     raw: dict[str, Any] | None = None  # provider payload, kept only where the instance asks for it
 
@@ -189,6 +225,9 @@ class DeliveryEvent(msgspec.Struct, kw_only=True):
     occurred_at: datetime = msgspec.field(default_factory=utcnow)
     error: DeliveryError | None = None
     attempt: int = 1
+    # A message the channel reports as sent that the gateway did not send (an agent answering from
+    # the provider's own app): who wrote it, so it can stop the conversation's response clock.
+    author: Author | None = None
 
     def __post_init__(self) -> None:
         _require_utc(self, "occurred_at")
@@ -220,17 +259,72 @@ class DlqRecord(msgspec.Struct, kw_only=True):
         _require_utc(self, "occurred_at")
 
 
+ConversationEventType = Literal[
+    "opened",
+    "reopened",
+    "first_response",
+    "reply",
+    "sla_breached",
+    "resolved",
+    "csat_requested",
+    "csat_received",
+    "profile_linked",
+    "profile_merged",
+]
+Rating = Annotated[int, msgspec.Meta(ge=1, le=5)]
+
+
+class ConversationEvent(msgspec.Struct, kw_only=True):
+    """Something that happened to a conversation (gateway.conversation/v1, docs/conversations.md).
+
+    Keyed by conversation id on ``gateway.conversations.v1``. The id of an event is derived from
+    what caused it, so an event published again after a crash or a redelivery has the same id and
+    consumers (and ``gateway report``) count it once.
+    """
+
+    schema: Literal["gateway.conversation/v1"] = "gateway.conversation/v1"
+    id: str = msgspec.field(default_factory=new_id)
+    type: ConversationEventType
+    conversation_id: NonEmpty
+    instance: NonEmpty
+    channel: NonEmpty
+    occurred_at: datetime = msgspec.field(default_factory=utcnow)
+    message_id: str | None = None  # the message that caused it, when one did
+    queue: str | None = None
+    priority: Priority | None = None
+    cycle: int | None = None  # 1 for the first opening, +1 per reopening
+    value_s: float | None = None  # the duration measured (response, resolution, time closed before a reopening)
+    value_business_s: float | None = None  # the same counted only in the conversation's business hours
+    due_at: datetime | None = None  # sla_breached: the due time that passed
+    author: Author | None = None  # first_response, reply, resolved: who
+    rating: Rating | None = None  # csat_received
+    comment: str | None = None  # csat_received: the customer's follow-up words
+    survey_id: str | None = None  # csat_requested, csat_received
+    sent: bool | None = None  # csat_requested: False when the survey was not sent (reason says why)
+    reason: str | None = None  # resolved: how (api, outbound, channel); csat_requested not sent: why
+    language: str | None = None
+    sentiment: SentimentLabel | None = None  # opened, reopened, resolved: of the latest customer message
+    profile_id: str | None = None  # profile_linked, profile_merged (the profile kept)
+    merged_profile_id: str | None = None  # profile_merged: the profile folded into profile_id
+    identity: str | None = None  # profile_linked: the channel identity linked ("phone_e164:+4930...")
+
+    def __post_init__(self) -> None:
+        _require_utc(self, "occurred_at", "due_at")
+
+
 # Every record type that travels on a topic, keyed by the schema id carried in its header.
 RECORD_TYPES: dict[str, type[msgspec.Struct]] = {
     MESSAGE_SCHEMA: Message,
     EVENT_SCHEMA: DeliveryEvent,
     DLQ_SCHEMA: DlqRecord,
+    CONVERSATION_SCHEMA: ConversationEvent,
 }
 
 _encoder = msgspec.json.Encoder()
 _message_decoder = msgspec.json.Decoder(Message)
 _event_decoder = msgspec.json.Decoder(DeliveryEvent)
 _dlq_decoder = msgspec.json.Decoder(DlqRecord)
+_conversation_decoder = msgspec.json.Decoder(ConversationEvent)
 
 
 def encode(record: msgspec.Struct) -> bytes:
@@ -248,6 +342,10 @@ def decode_event(data: bytes | str) -> DeliveryEvent:
 
 def decode_dlq(data: bytes | str) -> DlqRecord:
     return _dlq_decoder.decode(data)
+
+
+def decode_conversation_event(data: bytes | str) -> ConversationEvent:
+    return _conversation_decoder.decode(data)
 
 
 def raw_payload(body: bytes) -> tuple[str, Literal["utf-8", "base64"]]:

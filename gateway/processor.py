@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import msgspec
 
-from gateway.model import DeliveryEvent, Message, utcnow
+from gateway.model import ConversationEvent, DeliveryEvent, Message, utcnow
 
 if TYPE_CHECKING:
     from gateway.store.redis import RedisStore
@@ -32,12 +32,18 @@ class Drop:
     reason: str
 
 
+async def _no_conversation_output(event: ConversationEvent) -> None:
+    raise RuntimeError(f"this context publishes no conversation events (got {event.type!r})")
+
+
 @dataclass(slots=True)
 class ProcessorContext:
     store: RedisStore
     emit: Callable[[Message], Awaitable[None]]  # queue an outbound message (e.g. an auto-reply)
     emit_event: Callable[[DeliveryEvent], Awaitable[None]]
     clock: Callable[[], datetime] = field(default=utcnow)
+    # publish a conversation event (gateway.conversations.v1) with the message's outputs
+    emit_conversation: Callable[[ConversationEvent], Awaitable[None]] = _no_conversation_output
 
 
 # What a processor's batch call says about one message: the (possibly new) message, a Drop, or

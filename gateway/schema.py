@@ -14,6 +14,7 @@ SCHEMA_FILES = {
     "gateway.message/v1": "message.v1.json",
     "gateway.event/v1": "event.v1.json",
     "gateway.dlq/v1": "dlq.v1.json",
+    "gateway.conversation/v1": "conversation.v1.json",
 }
 
 

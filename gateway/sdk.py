@@ -25,6 +25,7 @@ from gateway.channel import (
 )
 from gateway.helpers.calendar import WEEKDAYS, BusinessHours, load_calendars
 from gateway.helpers.calendar import format_error as format_calendar_error
+from gateway.helpers.choices import choice_for_reply, choices_as_text
 from gateway.helpers.fetch import Fetched, FetchError, UrlFetcher
 from gateway.helpers.keywords import KeywordMatcher
 from gateway.helpers.keywords import normalize as normalize_for_match
@@ -44,8 +45,12 @@ from gateway.helpers.wxcrypto import (
 )
 from gateway.hookspecs import hookimpl
 from gateway.model import (
+    RESOLVED_LABEL,
     Attachment,
+    Author,
+    Choice,
     Content,
+    ConversationEvent,
     DeliveryError,
     DeliveryEvent,
     Location,
@@ -82,23 +87,31 @@ from gateway.store.redis import StoreUnavailable
 # WXBizMsgCrypt, WxCryptoError, Decrypted, sha1_signature, check_sha1_signature (the callback
 # crypto of WeChat, WeCom and DingTalk), parse_wx_xml and WxXmlError (their XML, without DTDs);
 # ReplyWindow (48 h / n-message send windows in Redis) and split_utf8 (texts cut to a byte limit).
-API_VERSION = "1.2"
+# 1.3: conversations (docs/conversations.md): Author (Message.author, DeliveryEvent.author),
+# Message.resolve, Choice (Content.choices), ConversationEvent, ProcessorContext.emit_conversation,
+# RESOLVED_LABEL (a channel's session-end event resolves its conversation); Channel.native_choices,
+# choices_as_text and choice_for_reply (choices as a numbered list where a channel has no widget).
+API_VERSION = "1.3"
 
 __all__ = [
     "API_VERSION",
     "PRIORITY_RANK",
+    "RESOLVED_LABEL",
     "WEEKDAYS",
     "Accepted",
     "AccessTokens",
     "Attachment",
     "AuthenticationError",
+    "Author",
     "BatchResult",
     "BusinessHours",
     "Channel",
     "ChannelError",
     "ChannelServices",
     "ChannelSettings",
+    "Choice",
     "Content",
+    "ConversationEvent",
     "Decrypted",
     "DeliveryError",
     "DeliveryEvent",
@@ -144,6 +157,8 @@ __all__ = [
     "call_provider",
     "channel_instances",
     "check_sha1_signature",
+    "choice_for_reply",
+    "choices_as_text",
     "constant_time_equals",
     "decode_json",
     "encode",

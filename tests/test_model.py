@@ -11,12 +11,14 @@ import msgspec
 import pytest
 
 from gateway.model import (
+    CONVERSATION_SCHEMA,
     DLQ_SCHEMA,
     EVENT_SCHEMA,
     MESSAGE_SCHEMA,
     RECORD_TYPES,
     Attachment,
     Content,
+    ConversationEvent,
     DeliveryError,
     DeliveryEvent,
     DlqRecord,
@@ -188,7 +190,12 @@ def test_defaults_give_schema_id_fresh_ids_and_utc_received_at() -> None:
 
 
 def test_record_types_map_schema_ids_to_structs() -> None:
-    assert {MESSAGE_SCHEMA: Message, EVENT_SCHEMA: DeliveryEvent, DLQ_SCHEMA: DlqRecord} == RECORD_TYPES
+    assert {
+        MESSAGE_SCHEMA: Message,
+        EVENT_SCHEMA: DeliveryEvent,
+        DLQ_SCHEMA: DlqRecord,
+        CONVERSATION_SCHEMA: ConversationEvent,
+    } == RECORD_TYPES
 
 
 # --- the JSON field names are a contract ------------------------------------------------------------

@@ -71,7 +71,12 @@ def validator(schema_id: str) -> jsonschema.Draft202012Validator:
 
 
 def test_every_record_type_has_a_schema_file() -> None:
-    assert set(SCHEMA_FILES) == {"gateway.message/v1", "gateway.event/v1", "gateway.dlq/v1"}
+    assert set(SCHEMA_FILES) == {
+        "gateway.message/v1",
+        "gateway.event/v1",
+        "gateway.dlq/v1",
+        "gateway.conversation/v1",
+    }
     assert sorted(p.name for p in SCHEMAS_DIR.glob("*.json")) == sorted(SCHEMA_FILES.values())
 
 

@@ -40,8 +40,12 @@ class Topics:
     def dlq(self) -> str:
         return f"{self.prefix}dlq.v1"
 
+    @property
+    def conversations(self) -> str:
+        return f"{self.prefix}conversations.v1"
+
     def all(self) -> list[str]:
-        return [self.inbound, self.processed, self.outbound, self.events, self.dlq]
+        return [self.inbound, self.processed, self.outbound, self.events, self.dlq, self.conversations]
 
 
 async def ensure_topics(kafka: KafkaSection, names: list[str]) -> list[str]:

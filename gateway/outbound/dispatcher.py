@@ -25,11 +25,13 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
 
+import msgspec
 import structlog
 
 from gateway.bus.consumer import ConsumerRunner, Record
 from gateway.bus.producer import BrokerUnavailable, header, record_for
 from gateway.channel import Channel, SendError, SendResult
+from gateway.helpers.choices import with_choices_as_text
 from gateway.ids import new_id
 from gateway.model import DeliveryError, DeliveryEvent, Message, decode_message, utcnow
 from gateway.runtime import Runtime
@@ -150,6 +152,8 @@ class Dispatcher:
     async def _attempts(self, message: Message, channel: Channel) -> tuple[SendResult | DeliveryError, int]:
         """Call the provider until it accepts, refuses for good, or the attempts are used up."""
         store = self.runtime.store
+        if message.content.choices and not channel.native_choices:  # no widget: a numbered list in the text
+            message = msgspec.structs.replace(message, content=with_choices_as_text(message.content))
         attempt = 0
         while True:
             attempt += 1

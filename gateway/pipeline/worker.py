@@ -21,7 +21,7 @@ import structlog
 
 from gateway.bus.consumer import ConsumerRunner, Deferred, Outcome, Record
 from gateway.bus.producer import OutgoingRecord, PendingAck, header, record_for
-from gateway.model import DeliveryEvent, Message
+from gateway.model import ConversationEvent, DeliveryEvent, Message
 from gateway.processor import BatchResult, Drop, Processor, ProcessorContext
 from gateway.runtime import Runtime
 from gateway.tracing import child_traceparent
@@ -50,7 +50,12 @@ class _Item:
         self.result: Message | Drop = message
         self.failed: ProcessorFailed | None = None
         self._topics = worker.runtime.topics
-        self.ctx = ProcessorContext(store=worker.runtime.store, emit=self.emit, emit_event=self.emit_event)
+        self.ctx = ProcessorContext(
+            store=worker.runtime.store,
+            emit=self.emit,
+            emit_event=self.emit_event,
+            emit_conversation=self.emit_conversation,
+        )
 
     async def emit(self, reply: Message) -> None:
         message_id = self.message.id
@@ -73,6 +78,11 @@ class _Item:
                 traceparent=self.traceparent,
                 key=event.conversation_id or event.external_id,
             )
+        )
+
+    async def emit_conversation(self, event: ConversationEvent) -> None:
+        self.outputs.append(
+            record_for(self._topics.conversations, event, traceparent=self.traceparent, key=event.conversation_id)
         )
 
     def take(self, processor: str, result: Message | Drop) -> None:
