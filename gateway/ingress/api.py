@@ -123,15 +123,25 @@ def _conflict(idempotency_key: str, first_id: str) -> web.Response:
     return web.json_response({"error": detail, "conflict": "idempotency_key", "id": first_id}, status=422)
 
 
-async def post_message(request: web.Request) -> web.Response:
-    runtime = request.app[RUNTIME]
-    settings = runtime.config.api
+def authorize(request: web.Request) -> str | web.Response:
+    """The caller's API key when it is one of ``api.keys``, else the 403/401 answer. Every
+    ``/api/v1`` endpoint goes through this."""
+    settings = request.app[RUNTIME].config.api
     if not settings.keys:
-        return error_response(403, "the messages API is disabled: configure api.keys")
+        return error_response(403, "the API is disabled: configure api.keys")
     given = _api_key(request)
     # Compare against every key, always, so timing does not reveal which prefix matched.
     if not given or not any([constant_time_equals(given, key) for key in settings.keys]):
         return error_response(401, "missing or invalid API key")
+    return given
+
+
+async def post_message(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    settings = runtime.config.api
+    given = authorize(request)
+    if isinstance(given, web.Response):
+        return given
     idempotency_key = request.headers.get("Idempotency-Key")
     if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
         return error_response(400, f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters")
