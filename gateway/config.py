@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from gateway.helpers.calendar import BusinessHours, load_calendars
+
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 Positive = Annotated[int, msgspec.Meta(gt=0)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
@@ -148,6 +150,35 @@ class FetchSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         Allowlist.parse(self.allow)  # ValueError names the bad entry
 
 
+class ConversationsSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Conversation tracking (docs/conversations.md): response clocks, SLA breaches, resolution."""
+
+    enabled: bool = True
+    # A conversation's state is kept this long after its last message (then a new message opens it
+    # afresh); the stored outcome of each message, for redeliveries, for decision_ttl_s.
+    state_ttl_s: Positive = 90 * 24 * 3600
+    decision_ttl_s: Positive = 3 * 24 * 3600
+    # Business hours in which durations are also measured (value_business_s): the calendar that
+    # routing names for the message's SLA (same names as [processors.routing.calendars]), else
+    # default_calendar; a name without a table here measures no business time.
+    calendars: dict[str, Any] = {}  # name -> BusinessHours, validated in __post_init__
+    default_calendar: str | None = None
+    # Every worker looks for passed SLA due times this often; one of them claims each (Redis).
+    sla_check_interval_s: PositiveFloat = 5.0
+    # A claimed breach not reported within this long (its worker died) is claimed again.
+    sla_claim_ttl_s: PositiveFloat = 60.0
+
+    def __post_init__(self) -> None:
+        self.calendars = load_calendars(self.calendars, "calendars")
+        if self.default_calendar is not None and self.default_calendar not in self.calendars:
+            raise ValueError(f"default_calendar: no calendar named {self.default_calendar!r} in calendars")
+
+    def calendar(self, name: str | None) -> BusinessHours | None:
+        """The calendar named (else the default one), or None: no business time is measured."""
+        table = self.calendars.get(name or self.default_calendar or "")
+        return table if isinstance(table, BusinessHours) else None
+
+
 class PluginsSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Fail at start when a third-party plugin cannot be loaded (recommended in production).
     fail_fast: bool | None = None
@@ -168,6 +199,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     dispatch: DispatchSection = msgspec.field(default_factory=DispatchSection)
     api: ApiSection = msgspec.field(default_factory=ApiSection)
     fetch: FetchSection = msgspec.field(default_factory=FetchSection)
+    conversations: ConversationsSection = msgspec.field(default_factory=ConversationsSection)
     plugins: PluginsSection = msgspec.field(default_factory=PluginsSection)
     logging: LoggingSection = msgspec.field(default_factory=LoggingSection)
     channels: dict[str, dict[str, Any]] = {}

@@ -8,8 +8,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 if TYPE_CHECKING:
     from gateway.bus.consumer import ConsumerRunner, Membership, PartitionLag
+    from gateway.model import ConversationEvent
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Service times: 30 s to a week.
+SERVICE_BUCKETS = (30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 28800, 86400, 172800, 604800)
+# Conversation events measured by gateway_conversation_duration_seconds, by their name there.
+MEASURED = {"first_response": "first_response", "reply": "reply", "resolved": "resolution"}
 
 
 # Outcomes counted in gateway_processed_total, created at 0 when a process starts serving its admin
@@ -95,6 +100,45 @@ class Metrics:
             ("component", "group", "topic", "partition"),
             registry=self.registry,
         )
+
+        self.conversation_duration = Histogram(
+            "gateway_conversation_duration_seconds",
+            "First-response, reply and resolution times of conversations (wall clock).",
+            ("kind", "instance", "queue"),
+            buckets=SERVICE_BUCKETS,
+            registry=self.registry,
+        )
+        self.sla_breaches = Counter(
+            "gateway_sla_breaches",
+            "SLA due times that passed with no human response.",
+            ("instance", "queue"),
+            registry=self.registry,
+        )
+        self.csat_ratings = Counter(
+            "gateway_csat_ratings",
+            "Satisfaction ratings received, by rating (1-5).",
+            ("instance", "rating"),
+            registry=self.registry,
+        )
+        self.csat_surveys = Counter(
+            "gateway_csat_surveys",
+            "Satisfaction surveys requested, sent or not.",
+            ("instance", "outcome"),
+            registry=self.registry,
+        )
+
+    def observe_conversation(self, event: ConversationEvent) -> None:
+        """Count a conversation event this process publishes (each is published by one process)."""
+        queue = event.queue or ""
+        kind = MEASURED.get(event.type)
+        if kind is not None and event.value_s is not None:
+            self.conversation_duration.labels(kind, event.instance, queue).observe(event.value_s)
+        elif event.type == "sla_breached":
+            self.sla_breaches.labels(event.instance, queue).inc()
+        elif event.type == "csat_received" and event.rating is not None and event.comment is None:
+            self.csat_ratings.labels(event.instance, str(event.rating)).inc()
+        elif event.type == "csat_requested":
+            self.csat_surveys.labels(event.instance, "sent" if event.sent else "not_sent").inc()
 
     def init_outcomes(self, component: str) -> None:
         """Create the component's gateway_processed_total series at 0."""

@@ -38,6 +38,7 @@ import structlog
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from gateway.sdk import (
+    Author,
     BatchResult,
     BusinessHours,
     Content,
@@ -63,6 +64,8 @@ DAY_S = 86400
 EMAIL_CHANNELS = ("smtp", "mailgun", "sendgrid")
 # Content that is not something a person wrote to us (reactions, joins, follows, read receipts).
 NON_MESSAGE_CONTENT = frozenset({"reaction", "event"})
+# Auto-replies are not a person's answer: they do not stop a conversation's response clock.
+AUTHOR = Author(kind="automatic", id="autoreply")
 _REPLY_PREFIX = re.compile(r"^\s*(re|aw|sv|antw|回复|回覆|答复)\s*[:\uff1a]", re.IGNORECASE)  # incl. full-width colon
 
 Seconds = Annotated[int, msgspec.Meta(ge=0)]
@@ -742,6 +745,7 @@ class AutoReply(Processor):
             content=Content(text=render(template, self.placeholders(message, now))),
             language=None if language == DEFAULT else language,
             in_reply_to=message.id,
+            author=AUTHOR,
             tags=Tags(labels={"auto_reply": {"kind": candidate.kind, "template": candidate.template}}),
         )
         if self.is_email(message):

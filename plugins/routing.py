@@ -599,6 +599,7 @@ class Router(Processor):
             sla_due_at=self.due_at(message, sla) if sla else None,
             topic=topic,
             reason=reason,
+            calendar=self.config.policy(sla).business_hours if sla else None,
         )
         if tags:
             add_tags(message, tags)

@@ -191,6 +191,27 @@ class BusinessHours(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 remaining -= available
             day += timedelta(days=1)
 
+    def business_time_between(self, start: datetime, end: datetime) -> timedelta:
+        """How much of ``start``..``end`` falls in opening hours (response times in business time).
+
+        Zero when ``end`` is not after ``start``. Walks the local days in between, so the cost
+        grows with the length of the span (a day per opening interval), not with its seconds.
+        """
+        begin, finish = _utc(start, "start"), _utc(end, "end")
+        total = timedelta(0)
+        if finish <= begin:
+            return total
+        tz, spans = self.tz, self._spans()
+        day = begin.astimezone(tz).date() - timedelta(days=1)
+        last = finish.astimezone(tz).date() + timedelta(days=1)
+        while day <= last:
+            for iv_start, iv_end in self._day_intervals(day, tz, spans):
+                overlap = min(iv_end, finish) - max(iv_start, begin)
+                if overlap > timedelta(0):
+                    total += overlap
+            day += timedelta(days=1)
+        return total
+
 
 def format_error(exc: msgspec.ValidationError, root: str = "") -> str:
     """``problem - at `$.weekly.mon`'' -> ``<root>.weekly.mon: problem``: the key as an operator writes it."""

@@ -1,4 +1,5 @@
-"""`POST /api/v1/messages`: enqueue an outbound message over HTTP instead of producing to Kafka.
+"""`POST /api/v1/messages`: enqueue an outbound message over HTTP instead of producing to Kafka;
+`POST /api/v1/conversations/resolve`: resolve a conversation (docs/conversations.md).
 
 Authenticated with an API key (``Authorization: Bearer <key>`` or ``X-API-Key``), validated
 against the same model as the topic, answered 202 with the message id once the broker acknowledged
@@ -14,7 +15,7 @@ allows) is a 400; JSON that does not fit the model is a 422 naming the field. Ne
 from __future__ import annotations
 
 import hashlib
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 import structlog
@@ -22,8 +23,10 @@ from aiohttp import web
 
 from gateway.bus.producer import BrokerUnavailable, record_for
 from gateway.channel import IngestError
+from gateway.conversations.tracker import resolution_message
+from gateway.ids import new_id
 from gateway.ingress.webhook import RUNTIME, error_response, read_body
-from gateway.model import Content, Message, Party
+from gateway.model import Author, Content, Message, Party
 from gateway.runtime import Runtime
 from gateway.signing import constant_time_equals
 from gateway.store.redis import StoreUnavailable
@@ -50,9 +53,19 @@ class OutboundRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     sender: Party | None = None
     in_reply_to: str | None = None  # gateway id of the inbound message answered
     labels: dict[str, Any] = {}
+    author: Author | None = None  # who wrote it (None: a person, the response clock stops)
+    resolve: bool = False  # resolve the conversation once the message is handled
 
 
+class ResolveRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    instance: NonEmpty
+    conversation_id: NonEmpty
+    author: Author | None = None  # who resolved it
+
+
+_Request = TypeVar("_Request", OutboundRequest, "ResolveRequest")
 _decoder = msgspec.json.Decoder(OutboundRequest)
+_resolve_decoder = msgspec.json.Decoder(ResolveRequest)
 
 
 def _api_key(request: web.Request) -> str | None:
@@ -67,23 +80,30 @@ def _content_is_empty(content: Content) -> bool:
 
 
 def _decode(body: bytes) -> OutboundRequest | web.Response:
-    """The request, or the 400/422 answer: every decoding failure is the caller's, never a 500.
+    """The request, or the 400/422 answer: every decoding failure is the caller's, never a 500."""
+    payload = _decode_with(_decoder, body)
+    if isinstance(payload, web.Response):
+        return payload
+    if _depth(payload.labels) > MAX_LABEL_DEPTH:
+        return error_response(422, f"invalid message: labels nest deeper than {MAX_LABEL_DEPTH} levels - at `$.labels`")
+    return payload
+
+
+def _decode_with(decoder: msgspec.json.Decoder[_Request], body: bytes) -> _Request | web.Response:
+    """Decode a request body, or answer 400/422.
 
     msgspec raises ValidationError (a DecodeError) for JSON that does not fit the model, DecodeError
     for malformed JSON, UnicodeDecodeError for invalid UTF-8 and RecursionError for nesting deeper
     than the interpreter's recursion limit.
     """
     try:
-        payload = _decoder.decode(body)
+        return decoder.decode(body)
     except msgspec.ValidationError as exc:
-        return error_response(422, f"invalid message: {exc}")
+        return error_response(422, f"invalid request: {exc}")
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         return error_response(400, f"body is not valid UTF-8 JSON: {exc}")
     except RecursionError:
         return error_response(400, "body is not valid JSON: nested too deeply")
-    if _depth(payload.labels) > MAX_LABEL_DEPTH:
-        return error_response(422, f"invalid message: labels nest deeper than {MAX_LABEL_DEPTH} levels - at `$.labels`")
-    return payload
 
 
 def _depth(value: Any) -> int:
@@ -167,6 +187,8 @@ async def post_message(request: web.Request) -> web.Response:
         recipient=payload.recipient,
         content=payload.content,
         in_reply_to=payload.in_reply_to,
+        author=payload.author,
+        resolve=payload.resolve,
     )
     message.tags.labels.update(payload.labels)
     scope: str | None = None  # the claim's key: (identity of the API key, Idempotency-Key)
@@ -215,3 +237,48 @@ async def _forget(runtime: Runtime, scope: str, claim_value: str) -> None:
         await runtime.store.release_delivery(IDEMPOTENCY_NAMESPACE, scope, claim_value)
     except StoreUnavailable:
         log.warning("idempotency_release_failed", message_id=claim_value.partition("|")[0])
+
+
+async def post_resolve(request: web.Request) -> web.Response:
+    """Queue the resolution of a conversation: an inbound record under the conversation's key, so
+    the worker resolves it in order with the customer's messages (and surveys can follow). With an
+    ``Idempotency-Key`` a retried request queues the same record (same id), resolved once."""
+    runtime = request.app[RUNTIME]
+    given = authorize(request)
+    if isinstance(given, web.Response):
+        return given
+    idempotency_key = request.headers.get("Idempotency-Key")
+    if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
+        return error_response(400, f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters")
+    try:
+        body = await read_body(request, runtime.config.api.max_body_bytes)
+    except IngestError as exc:
+        return error_response(exc.status, exc.detail)
+    payload = _decode_with(_resolve_decoder, body)
+    if isinstance(payload, web.Response):
+        return payload
+    channel = runtime.channels.get(payload.instance)
+    if channel is None:
+        return error_response(422, f"invalid request: no channel instance named {payload.instance!r}")
+    cause = new_id() if idempotency_key is None else f"api:{key_identity(given)}:{idempotency_key}"
+    message = resolution_message(
+        instance=channel.name,
+        channel=channel.type,
+        conversation_id=payload.conversation_id,
+        via="api",
+        cause=cause,
+        author=payload.author,
+    )
+    try:
+        await runtime.publisher.send(
+            record_for(
+                runtime.topics.inbound,
+                message,
+                traceparent=child_traceparent(request.headers.get("traceparent")),
+                key=message.conversation_id,
+            )
+        )
+    except BrokerUnavailable:
+        return error_response(503, "message store unavailable, retry later", runtime.config.http.retry_after_s)
+    log.info("resolution_enqueued", message_id=message.id, instance=channel.name)
+    return web.json_response({"id": message.id, "status": "queued"}, status=202)

@@ -17,7 +17,8 @@ import structlog
 
 from gateway.bus.producer import BrokerUnavailable, OutgoingRecord, record_for
 from gateway.channel import Accepted, Channel, IngestError, IngestOutcome, ParseResult
-from gateway.model import DeliveryEvent, DlqStage, Message, decode_message, encode, raw_payload
+from gateway.conversations.tracker import ConversationTracker, Facts
+from gateway.model import ConversationEvent, DeliveryEvent, DlqStage, Message, decode_message, encode, raw_payload
 from gateway.store.redis import DedupClaim, StoreUnavailable
 from gateway.tracing import child_traceparent
 
@@ -92,6 +93,29 @@ class _Claimed:
 class Ingestor:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        conversations = runtime.config.conversations
+        self.tracker = ConversationTracker(runtime.store, conversations) if conversations.enabled else None
+
+    async def _responded(self, channel: Channel, event: DeliveryEvent) -> list[ConversationEvent]:
+        """A message the channel reports as sent by an agent outside the gateway (WeCom's own
+        client, a Slack thread) answers the customer: the conversation's response clock stops.
+        Keyed by the provider's id, so the provider's retries measure it once."""
+        author = event.author
+        if self.tracker is None or event.status != "sent" or author is None or event.conversation_id is None:
+            return []
+        facts = Facts(
+            cause=f"event:{channel.name}:{event.external_id or event.id}",
+            instance=channel.name,
+            channel=channel.type,
+            conversation_id=event.conversation_id,
+            at=event.occurred_at,
+            author=author,
+        )
+        try:
+            return await self.tracker.responded(facts)
+        except StoreUnavailable as exc:
+            log.warning("conversation_tracking_unavailable", instance=channel.name, error=str(exc))
+            return []
 
     def _unavailable(self, reason: str, detail: str) -> IngestError:
         return IngestError(503, reason, detail, self.runtime.config.http.retry_after_s)
@@ -129,10 +153,16 @@ class Ingestor:
                     continue
                 claimed.append(item)
                 outcome.messages.append(Accepted(id=item.record_id, external_id=message.external_id))
+            tracked: list[ConversationEvent] = []
             for event in result.events:
                 event_item = await self._prepare_event(channel, event, traceparent, raw, headers)
                 if event_item is not None:
                     claimed.append(event_item)
+                    tracked.extend(await self._responded(channel, event))
+            for tracked_event in tracked:
+                topic, key = runtime.topics.conversations, tracked_event.conversation_id
+                record = record_for(topic, tracked_event, traceparent=traceparent, key=key)
+                claimed.append(_Claimed(dedup_key=None, record_id=tracked_event.id, record=record))
             await runtime.publisher.send_many([c.record for c in claimed])
         except BrokerUnavailable as exc:
             await self._release(channel, claimed)
@@ -142,6 +172,8 @@ class Ingestor:
             await self._release(channel, claimed)
             raise
         await self._confirm(channel, claimed)
+        for tracked_event in tracked:
+            runtime.metrics.observe_conversation(tracked_event)
         for item in claimed:
             runtime.metrics.published.labels(channel.type, channel.name, item.record.topic).inc()
         outcome.published = len(claimed)

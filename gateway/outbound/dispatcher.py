@@ -29,11 +29,12 @@ import msgspec
 import structlog
 
 from gateway.bus.consumer import ConsumerRunner, Record
-from gateway.bus.producer import BrokerUnavailable, header, record_for
+from gateway.bus.producer import BrokerUnavailable, OutgoingRecord, header, record_for
 from gateway.channel import Channel, SendError, SendResult
+from gateway.conversations.tracker import ConversationTracker, Facts, resolution_message
 from gateway.helpers.choices import with_choices_as_text
 from gateway.ids import new_id
-from gateway.model import DeliveryError, DeliveryEvent, Message, decode_message, utcnow
+from gateway.model import ConversationEvent, DeliveryError, DeliveryEvent, Message, decode_message, utcnow
 from gateway.runtime import Runtime
 from gateway.store.redis import SendClaim, StoreUnavailable
 from gateway.tracing import child_traceparent
@@ -77,6 +78,8 @@ class Dispatcher:
             name="dispatch",
         )
         runtime.metrics.consumers["dispatch"] = self.runner  # membership and lag for the admin port
+        conversations = runtime.config.conversations
+        self.tracker = ConversationTracker(runtime.store, conversations) if conversations.enabled else None
 
     async def run(self) -> None:
         await self.runtime.open_http()
@@ -249,9 +252,20 @@ class Dispatcher:
             occurred_at=_occurred(sent.occurred_at),
         )
         traceparent = child_traceparent(header(record.headers, "traceparent"))
-        await runtime.publisher.send(
-            record_for(runtime.topics.events, event, traceparent=traceparent, key=message.conversation_id)
-        )
+        # With the sent event: the response clock's events, and the resolution the message asks for.
+        conversation = await self._responded(message, event.occurred_at)
+        outputs = [
+            record_for(runtime.topics.events, event, traceparent=traceparent, key=message.conversation_id),
+            *(
+                record_for(runtime.topics.conversations, item, traceparent=traceparent, key=item.conversation_id)
+                for item in conversation
+            ),
+        ]
+        if message.resolve:
+            outputs.append(self._resolution(message, event.occurred_at, traceparent))
+        await runtime.publisher.send_many(outputs)
+        for item in conversation:
+            runtime.metrics.observe_conversation(item)
         try:
             await runtime.store.settle_send(message.id, self.owner)
         except StoreUnavailable as exc:
@@ -259,6 +273,41 @@ class Dispatcher:
             log.warning("send_claim_settle_failed", message_id=message.id, error=str(exc))
         runtime.metrics.processed.labels("dispatch", "republished" if republished else "sent").inc()
         log.info("message_sent", message_id=message.id, instance=message.instance, attempts=event.attempt)
+
+    async def _responded(self, message: Message, at: datetime) -> list[ConversationEvent]:
+        """The conversation events of a message that reached the customer; none when Redis is
+        unreachable (the send is reported all the same: tracking never holds delivery back)."""
+        if self.tracker is None:
+            return []
+        facts = Facts(
+            cause=message.id,
+            instance=message.instance,
+            channel=message.channel,
+            conversation_id=message.conversation_id,
+            at=at,
+            message_id=message.id,
+            author=message.author,
+        )
+        try:
+            return await self.tracker.responded(facts)
+        except StoreUnavailable as exc:
+            log.warning("conversation_tracking_unavailable", message_id=message.id, error=str(exc))
+            self.runtime.metrics.processed.labels("dispatch", "untracked").inc()
+            return []
+
+    def _resolution(self, message: Message, at: datetime, traceparent: str) -> OutgoingRecord:
+        """The inbound record resolving the conversation of a ``resolve`` message (sent or not: the
+        agent closed the case either way), keyed like the conversation's own messages."""
+        resolution = resolution_message(
+            instance=message.instance,
+            channel=message.channel,
+            conversation_id=message.conversation_id,
+            via="outbound",
+            cause=message.id,
+            author=message.author,
+            at=at,
+        )
+        return record_for(self.runtime.topics.inbound, resolution, traceparent=traceparent, key=message.conversation_id)
 
     async def _remember_failure(self, message: Message, error: DeliveryError, attempts: int) -> SendClaim:
         """Note the failure before reporting it, so a redelivery reports the same event and sends nothing."""
@@ -307,6 +356,9 @@ class Dispatcher:
             event_id=failure.event_id,
             occurred_at=failure.occurred_at,
         )
+        if message.resolve:
+            traceparent = child_traceparent(header(record.headers, "traceparent"))
+            await self.runtime.publisher.send(self._resolution(message, _occurred(failure.occurred_at), traceparent))
         try:
             await self.runtime.store.settle_send(message.id, self.owner)
         except StoreUnavailable as exc:  # reported; a redelivery would report it again

@@ -14,6 +14,8 @@ work exactly as with one message at a time.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,9 +23,12 @@ import structlog
 
 from gateway.bus.consumer import ConsumerRunner, Deferred, Outcome, Record
 from gateway.bus.producer import OutgoingRecord, PendingAck, header, record_for
+from gateway.conversations.sla import SlaScheduler
+from gateway.conversations.tracker import ConversationTracker
 from gateway.model import ConversationEvent, DeliveryEvent, Message
 from gateway.processor import BatchResult, Drop, Processor, ProcessorContext
 from gateway.runtime import Runtime
+from gateway.store.redis import StoreUnavailable
 from gateway.tracing import child_traceparent
 
 log = structlog.get_logger(__name__)
@@ -39,7 +44,7 @@ class ProcessorFailed(Exception):
 class _Item:
     """One message on its way through the chain: its context and what it emitted so far."""
 
-    __slots__ = ("_topics", "ctx", "failed", "message", "outputs", "ran", "record", "result", "traceparent")
+    __slots__ = ("_metrics", "_topics", "ctx", "failed", "message", "outputs", "ran", "record", "result", "traceparent")
 
     def __init__(self, worker: Worker, record: Record, message: Message) -> None:
         self.record = record
@@ -50,6 +55,7 @@ class _Item:
         self.result: Message | Drop = message
         self.failed: ProcessorFailed | None = None
         self._topics = worker.runtime.topics
+        self._metrics = worker.runtime.metrics
         self.ctx = ProcessorContext(
             store=worker.runtime.store,
             emit=self.emit,
@@ -81,6 +87,7 @@ class _Item:
         )
 
     async def emit_conversation(self, event: ConversationEvent) -> None:
+        self._metrics.observe_conversation(event)
         self.outputs.append(
             record_for(self._topics.conversations, event, traceparent=self.traceparent, key=event.conversation_id)
         )
@@ -115,6 +122,9 @@ class Worker:
             name="worker",
         )
         runtime.metrics.consumers["worker"] = self.runner  # membership and lag for the admin port
+        conversations = runtime.config.conversations
+        self.tracker = ConversationTracker(runtime.store, conversations) if conversations.enabled else None
+        self.sla = SlaScheduler(runtime, self.tracker) if self.tracker is not None else None
         processed = runtime.metrics.processed
         self._counted = {
             "ok": processed.labels("worker", "ok"),
@@ -123,7 +133,14 @@ class Worker:
         }
 
     async def run(self) -> None:
-        await self.runner.run()
+        sla = asyncio.create_task(self.sla.run()) if self.sla is not None else None
+        try:
+            await self.runner.run()
+        finally:
+            if sla is not None:
+                sla.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sla
 
     def stop(self) -> None:
         self.runner.stop()
@@ -147,6 +164,8 @@ class Worker:
             item.take(processor.name, result)
             if isinstance(result, Drop):
                 break
+        if not isinstance(item.result, Drop):
+            await self._track([item])
         return await self._publish(item)
 
     async def handle_batch(self, records: list[Record]) -> list[Outcome]:
@@ -193,6 +212,20 @@ class Worker:
                         first.setdefault(_partition(item), item.record.offset)
                 live = [item for item in live if item.record.offset <= first.get(_partition(item), item.record.offset)]
 
+        first_failure: dict[tuple[str, int], int] = {}
+        for item in items.values():
+            if item.failed is not None:
+                first_failure.setdefault(_partition(item), item.record.offset)
+        await self._track(
+            [
+                item
+                for item in items.values()
+                if item.failed is None
+                and not isinstance(item.result, Drop)
+                and item.record.offset < first_failure.get(_partition(item), item.record.offset + 1)
+            ]
+        )
+
         blocked.clear()
         counts = {"ok": 0, "dropped": 0}  # counted once per batch
         logger = log.bind()  # the configured logger, resolved once per batch rather than per message
@@ -219,6 +252,22 @@ class Worker:
                 if count:
                     self._counted[outcome].inc(count)
         return outcomes
+
+    async def _track(self, items: list[_Item]) -> None:
+        """Add the conversation events of these messages (about to be published, in fetch order)
+        to their outputs. Tracking never holds messages back: with Redis unreachable they go on
+        without their events (logged and counted as ``untracked``)."""
+        if self.tracker is None or not items:
+            return
+        try:
+            results = await self.tracker.inbound([item.message for item in items])
+        except StoreUnavailable as exc:
+            log.warning("conversation_tracking_unavailable", messages=len(items), error=str(exc))
+            self.runtime.metrics.processed.labels("worker", "untracked").inc(len(items))
+            return
+        for item, events in zip(items, results, strict=True):
+            for event in events:
+                await item.emit_conversation(event)
 
     async def _run_batch(self, processor: Processor, batch: list[_Item]) -> int:
         """One ``process_batch`` call; returns how many of the messages failed."""

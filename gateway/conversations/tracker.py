@@ -1,0 +1,386 @@
+"""Per-conversation state in Redis and the conversation events it yields.
+
+Every change is one Lua script, so several workers, dispatchers and ``serve`` replicas agree on a
+conversation without locks; each script stores its outcome under the id of what caused it (a
+message, a send, a channel report) for ``decision_ttl_s``, so a cause handled again after a crash
+or a redelivery yields the very same events (same ids) instead of new ones or none.
+
+The clocks (docs/conversations.md):
+
+- a customer message opens the conversation (``opened``; ``reopened`` after a resolution) and, if
+  nobody is waiting yet, starts the wait (``waiting_since``); the earliest SLA due time of the
+  waiting messages (``routing.sla_due_at``) is scheduled in a sorted set (gateway/conversations/sla.py);
+- a message written by a person (``Author.kind == "agent"``, or no author) ends the wait:
+  ``first_response`` (from the opening) the first time in a cycle, ``reply`` (from the start of
+  the wait) after that; auto-replies, bots and surveys do not;
+- a resolution (a message with ``RESOLVED_LABEL``) closes the cycle: ``resolved`` (from the opening).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+import msgspec
+import structlog
+from redis.exceptions import RedisError
+
+from gateway.config import ConversationsSection
+from gateway.model import (
+    RESOLVED_LABEL,
+    Author,
+    Content,
+    ConversationEvent,
+    ConversationEventType,
+    Message,
+    Party,
+    Priority,
+    SentimentLabel,
+    Tags,
+)
+from gateway.store.redis import RedisStore, StoreUnavailable
+
+log = structlog.get_logger(__name__)
+
+# Content a customer writes; reactions and channel events (joins, follows, read receipts) are not
+# messages that wait for an answer.
+CUSTOMER_CONTENT = frozenset({"text", "media", "location", "postback", "contacts", "email", "unsupported"})
+HUMAN = "agent"
+_NAMESPACE = uuid.UUID("6f1c1a57-3a0e-4d0c-9d8e-2f1b7c3e9a41")
+
+# KEYS: state hash, decision key, SLA sorted set.
+# ARGV: now, kind (message|resolve), message id, instance, conversation id, channel, queue,
+#       priority, SLA due ('' for none), language, sentiment, calendar, state ttl, decision ttl.
+_INBOUND = """
+local done = redis.call('GET', KEYS[2])
+if done then return done end
+local now = tonumber(ARGV[1])
+local s = redis.call('HMGET', KEYS[1], 'status', 'cycle', 'opened_at', 'waiting_since', 'resolved_at', 'sla_due')
+local cycle = tonumber(s[2] or '0') or 0
+local events = {}
+if ARGV[2] == 'message' then
+  if s[1] ~= 'open' then
+    cycle = cycle + 1
+    redis.call('HSET', KEYS[1], 'status', 'open', 'cycle', cycle, 'opened_at', ARGV[1],
+      'first_response_at', '', 'waiting_since', '', 'sla_due', '', 'instance', ARGV[4], 'conversation_id', ARGV[5])
+    if cycle == 1 then
+      events[#events + 1] = {type = 'opened', cycle = cycle}
+    else
+      events[#events + 1] = {type = 'reopened', cycle = cycle, start = s[5] or false}
+    end
+    s[4] = false
+    s[6] = false
+  end
+  if not s[4] or s[4] == '' then
+    redis.call('HSET', KEYS[1], 'waiting_since', ARGV[1], 'waiting_message', ARGV[3])
+  end
+  local fields = {channel = ARGV[6], queue = ARGV[7], priority = ARGV[8], language = ARGV[10],
+    sentiment = ARGV[11], calendar = ARGV[12]}
+  for name, value in pairs(fields) do
+    if value ~= '' then redis.call('HSET', KEYS[1], name, value) end
+  end
+  redis.call('HSET', KEYS[1], 'last_customer_at', ARGV[1])
+  if ARGV[9] ~= '' then
+    local due = tonumber(ARGV[9])
+    local current = tonumber(s[6] or '')
+    if not current or due < current then
+      redis.call('HSET', KEYS[1], 'sla_due', ARGV[9])
+      redis.call('ZADD', KEYS[3], due, KEYS[1])
+    end
+  end
+elseif ARGV[2] == 'resolve' and s[1] == 'open' then
+  redis.call('HSET', KEYS[1], 'status', 'resolved', 'resolved_at', ARGV[1], 'waiting_since', '', 'sla_due', '')
+  redis.call('ZREM', KEYS[3], KEYS[1])
+  events[#events + 1] = {type = 'resolved', cycle = cycle, start = s[3] or false}
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], ARGV[13]) end
+local f = redis.call('HMGET', KEYS[1], 'queue', 'priority', 'calendar', 'language', 'sentiment', 'channel')
+local result = cjson.encode({events = events, queue = f[1], priority = f[2], calendar = f[3],
+  language = f[4], sentiment = f[5], channel = f[6]})
+redis.call('SET', KEYS[2], result, 'EX', ARGV[14])
+return result
+"""
+
+# KEYS: state hash, decision key, SLA sorted set. ARGV: now, decision ttl, state ttl.
+_RESPONDED = """
+local done = redis.call('GET', KEYS[2])
+if done then return done end
+local s = redis.call('HMGET', KEYS[1], 'status', 'waiting_since', 'first_response_at', 'opened_at', 'cycle',
+  'queue', 'priority', 'calendar', 'channel', 'language')
+local events = {}
+if s[1] == 'open' and s[2] and s[2] ~= '' then
+  if not s[3] or s[3] == '' then
+    events[1] = {type = 'first_response', cycle = tonumber(s[5]), start = s[4]}
+    redis.call('HSET', KEYS[1], 'first_response_at', ARGV[1])
+  else
+    events[1] = {type = 'reply', cycle = tonumber(s[5]), start = s[2]}
+  end
+  redis.call('HSET', KEYS[1], 'waiting_since', '', 'sla_due', '')
+  redis.call('ZREM', KEYS[3], KEYS[1])
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+end
+local result = cjson.encode({events = events, queue = s[6], priority = s[7], calendar = s[8],
+  channel = s[9], language = s[10]})
+redis.call('SET', KEYS[2], result, 'EX', ARGV[2])
+return result
+"""
+
+
+class _Outcome(msgspec.Struct, kw_only=True):
+    """What a script decided: the events (type, cycle, start of the measured span) and the
+    conversation's facts after it."""
+
+    events: list[dict[str, Any]] | dict[str, Any] = []  # cjson encodes an empty list as {}
+    queue: str | bool | None = None  # False: the hash has no such field
+    priority: str | bool | None = None
+    calendar: str | bool | None = None
+    language: str | bool | None = None
+    sentiment: str | bool | None = None
+    channel: str | bool | None = None
+
+
+_outcome = msgspec.json.Decoder(_Outcome)
+PRIORITIES = frozenset({"low", "normal", "high", "urgent"})
+SENTIMENTS = frozenset({"positive", "neutral", "negative"})
+
+
+def event_id(cause: str, kind: str) -> str:
+    """The id of the event ``kind`` caused by ``cause``: the same cause always gives the same id."""
+    return str(uuid.uuid5(_NAMESPACE, f"{cause}\x1f{kind}"))
+
+
+def _text(value: str | bool | None) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _epoch(at: datetime) -> str:
+    return repr(at.timestamp())
+
+
+def _instant(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+def is_customer_message(message: Message) -> bool:
+    """Whether ``message`` is something a customer wrote (it opens and waits for an answer)."""
+    return message.direction == "inbound" and message.content.type in CUSTOMER_CONTENT
+
+
+def is_resolution(message: Message) -> bool:
+    return isinstance(message.tags.labels.get(RESOLVED_LABEL), dict)
+
+
+def answers_customer(author: Author | None) -> bool:
+    """A person's message stops the clock; no author means a person (docs/conversations.md)."""
+    return author is None or author.kind == HUMAN
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What the tracker is told about one cause."""
+
+    cause: str
+    instance: str
+    channel: str
+    conversation_id: str
+    at: datetime
+    message_id: str | None = None
+    author: Author | None = None
+    reason: str | None = None
+
+
+class ConversationTracker:
+    """Turns messages, sends and resolutions into conversation events (see the module docstring)."""
+
+    def __init__(self, store: RedisStore, settings: ConversationsSection) -> None:
+        self.store = store
+        self.settings = settings
+        client = store.client
+        self._inbound = client.register_script(_INBOUND)
+        self._responded = client.register_script(_RESPONDED)
+        self.sla_key = store.key("conv", "sla")
+
+    def state_key(self, instance: str, conversation_id: str) -> str:
+        return self.store.key("conv", "state", instance, conversation_id)
+
+    def _decision_key(self, cause: str) -> str:
+        return self.store.key("conv", "decided", cause)
+
+    # --- inbound ---------------------------------------------------------------------------
+
+    def _inbound_call(self, message: Message) -> tuple[list[str], list[str]] | None:
+        if is_resolution(message):
+            kind = "resolve"
+        elif is_customer_message(message):
+            kind = "message"
+        else:
+            return None
+        routing = message.routing
+        sentiment = message.tags.sentiment
+        due = routing.sla_due_at if routing is not None else None
+        keys = [
+            self.state_key(message.instance, message.conversation_id),
+            self._decision_key(message.id),
+            self.sla_key,
+        ]
+        args = [
+            _epoch(message.received_at),
+            kind,
+            message.id,
+            message.instance,
+            message.conversation_id,
+            message.channel,
+            (routing.queue or "") if routing is not None else "",
+            routing.priority if routing is not None else "",
+            _epoch(due) if due is not None else "",
+            message.language or "",
+            sentiment.label if sentiment is not None else "",
+            (routing.calendar or "") if routing is not None else "",
+            str(self.settings.state_ttl_s),
+            str(self.settings.decision_ttl_s),
+        ]
+        return keys, args
+
+    async def inbound(self, messages: Sequence[Message]) -> list[list[ConversationEvent]]:
+        """The events of each message, in order (one Redis round trip for all of them).
+
+        Messages of one conversation must come in their order: the scripts run in list order.
+        Raises StoreUnavailable when Redis cannot be reached.
+        """
+        calls = [self._inbound_call(message) for message in messages]
+        if not any(calls):
+            return [[] for _ in messages]
+        try:
+            async with self.store.client.pipeline(transaction=False) as pipe:
+                for call in calls:
+                    if call is not None:
+                        await self._inbound(keys=call[0], args=call[1], client=pipe)
+                answers = iter(await pipe.execute())
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        results: list[list[ConversationEvent]] = []
+        for message, call in zip(messages, calls, strict=True):
+            if call is None:
+                results.append([])
+                continue
+            outcome = _outcome.decode(next(answers))
+            facts = Facts(
+                cause=message.id,
+                instance=message.instance,
+                channel=message.channel,
+                conversation_id=message.conversation_id,
+                at=message.received_at,
+                message_id=message.id,
+                reason=_resolution_via(message),
+                author=_resolution_author(message),
+            )
+            results.append(self._events(facts, outcome))
+        return results
+
+    # --- responses --------------------------------------------------------------------------
+
+    async def responded(self, facts: Facts) -> list[ConversationEvent]:
+        """A message reached the customer (sent by a dispatcher, or reported by the channel as
+        written by an agent elsewhere): ``first_response`` or ``reply`` when it answers a waiting
+        customer and a person wrote it. Raises StoreUnavailable."""
+        if not answers_customer(facts.author):
+            return []
+        keys = [self.state_key(facts.instance, facts.conversation_id), self._decision_key(facts.cause), self.sla_key]
+        args = [_epoch(facts.at), str(self.settings.decision_ttl_s), str(self.settings.state_ttl_s)]
+        try:
+            answer = await self._responded(keys=keys, args=args)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        return self._events(facts, _outcome.decode(answer))
+
+    # --- events -----------------------------------------------------------------------------
+
+    def _events(self, facts: Facts, outcome: _Outcome) -> list[ConversationEvent]:
+        items = outcome.events if isinstance(outcome.events, list) else []
+        calendar = self.settings.calendar(_text(outcome.calendar))
+        priority = _text(outcome.priority)
+        sentiment = _text(outcome.sentiment)
+        events = []
+        for item in items:
+            kind = cast(ConversationEventType, item["type"])
+            start = item.get("start")
+            value_s = value_business_s = None
+            if isinstance(start, str) and start:
+                begin = _instant(float(start))
+                value_s = max(0.0, (facts.at - begin).total_seconds())
+                if calendar is not None:
+                    value_business_s = calendar.business_time_between(begin, facts.at) / timedelta(seconds=1)
+            event = ConversationEvent(
+                id=event_id(facts.cause, kind),
+                type=kind,
+                conversation_id=facts.conversation_id,
+                instance=facts.instance,
+                channel=_text(outcome.channel) or facts.channel,
+                occurred_at=facts.at,
+                message_id=facts.message_id,
+                queue=_text(outcome.queue),
+                priority=cast(Priority, priority) if priority in PRIORITIES else None,
+                cycle=int(item["cycle"]) if item.get("cycle") is not None else None,
+                value_s=value_s,
+                value_business_s=value_business_s,
+                author=facts.author if kind in ("first_response", "reply", "resolved") else None,
+                reason=facts.reason if kind == "resolved" else None,
+                language=_text(outcome.language),
+                sentiment=cast(SentimentLabel, sentiment)
+                if kind in ("opened", "reopened", "resolved") and sentiment in SENTIMENTS
+                else None,
+            )
+            events.append(event)
+        return events
+
+
+def _resolution_via(message: Message) -> str | None:
+    label = message.tags.labels.get(RESOLVED_LABEL)
+    if isinstance(label, dict):
+        via = label.get("via")
+        return str(via) if via else "channel"
+    return None
+
+
+def _resolution_author(message: Message) -> Author | None:
+    label = message.tags.labels.get(RESOLVED_LABEL)
+    if not isinstance(label, dict) or not isinstance(label.get("author"), dict):
+        return None
+    try:
+        return msgspec.convert(label["author"], Author)
+    except msgspec.ValidationError:
+        return None
+
+
+def resolution_message(
+    *,
+    instance: str,
+    channel: str,
+    conversation_id: str,
+    via: str,
+    cause: str,
+    author: Author | None = None,
+    at: datetime | None = None,
+) -> Message:
+    """The inbound message that resolves a conversation from outside the channel (the API, an
+    outbound message with ``resolve``): published to the inbound topic under the conversation's
+    key, it reaches the worker in order with the customer's messages, and processors (surveys)
+    see it. Its id derives from ``cause``, so a repeated resolution of one cause is one message."""
+    label: dict[str, Any] = {"via": via}
+    if author is not None:
+        label["author"] = msgspec.to_builtins(author)
+    fields: dict[str, Any] = {} if at is None else {"received_at": at}
+    return Message(
+        id=event_id(cause, "resolution"),
+        direction="inbound",
+        channel=channel,
+        instance=instance,
+        conversation_id=conversation_id,
+        sender=Party(id=(author.id if author is not None and author.id else f"gateway:{via}")),
+        content=Content(type="event"),
+        tags=Tags(labels={"event": "conversation_resolved", RESOLVED_LABEL: label}),
+        **fields,
+    )
