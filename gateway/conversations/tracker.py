@@ -99,7 +99,7 @@ end
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], ARGV[13]) end
 local f = redis.call('HMGET', KEYS[1], 'queue', 'priority', 'calendar', 'language', 'sentiment', 'channel')
 local result = cjson.encode({events = events, queue = f[1], priority = f[2], calendar = f[3],
-  language = f[4], sentiment = f[5], channel = f[6]})
+  language = f[4], sentiment = f[5], channel = f[6], at = ARGV[1]})
 redis.call('SET', KEYS[2], result, 'EX', ARGV[14])
 return result
 """
@@ -123,7 +123,7 @@ if s[1] == 'open' and s[2] and s[2] ~= '' then
   redis.call('EXPIRE', KEYS[1], ARGV[3])
 end
 local result = cjson.encode({events = events, queue = s[6], priority = s[7], calendar = s[8],
-  channel = s[9], language = s[10]})
+  channel = s[9], language = s[10], at = ARGV[1]})
 redis.call('SET', KEYS[2], result, 'EX', ARGV[2])
 return result
 """
@@ -140,6 +140,7 @@ class _Outcome(msgspec.Struct, kw_only=True):
     language: str | bool | None = None
     sentiment: str | bool | None = None
     channel: str | bool | None = None
+    at: str = ""  # when it happened, as first decided (a cause handled again may carry another time)
 
 
 _outcome = msgspec.json.Decoder(_Outcome)
@@ -303,6 +304,7 @@ class ConversationTracker:
         calendar = self.settings.calendar(_text(outcome.calendar))
         priority = _text(outcome.priority)
         sentiment = _text(outcome.sentiment)
+        when = _instant(float(outcome.at)) if outcome.at else facts.at
         events = []
         for item in items:
             kind = cast(ConversationEventType, item["type"])
@@ -310,16 +312,16 @@ class ConversationTracker:
             value_s = value_business_s = None
             if isinstance(start, str) and start:
                 begin = _instant(float(start))
-                value_s = max(0.0, (facts.at - begin).total_seconds())
+                value_s = max(0.0, (when - begin).total_seconds())
                 if calendar is not None:
-                    value_business_s = calendar.business_time_between(begin, facts.at) / timedelta(seconds=1)
+                    value_business_s = calendar.business_time_between(begin, when) / timedelta(seconds=1)
             event = ConversationEvent(
                 id=event_id(facts.cause, kind),
                 type=kind,
                 conversation_id=facts.conversation_id,
                 instance=facts.instance,
                 channel=_text(outcome.channel) or facts.channel,
-                occurred_at=facts.at,
+                occurred_at=when,
                 message_id=facts.message_id,
                 queue=_text(outcome.queue),
                 priority=cast(Priority, priority) if priority in PRIORITIES else None,
