@@ -25,7 +25,7 @@ from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 
 from gateway.channel import Channel, ChannelServices, WebhookRequest
 from gateway.config import RedisSection, format_validation_error
-from gateway.model import Content, DeliveryEvent, Message, Party, utcnow
+from gateway.model import Content, ConversationEvent, DeliveryEvent, Message, Party, utcnow
 from gateway.processor import Processor, ProcessorContext
 from gateway.store.redis import RedisStore
 
@@ -102,16 +102,19 @@ def make_processor(processor: type[ProcessorT], settings: Mapping[str, Any] | No
 @dataclass(slots=True)
 class RecordingContext(ProcessorContext):
     """A ProcessorContext that keeps what the processor emitted: replies in ``emitted`` (what the
-    worker would queue on the outbound topic) and delivery events in ``events``."""
+    worker would queue on the outbound topic), delivery events in ``events`` and conversation events
+    in ``conversation_events``."""
 
     emitted: list[Message] = field(default_factory=list)
     events: list[DeliveryEvent] = field(default_factory=list)
+    conversation_events: list[ConversationEvent] = field(default_factory=list)
 
 
 def recording_context(store: RedisStore, *, clock: Callable[[], datetime] | None = None) -> RecordingContext:
     """A RecordingContext on ``store``; ``clock`` fixes "now" for time-dependent processors."""
     emitted: list[Message] = []
     events: list[DeliveryEvent] = []
+    conversation_events: list[ConversationEvent] = []
 
     def appender(target: list[Any]) -> Callable[[Any], Awaitable[None]]:
         async def append(item: Any) -> None:
@@ -124,8 +127,10 @@ def recording_context(store: RedisStore, *, clock: Callable[[], datetime] | None
         emit=appender(emitted),
         emit_event=appender(events),
         clock=clock or utcnow,
+        emit_conversation=appender(conversation_events),
         emitted=emitted,
         events=events,
+        conversation_events=conversation_events,
     )
 
 
