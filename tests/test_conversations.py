@@ -11,6 +11,7 @@ import msgspec
 from gateway.config import ConversationsSection
 from gateway.conversations.sla import SlaScheduler
 from gateway.conversations.tracker import ConversationTracker, Facts, resolution_message
+from gateway.metrics import Metrics
 from gateway.model import Author, Content, ConversationEvent, Message, Reaction, Routing, decode_conversation_event
 from gateway.runtime import Runtime
 from gateway.store.redis import RedisStore
@@ -216,3 +217,23 @@ async def test_a_claim_left_by_a_dead_worker_is_taken_over_after_its_lease(runti
     assert await survivor.tick() == 1
     [breach] = await breaches(runtime, 1)
     assert breach.due_at == at(60)
+
+
+def test_published_events_feed_the_service_time_metrics() -> None:
+    metrics = Metrics()
+    common: dict[str, Any] = {"conversation_id": "c-1", "instance": "wa", "channel": "whatsapp", "queue": "billing"}
+    metrics.observe_conversation(ConversationEvent(type="first_response", value_s=90.0, **common))
+    metrics.observe_conversation(ConversationEvent(type="resolved", value_s=4000.0, **common))
+    metrics.observe_conversation(ConversationEvent(type="sla_breached", value_s=3600.0, **common))
+    metrics.observe_conversation(ConversationEvent(type="csat_received", rating=4, **common))
+    metrics.observe_conversation(ConversationEvent(type="csat_received", rating=4, comment="thanks", **common))
+    metrics.observe_conversation(ConversationEvent(type="csat_requested", sent=False, reason="window_closed", **common))
+    sample = metrics.registry.get_sample_value
+    labels = {"kind": "first_response", "instance": "wa", "queue": "billing"}
+    assert sample("gateway_conversation_duration_seconds_count", labels) == 1
+    assert sample("gateway_conversation_duration_seconds_bucket", {**labels, "le": "120.0"}) == 1
+    assert sample("gateway_conversation_duration_seconds_bucket", {**labels, "le": "60.0"}) == 0
+    assert sample("gateway_conversation_duration_seconds_sum", {**labels, "kind": "resolution"}) == 4000.0
+    assert sample("gateway_sla_breaches_total", {"instance": "wa", "queue": "billing"}) == 1
+    assert sample("gateway_csat_ratings_total", {"instance": "wa", "rating": "4"}) == 1  # the comment is not a rating
+    assert sample("gateway_csat_surveys_total", {"instance": "wa", "outcome": "not_sent"}) == 1
