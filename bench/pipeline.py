@@ -1,7 +1,7 @@
 """Pipeline throughput and end-to-end latency through `gateway worker` with the default processors.
 
 Usage: .venv/bin/python -m bench.pipeline [--messages 12000] [--rounds 3] [--rate 1000] [--seconds 10]
-       [--data ../shared/data/sentiment] [--compression lz4]
+       [--data ../shared/data/sentiment] [--compression lz4] [--no-conversations]
 
 Runs a `gateway serve` and a `gateway worker` per variant on an embedded broker and Redis:
 - **full**: every built-in processor (language, sentiment, escalation, routing with rules,
@@ -105,7 +105,14 @@ templates = { en = "Thanks {name}, we got your message.", zh = "{name}您好, �
 
 
 def write_config(
-    path: Path, bootstrap: str, redis_url: str, port: int, prefix: str, processors: str, compression: str
+    path: Path,
+    bootstrap: str,
+    redis_url: str,
+    port: int,
+    prefix: str,
+    processors: str,
+    compression: str,
+    conversations: bool = True,
 ) -> None:
     # The built-in default chain named explicitly, so installed contrib processors do not join it.
     full = '["language", "sentiment", "escalation", "routing", "autoreply", "passthrough"]'
@@ -119,6 +126,8 @@ group_id = "{prefix}worker"
 [channels.api]
 type = "api"
 secret = "env:BENCH_SECRET"
+[conversations]
+enabled = {"true" if conversations else "false"}
 {PROCESSORS if processors == "full" else ""}
 """
     )
@@ -259,6 +268,11 @@ async def main() -> None:
         default=KafkaSection().compression_type,
         help="producer compression of every process (default: the gateway's default)",
     )
+    parser.add_argument(
+        "--no-conversations",
+        action="store_true",
+        help="turn conversation tracking off in both variants (to measure what it costs)",
+    )
     args = parser.parse_args()
     CORPUS[:] = load_texts(args.data)
 
@@ -269,7 +283,16 @@ async def main() -> None:
             prefix = f"bench{uuid.uuid4().hex[:6]}."
             port = free_port()
             config = Path(tmp) / f"{variant}.toml"
-            write_config(config, svc.bootstrap, svc.redis_url, port, prefix, variant, args.compression)
+            write_config(
+                config,
+                svc.bootstrap,
+                svc.redis_url,
+                port,
+                prefix,
+                variant,
+                args.compression,
+                conversations=not args.no_conversations,
+            )
             setups[variant] = (prefix, port)
             commands.append([GATEWAY, "worker", "--config", str(config)])
             commands.append([GATEWAY, "serve", "--config", str(config)])
