@@ -272,6 +272,7 @@ def _dev_banner(config: Config, servers: list[Any], secret: str | None) -> str:
         "Watch the topics from another terminal:",
         f"  {tail}inbound.v1",
         f"  {tail}processed.v1",
+        f"  {tail}conversations.v1",
         "",
         "Ctrl-C stops everything (embedded servers included).",
         "",
