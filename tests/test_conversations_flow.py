@@ -42,7 +42,11 @@ class Clock:
 
 @contextlib.asynccontextmanager
 async def gateway(
-    kafka_bootstrap: str, redis_url: str, registry: PluginRegistry, callback_url: str
+    kafka_bootstrap: str,
+    redis_url: str,
+    registry: PluginRegistry,
+    callback_url: str,
+    processors: tuple[str, ...] = ("routing",),
 ) -> AsyncIterator[RunningGateway]:
     channels = {"api": {"type": "api", "secret": API_SECRET, "callback_url": callback_url}}
     async with running_gateway(
@@ -51,7 +55,7 @@ async def gateway(
         channels=channels,
         registry=registry,
         api={"keys": [API_KEY]},
-        worker={"processors": ["routing"]},
+        worker={"processors": list(processors)},
         processors={"routing": ROUTING},
         conversations={"sla_check_interval_s": 0.05},
     ) as running:
@@ -155,7 +159,8 @@ async def test_a_reply_marked_resolve_resolves_after_it_is_sent(
 ) -> None:
     received: list[dict[str, Any]] = []
     callback = await callback_server(aiohttp_server, received)
-    async with gateway(kafka_bootstrap, redis_url, registry, callback) as running:
+    chain = ("language", "sentiment", "escalation", "routing", "autoreply")  # the built-in chain
+    async with gateway(kafka_bootstrap, redis_url, registry, callback, chain) as running:
         runtime = running.runtime
         body = api_body("m-2", "where is my parcel", conversation_id="c-2")
         assert (await running.client.post("/webhooks/api", data=body, headers=sign(body))).status == 200
@@ -165,6 +170,7 @@ async def test_a_reply_marked_resolve_resolves_after_it_is_sent(
             await api(running, "/api/v1/messages", {**closing, "resolve": True})
             events = await conversation_events(runtime, 3)
     assert [event.type for event in events] == ["opened", "first_response", "resolved"]
+    assert events[0].language == "en" and events[0].sentiment is not None
     assert events[2].reason == "outbound"
     assert received[0]["resolve"] is True
 
