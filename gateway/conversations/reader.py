@@ -80,7 +80,10 @@ async def read_events(
 ) -> AsyncIterator[ConversationEvent | Undecodable]:
     """Every event of ``topic`` from about ``since`` up to the end offsets read at the start,
     partition records in offset order. Raises ``TopicMissing`` when the topic does not exist."""
-    consumer = AIOKafkaConsumer(**client_options(kafka), enable_auto_commit=False, fetch_max_wait_ms=100)
+    # "earliest": a start offset that retention deleted meanwhile continues at the oldest record left.
+    consumer = AIOKafkaConsumer(
+        **client_options(kafka), enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=100
+    )
     await consumer.start()
     try:
         tps = await topic_partitions(consumer, topic)
