@@ -354,6 +354,61 @@ def tail(config_path: Path | None, topic: str, from_beginning: bool, limit: int 
         )
 
 
+@cli.command()
+@CONFIG_OPTION
+@click.option(
+    "--since", default="24h", show_default=True, help="From this time (2026-12-05T10:00:00Z, a date) or age (30m, 7d)."
+)
+@click.option("--until", default=None, help="Before this time or age (default: now).")
+@click.option("--format", "output", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+@click.option("--instance", "instances", multiple=True, help="Only this channel instance (repeat for several).")
+@click.option("--queue", "queues", multiple=True, help="Only conversations of this queue (repeat for several).")
+def report(
+    config_path: Path | None,
+    since: str,
+    until: str | None,
+    output: str,
+    instances: tuple[str, ...],
+    queues: tuple[str, ...],
+) -> None:
+    """Conversation report: volumes, response times, SLA breaches, CSAT and sentiment (docs/report.md)."""
+    from datetime import UTC, datetime
+
+    from gateway.bus.topics import Topics
+    from gateway.conversations.reader import TopicMissing
+    from gateway.conversations.report import collect, empty_message, render
+    from gateway.dlq.select import parse_time
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    times: dict[str, datetime] = {"--since": now, "--until": now}
+    for name, text in (("--since", since), ("--until", until)):
+        try:
+            times[name] = parse_time(text, now) if text is not None else now
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint=name) from None
+    start, end = times["--since"], times["--until"]
+    if start >= end:
+        raise click.BadParameter(
+            f"{start:%Y-%m-%dT%H:%M:%SZ} is not before --until ({end:%Y-%m-%dT%H:%M:%SZ})", param_hint="--since"
+        )
+    config = _load(config_path)
+    configure_logging("warning", "console")
+    topic = Topics(config.gateway.topic_prefix).conversations
+    try:
+        result = asyncio.run(collect(config.kafka, topic, since=start, until=end, instances=instances, queues=queues))
+    except TopicMissing:
+        _fail(f"topic {topic} does not exist (check [gateway] topic_prefix)")
+        return
+    if result.events.undecodable:
+        click.echo(f"warning: {result.events.undecodable} undecodable record(s) skipped", err=True)
+    if not result.events.counted:
+        if output == "table":
+            click.echo(empty_message(result))
+            return
+        click.echo(empty_message(result), err=True)  # the (empty) report still goes to stdout for scripts
+    click.echo(render(result, output), nl=False)
+
+
 def _add_builtin_commands() -> None:
     from gateway.dlq.cli import dlq
 
