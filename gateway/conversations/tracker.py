@@ -51,57 +51,69 @@ CUSTOMER_CONTENT = frozenset({"text", "media", "location", "postback", "contacts
 HUMAN = "agent"
 _NAMESPACE = uuid.UUID("6f1c1a57-3a0e-4d0c-9d8e-2f1b7c3e9a41")
 
-# KEYS: state hash, decision key, SLA sorted set.
-# ARGV: now, kind (message|resolve), message id, instance, conversation id, channel, queue,
-#       priority, SLA due ('' for none), language, sentiment, calendar, state ttl, decision ttl.
+# One call per batch (a script call per message costs more in redis-py's argument packing than in
+# Redis): KEYS: the SLA sorted set. ARGV[1]: a JSON array with one array per message, in order:
+# state key, decision key, now, kind (message|resolve), message id, instance, conversation id,
+# channel, queue, priority, SLA due ('' for none), language, sentiment, calendar (all strings);
+# ARGV[2], ARGV[3]: state and decision TTLs. Returns a JSON array of outcomes, one per message.
+# The state keys are named in the data, not in KEYS: the gateway uses a single Redis (no cluster).
 _INBOUND = """
-local done = redis.call('GET', KEYS[2])
-if done then return done end
-local now = tonumber(ARGV[1])
-local s = redis.call('HMGET', KEYS[1], 'status', 'cycle', 'opened_at', 'waiting_since', 'resolved_at', 'sla_due')
-local cycle = tonumber(s[2] or '0') or 0
-local events = {}
-if ARGV[2] == 'message' then
-  if s[1] ~= 'open' then
-    cycle = cycle + 1
-    redis.call('HSET', KEYS[1], 'status', 'open', 'cycle', cycle, 'opened_at', ARGV[1],
-      'first_response_at', '', 'waiting_since', '', 'sla_due', '', 'instance', ARGV[4], 'conversation_id', ARGV[5])
-    if cycle == 1 then
-      events[#events + 1] = {type = 'opened', cycle = cycle}
-    else
-      events[#events + 1] = {type = 'reopened', cycle = cycle, start = s[5] or false}
+local function handle(m)
+  local state, decision, now_text, kind = m[1], m[2], m[3], m[4]
+  local done = redis.call('GET', decision)
+  if done then return done end
+  local now = tonumber(now_text)
+  local s = redis.call('HMGET', state, 'status', 'cycle', 'opened_at', 'waiting_since', 'resolved_at', 'sla_due')
+  local cycle = tonumber(s[2] or '0') or 0
+  local events = {}
+  local set = {}
+  if kind == 'message' then
+    if s[1] ~= 'open' then
+      cycle = cycle + 1
+      set = {'status', 'open', 'cycle', cycle, 'opened_at', now_text, 'first_response_at', '', 'sla_due', '',
+        'instance', m[6], 'conversation_id', m[7]}
+      if cycle == 1 then
+        events[1] = {type = 'opened', cycle = cycle}
+      else
+        events[1] = {type = 'reopened', cycle = cycle, start = s[5] or false}
+      end
+      s[4] = false
+      s[6] = false
     end
-    s[4] = false
-    s[6] = false
-  end
-  if not s[4] or s[4] == '' then
-    redis.call('HSET', KEYS[1], 'waiting_since', ARGV[1], 'waiting_message', ARGV[3])
-  end
-  local fields = {channel = ARGV[6], queue = ARGV[7], priority = ARGV[8], language = ARGV[10],
-    sentiment = ARGV[11], calendar = ARGV[12]}
-  for name, value in pairs(fields) do
-    if value ~= '' then redis.call('HSET', KEYS[1], name, value) end
-  end
-  redis.call('HSET', KEYS[1], 'last_customer_at', ARGV[1])
-  if ARGV[9] ~= '' then
-    local due = tonumber(ARGV[9])
-    local current = tonumber(s[6] or '')
-    if not current or due < current then
-      redis.call('HSET', KEYS[1], 'sla_due', ARGV[9])
-      redis.call('ZADD', KEYS[3], due, KEYS[1])
+    if not s[4] or s[4] == '' then
+      set[#set + 1] = 'waiting_since'; set[#set + 1] = now_text
+      set[#set + 1] = 'waiting_message'; set[#set + 1] = m[5]
     end
+    local names = {'channel', 'queue', 'priority', false, 'language', 'sentiment', 'calendar'}
+    for i = 1, 7 do
+      local value = m[7 + i]
+      if names[i] and value ~= '' then set[#set + 1] = names[i]; set[#set + 1] = value end
+    end
+    set[#set + 1] = 'last_customer_at'; set[#set + 1] = now_text
+    if m[11] ~= '' then
+      local due = tonumber(m[11])
+      local current = tonumber(s[6] or '')
+      if not current or due < current then
+        set[#set + 1] = 'sla_due'; set[#set + 1] = m[11]
+        redis.call('ZADD', KEYS[1], due, state)
+      end
+    end
+  elseif kind == 'resolve' and s[1] == 'open' then
+    set = {'status', 'resolved', 'resolved_at', now_text, 'waiting_since', '', 'sla_due', ''}
+    redis.call('ZREM', KEYS[1], state)
+    events[1] = {type = 'resolved', cycle = cycle, start = s[3] or false}
   end
-elseif ARGV[2] == 'resolve' and s[1] == 'open' then
-  redis.call('HSET', KEYS[1], 'status', 'resolved', 'resolved_at', ARGV[1], 'waiting_since', '', 'sla_due', '')
-  redis.call('ZREM', KEYS[3], KEYS[1])
-  events[#events + 1] = {type = 'resolved', cycle = cycle, start = s[3] or false}
+  if #set > 0 then redis.call('HSET', state, unpack(set)) end
+  if #set > 0 or s[1] then redis.call('EXPIRE', state, ARGV[2]) end
+  local f = redis.call('HMGET', state, 'queue', 'priority', 'calendar', 'language', 'sentiment', 'channel')
+  local result = cjson.encode({events = events, queue = f[1], priority = f[2], calendar = f[3],
+    language = f[4], sentiment = f[5], channel = f[6], at = now_text})
+  redis.call('SET', decision, result, 'EX', ARGV[3])
+  return result
 end
-if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], ARGV[13]) end
-local f = redis.call('HMGET', KEYS[1], 'queue', 'priority', 'calendar', 'language', 'sentiment', 'channel')
-local result = cjson.encode({events = events, queue = f[1], priority = f[2], calendar = f[3],
-  language = f[4], sentiment = f[5], channel = f[6], at = ARGV[1]})
-redis.call('SET', KEYS[2], result, 'EX', ARGV[14])
-return result
+local out = {}
+for i, m in ipairs(cjson.decode(ARGV[1])) do out[i] = handle(m) end
+return out
 """
 
 # KEYS: state hash, decision key, SLA sorted set. ARGV: now, decision ttl, state ttl.
@@ -144,6 +156,7 @@ class _Outcome(msgspec.Struct, kw_only=True):
 
 
 _outcome = msgspec.json.Decoder(_Outcome)
+_encode = msgspec.json.Encoder().encode
 PRIORITIES = frozenset({"low", "normal", "high", "urgent"})
 SENTIMENTS = frozenset({"positive", "neutral", "negative"})
 
@@ -212,7 +225,8 @@ class ConversationTracker:
 
     # --- inbound ---------------------------------------------------------------------------
 
-    def _inbound_call(self, message: Message) -> tuple[list[str], list[str]] | None:
+    def _inbound_entry(self, message: Message) -> list[str] | None:
+        """The script's data for one message; None when it does not concern the clocks."""
         if is_resolution(message):
             kind = "resolve"
         elif is_customer_message(message):
@@ -222,12 +236,9 @@ class ConversationTracker:
         routing = message.routing
         sentiment = message.tags.sentiment
         due = routing.sla_due_at if routing is not None else None
-        keys = [
+        return [
             self.state_key(message.instance, message.conversation_id),
             self._decision_key(message.id),
-            self.sla_key,
-        ]
-        args = [
             _epoch(message.received_at),
             kind,
             message.id,
@@ -240,34 +251,37 @@ class ConversationTracker:
             message.language or "",
             sentiment.label if sentiment is not None else "",
             (routing.calendar or "") if routing is not None else "",
-            str(self.settings.state_ttl_s),
-            str(self.settings.decision_ttl_s),
         ]
-        return keys, args
 
     async def inbound(self, messages: Sequence[Message]) -> list[list[ConversationEvent]]:
-        """The events of each message, in order (one Redis round trip for all of them).
+        """The events of each message, in order (one script call for all of them).
 
-        Messages of one conversation must come in their order: the scripts run in list order.
-        Raises StoreUnavailable when Redis cannot be reached.
+        Messages of one conversation must come in their order: the script takes them in list
+        order. Raises StoreUnavailable when Redis cannot be reached.
         """
-        calls = [self._inbound_call(message) for message in messages]
-        if not any(calls):
+        entries = [self._inbound_entry(message) for message in messages]
+        data = [entry for entry in entries if entry is not None]
+        if not data:
             return [[] for _ in messages]
+        settings = self.settings
         try:
-            async with self.store.client.pipeline(transaction=False) as pipe:
-                for call in calls:
-                    if call is not None:
-                        await self._inbound(keys=call[0], args=call[1], client=pipe)
-                answers = iter(await pipe.execute())
+            answers = iter(
+                await self._inbound(
+                    keys=[self.sla_key],
+                    args=[_encode(data), str(settings.state_ttl_s), str(settings.decision_ttl_s)],
+                )
+            )
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
         results: list[list[ConversationEvent]] = []
-        for message, call in zip(messages, calls, strict=True):
-            if call is None:
+        for message, entry in zip(messages, entries, strict=True):
+            if entry is None:
                 results.append([])
                 continue
             outcome = _outcome.decode(next(answers))
+            if not outcome.events:  # most messages of an open conversation: nothing happened
+                results.append([])
+                continue
             facts = Facts(
                 cause=message.id,
                 instance=message.instance,
