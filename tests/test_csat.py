@@ -170,6 +170,7 @@ async def test_a_resolution_sends_a_survey_with_five_choices(h: Harness) -> None
     assert (requested.conversation_id, requested.instance, requested.channel) == ("c-1", "shop", "api")
     assert requested.message_id == resolved.id and requested.occurred_at == T0 + HOUR
     assert (requested.queue, requested.priority, requested.language) == ("billing", "high", "en")
+    assert requested.author == Author(kind="agent", id="agent-7")  # who resolved, for attribution
     assert resolved.tags.labels["csat"] == {"sent": True, "survey_id": survey_id, "survey_message_id": survey.id}
     assert resolved.tags.labels[RESOLVED_LABEL]["via"] == "api"  # the resolution itself goes on untouched
 
@@ -351,6 +352,16 @@ async def test_a_button_press_is_a_rating_and_goes_no_further(h: Harness) -> Non
     assert (received.rating, received.comment, received.survey_id) == (1, None, h.events[0].survey_id)
     assert (received.message_id, received.occurred_at) == (pressed.id, T0 + 2 * HOUR)
     assert (received.queue, received.priority, received.conversation_id) == ("vip", "urgent", "c-1")
+    assert received.author == Author(kind="agent", id="agent-7")  # the resolver snapshot, kept with the survey
+
+
+async def test_a_resolution_without_a_valid_author_still_surveys(h: Harness) -> None:
+    p = csat()
+    await h.passes(p, customer())
+    await h.passes(p, resolution(tags=Tags(labels={RESOLVED_LABEL: {"via": "channel", "author": {"kind": "x"}}})))
+    assert h.last("csat_requested").sent is True and h.last("csat_requested").author is None
+    await h.run(p, customer("5", at=T0 + 2 * HOUR))
+    assert h.last("csat_received").author is None
 
 
 @pytest.mark.parametrize(

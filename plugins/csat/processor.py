@@ -64,6 +64,7 @@ _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:gateway:csat")
 # What a customer types to pick a choice where they are shown as a numbered list.
 _KEYS = [Choice(id=str(n), title=str(n), key=str(n)) for n in RATINGS]
 _party_decoder = msgspec.json.Decoder(Party)
+_author_decoder = msgspec.json.Decoder(Author)
 
 PlanKind = Literal["disabled", "resolution", "message"]
 
@@ -92,6 +93,19 @@ def parse_payload(payload: str | None) -> tuple[str, int] | None:
     if len(parts) != 3 or parts[0] != PAYLOAD_PREFIX or parts[2] not in ("1", "2", "3", "4", "5") or not parts[1]:
         return None
     return parts[1], int(parts[2])
+
+
+def resolver_of(message: Message) -> Author | None:
+    """Who resolved the conversation, as the resolution label says (None when it does not say or
+    says something malformed: the survey does not depend on it)."""
+    label = message.tags.labels.get(RESOLVED_LABEL)
+    author = label.get("author") if isinstance(label, dict) else None
+    if not isinstance(author, dict):
+        return None
+    try:
+        return msgspec.convert(author, Author)
+    except msgspec.ValidationError:
+        return None
 
 
 def _seconds(moment: datetime) -> float:
@@ -183,7 +197,14 @@ class Csat(Processor):
         ]
         if resolved:
             survey_id = survey_id_of(message.id)
-            args = ["r", *common, survey_id, _seconds(ctx.clock())]
+            resolver = resolver_of(message)
+            args = [
+                "r",
+                *common,
+                survey_id,
+                _seconds(ctx.clock()),
+                msgspec.json.encode(resolver) if resolver is not None else "",
+            ]
             return _Plan("resolution", message, ctx, Call(store.client, keys, args), survey_id)
         guard = self._guard
         if (
@@ -296,9 +317,8 @@ class Csat(Processor):
 
     async def _answer(self, plan: _Plan, outcome: str) -> Message | Drop:
         """A rating (``R``), the same rating again (``D``: nothing new) or a comment (``C``)."""
-        kind, rest = outcome[0], outcome[1:]
-        rating_text, _, survey_id = rest.partition("|")
-        rating = int(rating_text)
+        rating_text, survey_id, resolver = outcome[1:].split("|", 2)
+        kind, rating = outcome[0], int(rating_text)
         message = plan.message
         if kind == "D":
             log.info("csat_answer_repeated", message_id=message.id, survey_id=survey_id)
@@ -321,6 +341,7 @@ class Csat(Processor):
             rating=rating,
             comment=comment,
             language=message.language,
+            author=_author_decoder.decode(resolver) if resolver else None,
         )
         await plan.ctx.emit_conversation(event)
         log.info(
@@ -358,6 +379,7 @@ class Csat(Processor):
             sent=sent,
             reason=reason,
             language=language,
+            author=resolver_of(message),
         )
         await plan.ctx.emit_conversation(event)
         log.info(

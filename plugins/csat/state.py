@@ -30,10 +30,12 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 #        its channel (s, 0: none), 12 the survey id a postback answers ('': no survey postback),
 #        13 that postback's rating, 14 the typed rating (0: none), 15 '1' when it is a text that is
 #        no rating (a comment, or a new question), 16 expiry (s), 17 comment window (s).
-#   'r': 5 the new survey's id, 6 now (unix seconds: a late resolution is checked against now).
-# Returns for 'm': 'pass' (an ordinary message), 'R<n>|<survey>' (rated n), 'D<n>|<survey>' (the
-#   same rating again: nothing new), 'C<n>|<survey>' (a comment on rating n), or false (no survey:
-#   nothing stored). For 'r': the decision as JSON (verdict and the state it was taken on).
+#   'r': 5 the new survey's id, 6 now (unix seconds: a late resolution is checked against now),
+#        7 who resolved (Author JSON, '': unknown).
+# Returns for 'm': 'pass' (an ordinary message), 'R<n>|<survey>|<resolver>' (rated n),
+#   'D<n>|<survey>|<resolver>' (the same rating again: nothing new), 'C<n>|<survey>|<resolver>' (a
+#   comment on rating n), or false (no survey: nothing stored). For 'r': the decision as JSON
+#   (verdict and the state it was taken on).
 _STEP = """
 local conv, dkey = KEYS[1], KEYS[2]
 local t = tonumber(ARGV[2])
@@ -52,7 +54,7 @@ if ARGV[1] == 'r' then
   end
   if verdict == 'sent' then
     redis.call('HSET', conv, 'sid', ARGV[5], 'sat', ARGV[2], 'st', 'p', 'rt', '0', 'rat', '0', 'typed', '1',
-      'surveyed', '1')
+      'surveyed', '1', 'by', ARGV[7])
     redis.call('EXPIRE', conv, ARGV[3])
   end
   local decision = cjson.encode({verdict = verdict, lang = s[5] or '', party = s[6] or '', biz = s[7] or '',
@@ -69,7 +71,7 @@ if (not at) or t >= at then  -- a message replayed out of order never overwrites
 end
 redis.call('EXPIRE', conv, ARGV[3])
 
-local s = redis.call('HMGET', conv, 'sid', 'sat', 'st', 'rt', 'rat', 'typed')
+local s = redis.call('HMGET', conv, 'sid', 'sat', 'st', 'rt', 'rat', 'typed', 'by')
 local sid, sat = s[1], tonumber(s[2])
 if (not sid) or t < sat then return false end  -- no survey, or a message from before it
 local state, rating = s[3], tonumber(s[4])
@@ -83,17 +85,18 @@ end
 
 local outcome = 'pass'
 local postback, typed = ARGV[12] == sid, tonumber(ARGV[14])
+local tail = '|' .. sid .. '|' .. (s[7] or '')
 local function rate(n)
-  if state == 'r' and n == rating then return 'D' .. n .. '|' .. sid end
+  if state == 'r' and n == rating then return 'D' .. n .. tail end
   redis.call('HSET', conv, 'st', 'r', 'rt', n, 'rat', ARGV[2])
-  return 'R' .. n .. '|' .. sid
+  return 'R' .. n .. tail
 end
 if postback then outcome = rate(tonumber(ARGV[13]))
 elseif typed > 0 and (state == 'r' or s[6] == '1') then outcome = rate(typed)
 elseif ARGV[15] == '1' then
   if state == 'r' then
     redis.call('HSET', conv, 'st', 'c')
-    outcome = 'C' .. rating .. '|' .. sid
+    outcome = 'C' .. rating .. tail
   else
     redis.call('HSET', conv, 'typed', '0')  -- a new question: typed digits answer it, not the survey
   end
