@@ -14,6 +14,8 @@ Why it is built this way (docs/processors/csat.md):
   unlike Chatwoot's link to a web page; a text that is not entirely a rating is an ordinary
   message and goes on, and once the customer wrote such a message, typed digits are no longer
   taken as a rating (they likely answer an agent's question now): only the buttons still are.
+- Who resolved (the resolution label's author) is kept with the survey and put on both events:
+  a snapshot, so a later reassignment cannot move the rating to somebody else (Chatwoot #14872).
 - The processor runs right after ``language`` and before ``autoreply``, so a "5" is taken out
   before an auto-reply could answer it.
 """
