@@ -29,8 +29,10 @@ from gateway.helpers.choices import choice_for_reply, choices_as_text
 from gateway.helpers.fetch import Fetched, FetchError, UrlFetcher
 from gateway.helpers.keywords import KeywordMatcher
 from gateway.helpers.keywords import normalize as normalize_for_match
+from gateway.helpers.loops import LoopGuard
 from gateway.helpers.payload import decode_json
 from gateway.helpers.priority import PRIORITY_RANK, Priority, add_tags, raise_priority
+from gateway.helpers.templates import check_template, check_templates, pick_language, render_template
 from gateway.helpers.text import html_to_text, message_text, primary_language, readable_text
 from gateway.helpers.tokens import AccessTokens, Token, TokenError, TokenRejected, with_token
 from gateway.helpers.window import ReplyWindow, split_utf8
@@ -91,6 +93,9 @@ from gateway.store.redis import StoreUnavailable
 # Message.resolve, Choice (Content.choices), ConversationEvent, ProcessorContext.emit_conversation,
 # RESOLVED_LABEL (a channel's session-end event resolves its conversation); Channel.native_choices,
 # choices_as_text and choice_for_reply (choices as a numbered list where a channel has no widget).
+# LoopGuard (the rules that keep automatic messages from answering machines and ourselves) and
+# per-language templates (check_template, check_templates, pick_language, render_template), shared
+# by the autoreply and csat processors.
 API_VERSION = "1.3"
 
 __all__ = [
@@ -125,6 +130,7 @@ __all__ = [
     "IngestOutcome",
     "KeywordMatcher",
     "Location",
+    "LoopGuard",
     "Message",
     "ParseResult",
     "Party",
@@ -157,6 +163,8 @@ __all__ = [
     "call_provider",
     "channel_instances",
     "check_sha1_signature",
+    "check_template",
+    "check_templates",
     "choice_for_reply",
     "choices_as_text",
     "constant_time_equals",
@@ -172,10 +180,12 @@ __all__ = [
     "message_text",
     "normalize_for_match",
     "parse_wx_xml",
+    "pick_language",
     "primary_language",
     "raise_for_response",
     "raise_priority",
     "readable_text",
+    "render_template",
     "retry_after_seconds",
     "sha1_signature",
     "split_utf8",

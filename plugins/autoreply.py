@@ -24,10 +24,9 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import string
 import time
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal, cast
@@ -43,6 +42,7 @@ from gateway.sdk import (
     BusinessHours,
     Content,
     KeywordMatcher,
+    LoopGuard,
     Message,
     Party,
     Processor,
@@ -50,9 +50,12 @@ from gateway.sdk import (
     ProcessorSettings,
     StoreUnavailable,
     Tags,
+    check_templates,
     hookimpl,
     load_calendars,
     normalize_for_match,
+    pick_language,
+    render_template,
 )
 
 log = structlog.get_logger(__name__)
@@ -62,8 +65,6 @@ PLACEHOLDERS = ("name", "queue", "next_open", "ticket")
 DEFAULT = "default"
 DAY_S = 86400
 EMAIL_CHANNELS = ("smtp", "mailgun", "sendgrid")
-# Content that is not something a person wrote to us (reactions, joins, follows, read receipts).
-NON_MESSAGE_CONTENT = frozenset({"reaction", "event"})
 # Auto-replies are not a person's answer: they do not stop a conversation's response clock.
 AUTHOR = Author(kind="automatic", id="autoreply")
 _REPLY_PREFIX = re.compile(r"^\s*(re|aw|sv|antw|回复|回覆|答复)\s*[:\uff1a]", re.IGNORECASE)  # incl. full-width colon
@@ -75,51 +76,6 @@ Templates = dict[str, str]
 
 
 # --- templates -----------------------------------------------------------------------------------------
-
-
-def check_templates(templates: Templates, what: str = "templates") -> Templates:
-    """Validate at start-up (so a typo fails the config, not a customer's reply) and normalize
-    language keys to lower case. Only plain ``{identifier}`` placeholders are allowed."""
-    normalized = {key.strip().lower().replace("_", "-"): value for key, value in templates.items()}
-    if DEFAULT not in normalized:
-        raise ValueError(f"{what} need a `default` entry (used when the message's language has none)")
-    formatter = string.Formatter()
-    for language, template in normalized.items():
-        try:
-            fields = [(f, spec, conv) for _, f, spec, conv in formatter.parse(template) if f is not None]
-        except ValueError as exc:  # unbalanced braces
-            raise ValueError(f"{what}.{language}: {exc} (write {{{{ and }}}} for literal braces)") from None
-        for field, spec, conversion in fields:
-            if not field.isidentifier() or spec or conversion:
-                raise ValueError(
-                    f"{what}.{language}: placeholder {{{field}{'!' + conversion if conversion else ''}"
-                    f"{':' + spec if spec else ''}}} must be a plain name such as {{name}}"
-                    " (no attribute, index, conversion or format spec)"
-                )
-    return normalized
-
-
-def pick_language(templates: Mapping[str, str], language: str | None) -> tuple[str, str]:
-    """The template for ``language`` ("zh-Hant-TW" tries zh-hant-tw, zh-hant, zh), else default."""
-    tag = (language or "").strip().lower().replace("_", "-")
-    while tag:
-        if tag in templates:
-            return tag, templates[tag]
-        tag = tag.rpartition("-")[0]
-    return DEFAULT, templates[DEFAULT]
-
-
-class _Values(dict[str, str]):
-    """Unknown placeholders stay as written, so a template can mention ``{order}`` literally."""
-
-    def __missing__(self, key: str) -> str:
-        return "{" + key + "}"
-
-
-def render(template: str, values: Mapping[str, str]) -> str:
-    """Safe by construction: templates were validated to hold plain names only, and substituted
-    values are never re-interpreted (a customer called "{queue}" stays "{queue}")."""
-    return template.format_map(_Values(values))
 
 
 def ticket_of(conversation_id: str) -> str:
@@ -368,7 +324,7 @@ class AutoReply(Processor):
             for entry in self.config.faq
         ]
         self._faq_keywords = KeywordMatcher(k for entry in self.config.faq for k in entry.keywords)
-        self._own_ids = frozenset(i.casefold() for i in self.config.own_ids)
+        self._guard = LoopGuard(self.config.own_ids)
         ack = self.config.acknowledgement
         self._acknowledgement = (
             Candidate("acknowledgement", "acknowledgement", ack.templates) if ack is not None else None
@@ -443,38 +399,20 @@ class AutoReply(Processor):
     # -- guards
 
     def loop_guard(self, message: Message) -> str | None:
-        """Why this message must not be answered automatically, or None."""
+        """Why this message must not be answered automatically (gateway.sdk.LoopGuard, with the
+        channel allow/deny lists between its automated-sender and own-message rules), or None."""
         settings = self.config
-        if message.direction != "inbound":
-            return "outbound"
-        labels = message.tags.labels
-        if labels.get("no_auto_reply"):
-            return "no_auto_reply"
-        if labels.get("from_bot"):
-            return "from_bot"
-        email = labels.get("email")
-        if isinstance(email, dict):
-            for flag in ("bounce", "auto_submitted", "mailing_list", "bulk"):
-                if email.get(flag):
-                    return flag
+        guard = self._guard
+        reason = guard.automated(message)
+        if reason is not None:
+            return reason
         if message.channel in settings.exclude_channels or (
             settings.channels is not None and message.channel not in settings.channels
         ):
             return "channel"
-        own = self._own_ids
-        sender = message.sender
-        if (
-            (message.recipient is not None and sender.id == message.recipient.id)
-            or sender.id == message.instance
-            or sender.id.casefold() in own
-            or (sender.handle is not None and sender.handle.casefold() in own)
-        ):
+        if guard.own_message(message):
             return "own_message"
-        if message.content.type in NON_MESSAGE_CONTENT:
-            return "not_a_message"
-        if not (message.content.text or "").strip():
-            return "empty"
-        return None
+        return guard.not_answerable(message)
 
     # -- deciding
 
@@ -742,7 +680,7 @@ class AutoReply(Processor):
             sender=_copy_party(business),
             recipient=_copy_party(message.sender),
             received_at=now,
-            content=Content(text=render(template, self.placeholders(message, now))),
+            content=Content(text=render_template(template, self.placeholders(message, now))),
             language=None if language == DEFAULT else language,
             in_reply_to=message.id,
             author=AUTHOR,

@@ -27,6 +27,7 @@ from gateway.plugins import load_plugins
 from gateway.processor import ProcessorContext
 from gateway.runtime import Runtime
 from gateway.sdk import WEEKDAYS, BusinessHours
+from gateway.sdk import render_template as render
 from gateway.store.redis import RedisStore, StoreUnavailable
 from gateway.testing import isolated_store
 from gateway.tracing import child_traceparent
@@ -36,7 +37,6 @@ from plugins.autoreply import (
     AutoreplySettings,
     FaqEntry,
     OutOfHoursSettings,
-    render,
     ticket_of,
 )
 from tests.conftest import api_body, messages_of, produce_raw, read_records, sign, topic_size
