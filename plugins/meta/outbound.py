@@ -65,7 +65,7 @@ WA_TEXT_MAX = 4096
 WA_CAPTION_MAX = 1024
 # WhatsApp interactive messages: reply buttons (body 1024, 3 buttons titled <= 20), lists (body
 # 4096, 10 rows titled <= 24 with descriptions <= 72); Messenger and Instagram: 13 quick replies
-# titled <= 20. All counted in characters.
+# titled <= 20. Meta counts characters; the gateway counts UTF-16 code units (never fewer).
 WA_BUTTONS_MAX, WA_BUTTON_TITLE_MAX, WA_BUTTONS_BODY_MAX = 3, 20, 1024
 WA_ROWS_MAX, WA_ROW_TITLE_MAX, WA_ROW_DESCRIPTION_MAX = 10, 24, 72
 MX_QUICK_REPLIES_MAX, MX_QUICK_REPLY_TITLE_MAX = 13, 20
@@ -364,7 +364,7 @@ class WhatsAppOutbound(MetaOutbound):
         choices = content.choices
         body = WaOutBody(text=text)
         titles = choice_labels(choices, max_count=WA_BUTTONS_MAX, max_title=WA_BUTTON_TITLE_MAX)
-        whole = titles is not None and titles == [c.title for c in choices]  # a button has no description
+        whole = titles == [c.title for c in choices]  # none shortened: a button has no description
         if titles is not None and whole and _fits(text, WA_BUTTONS_BODY_MAX):
             buttons = [
                 WaOutButton(reply=WaOutReplyButton(id=c.id, title=t)) for c, t in zip(choices, titles, strict=True)
