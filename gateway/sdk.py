@@ -25,7 +25,7 @@ from gateway.channel import (
 )
 from gateway.helpers.calendar import WEEKDAYS, BusinessHours, load_calendars
 from gateway.helpers.calendar import format_error as format_calendar_error
-from gateway.helpers.choices import choice_for_reply, choices_as_text
+from gateway.helpers.choices import choice_for_reply, choice_labels, choices_as_text, shorten, with_choices_as_text
 from gateway.helpers.fetch import Fetched, FetchError, UrlFetcher
 from gateway.helpers.keywords import KeywordMatcher
 from gateway.helpers.keywords import normalize as normalize_for_match
@@ -92,7 +92,8 @@ from gateway.store.redis import StoreUnavailable
 # 1.3: conversations (docs/conversations.md): Author (Message.author, DeliveryEvent.author),
 # Message.resolve, Choice (Content.choices), ConversationEvent, ProcessorContext.emit_conversation,
 # RESOLVED_LABEL (a channel's session-end event resolves its conversation); Channel.native_choices,
-# choices_as_text and choice_for_reply (choices as a numbered list where a channel has no widget).
+# choices_as_text and choice_for_reply (choices as a numbered list where a channel has no widget);
+# with_choices_as_text, choice_labels and shorten (a widget's labels within its limits, else the text).
 # LoopGuard (the rules that keep automatic messages from answering machines and ourselves) and
 # per-language templates (check_template, check_templates, pick_language, render_template), shared
 # by the autoreply and csat processors.
@@ -166,6 +167,7 @@ __all__ = [
     "check_template",
     "check_templates",
     "choice_for_reply",
+    "choice_labels",
     "choices_as_text",
     "constant_time_equals",
     "decode_json",
@@ -188,8 +190,10 @@ __all__ = [
     "render_template",
     "retry_after_seconds",
     "sha1_signature",
+    "shorten",
     "split_utf8",
     "utcnow",
     "verify_prefixed_hex",
+    "with_choices_as_text",
     "with_token",
 ]

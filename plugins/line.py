@@ -10,6 +10,8 @@ download media or quote a message) and the short-lived ``replyToken`` (needed fo
 Events are parsed one by one: an event this adapter cannot read (a malformed or future shape) becomes
 an ``unsupported`` message with the reason, so it never takes the rest of its batch down with it.
 
+``content.choices`` go out as quick reply buttons whose postback ``data`` is the choice id.
+
 Sending prefers the reply API, which is free but needs the event's reply token: once a webhook is
 stored, the newest reply token of each conversation is kept in Redis for ``reply_token_ttl_s``, and an
 outbound reply on that conversation claims it once (tokens are single-use). Without a usable token it
@@ -46,10 +48,12 @@ from gateway.sdk import (
     StoreUnavailable,
     WebhookRequest,
     call_provider,
+    choice_labels,
     constant_time_equals,
     decode_json,
     hmac_sha256_b64,
     hookimpl,
+    with_choices_as_text,
 )
 
 log = structlog.get_logger(__name__)
@@ -63,6 +67,7 @@ RETRY_KEY_NAMESPACE = uuid.UUID("6f0b7d52-2a49-4d55-9c43-5a7b0e1c8d21")
 REPLY_STATE = "line-reply"  # Redis conversation-state key prefix of the latest reply token
 REPLY_CLAIMS = "line-reply-token"  # remember_once namespace: a reply token is used at most once
 MAX_MESSAGES = 5  # message objects per reply/push request
+MAX_QUICK_REPLIES, QUICK_REPLY_LABEL_MAX = 13, 20  # quick reply buttons of a message, their labels
 _LINE_ID = re.compile(r"[UCR][0-9a-f]{32}")  # user, group (C...) and room (R...) ids
 
 # Non-message event types that are normalized as content.type "event" (labels["event"] = the type).
@@ -176,8 +181,29 @@ class LineWebhook(msgspec.Struct, kw_only=True):
 # -- sending: message objects and API answers -----------------------------------------------------
 
 
+class LinePostbackAction(msgspec.Struct, kw_only=True, rename="camel"):
+    """A quick reply button's action: its ``data`` comes back in a postback event, ``displayText``
+    appears in the chat as the user's message."""
+
+    type: Literal["postback"] = "postback"
+    label: str  # at most 20 characters
+    data: str  # at most 300 characters
+    display_text: str  # at most 300 characters; required on quick reply buttons
+
+
+class LineQuickReplyItem(msgspec.Struct, kw_only=True):
+    type: Literal["action"] = "action"
+    action: LinePostbackAction
+
+
+class LineQuickReply(msgspec.Struct, kw_only=True):
+    items: list[LineQuickReplyItem]
+
+
 class _Out(msgspec.Struct, kw_only=True, omit_defaults=True, rename="camel", tag_field="type"):
     """A message object of the reply/push APIs; ``type`` is its tag."""
+
+    quick_reply: LineQuickReply | None = None  # shown under the last message object of a request
 
 
 class LineTextOut(_Out, kw_only=True, tag="text"):
@@ -288,6 +314,19 @@ def _describe(status: int, body: Any) -> tuple[str, str, bool | None] | None:
     return f"line_{status}", text, None  # 5xx and the like: the default retry policy
 
 
+def _quick_reply(content: Content) -> LineQuickReply | None:
+    """``content.choices`` as quick reply buttons (postback actions), or None when they do not fit
+    (over 13, labels alike once cut to 20 characters) or there is no message object to carry them."""
+    labels = choice_labels(content.choices, max_count=MAX_QUICK_REPLIES, max_title=QUICK_REPLY_LABEL_MAX)
+    if labels is None or not (content.text or content.attachments or content.location):
+        return None
+    items = [
+        LineQuickReplyItem(action=LinePostbackAction(label=label, data=choice.id, display_text=choice.title))
+        for label, choice in zip(labels, content.choices, strict=True)
+    ]
+    return LineQuickReply(items=items)
+
+
 def _header(headers: Any, name: str) -> str | None:
     return next((str(v) for k, v in headers.items() if str(k).lower() == name), None)
 
@@ -318,6 +357,7 @@ class LineChannel(Channel):
     Settings = LineSettings
     secret_settings = frozenset({"channel_secret", "channel_access_token"})
     description = "LINE Messaging API webhooks (X-Line-Signature)."
+    native_choices = True  # quick reply buttons with postback actions (_quick_reply)
 
     settings: LineSettings
 
@@ -431,8 +471,12 @@ class LineChannel(Channel):
 
     def build_messages(self, message: Message, quote_token: str | None = None) -> list[LineOut]:
         """LINE message objects for the content: its text first, then each attachment or the
-        location; at most five, as one request (so a retry never delivers half of it twice)."""
+        location; at most five, as one request (so a retry never delivers half of it twice). The
+        choices are quick reply buttons on the last one, else a numbered list in the text."""
         content = message.content
+        quick_reply = _quick_reply(content) if content.choices else None
+        if quick_reply is None:
+            content = with_choices_as_text(content)
         labels = message.tags.labels.get("line")
         labels = labels if isinstance(labels, dict) else {}
         quote = quote_token
@@ -459,6 +503,7 @@ class LineChannel(Channel):
             raise SendError(
                 "unsupported_content", f"LINE takes at most {MAX_MESSAGES} messages per request", retryable=False
             )
+        out[-1].quick_reply = quick_reply
         return out
 
     @staticmethod

@@ -27,7 +27,7 @@ from multidict import CIMultiDict
 
 from gateway.channel import ChannelServices, SendError, WebhookRequest
 from gateway.config import RedisSection
-from gateway.model import Attachment, Content, Location, Message, Party, Postback, decode_event
+from gateway.model import Attachment, Choice, Content, Location, Message, Party, Postback, decode_event
 from gateway.plugins import PluginRegistry
 from gateway.runtime import Runtime
 from gateway.store.redis import RedisStore
@@ -252,6 +252,80 @@ def test_retry_key_is_a_uuid_stable_per_message() -> None:
     message = outbound(Content(text="x"))
     assert retry_key(message.id) == retry_key(message.id) != retry_key(outbound(Content(text="x")).id)
     assert str(uuid.UUID(retry_key(message.id))) == retry_key(message.id)
+
+
+CSAT = [
+    Choice(id="csat:s-42:5", title="とても満足しました Very satisfied", key="5"),
+    Choice(id="csat:s-42:3", title="普通", key="3"),
+    Choice(id="csat:s-42:1", title="不満", key="1"),
+]
+
+
+def quick_item(label: str, choice: Choice) -> Json:
+    return {
+        "type": "action",
+        "action": {"type": "postback", "label": label, "data": choice.id, "displayText": choice.title},
+    }
+
+
+def test_choices_are_quick_reply_buttons_on_the_last_object() -> None:
+    assert objects(outbound(Content(text="ご満足いただけましたか", choices=CSAT))) == [
+        {
+            "type": "text",
+            "text": "ご満足いただけましたか",  # no numbered list: the buttons say it
+            "quickReply": {
+                "items": [
+                    quick_item("とても満足しました Very sati…", CSAT[0]),  # labels: 20 characters at most
+                    quick_item("普通", CSAT[1]),
+                    quick_item("不満", CSAT[2]),
+                ]
+            },
+        }
+    ]
+    image = Attachment(kind="image", url="https://cdn.example.com/parcel.jpg")
+    [text, picture] = objects(outbound(Content(type="media", text="Like this?", attachments=[image], choices=CSAT)))
+    assert "quickReply" not in text  # LINE shows the buttons of the last object only
+    assert [item["action"]["data"] for item in picture["quickReply"]["items"]] == [c.id for c in CSAT]
+
+
+def test_choices_line_cannot_show_are_a_numbered_list() -> None:
+    many = [Choice(id=f"slot:{n}", title=f"{8 + n}:00") for n in range(14)]  # 13 buttons at most
+    [text] = objects(outbound(Content(text="ご希望の時間は", choices=many)))
+    assert "quickReply" not in text and text["text"].startswith("ご希望の時間は\n\n1. 8:00\n2. 9:00\n")
+    alike = [Choice(id="a", title="Delivered to the front door"), Choice(id="b", title="Delivered to the front desk")]
+    [text] = objects(outbound(Content(text="Where?", choices=alike)))
+    assert text == {"type": "text", "text": "Where?\n\n1. Delivered to the front door\n2. Delivered to the front desk"}
+    [text] = objects(outbound(Content(choices=CSAT)))  # nothing else to carry them: the list is the message
+    assert text == {"type": "text", "text": "5. とても満足しました Very satisfied\n3. 普通\n1. 不満"}
+
+
+async def test_a_survey_pushed_then_a_button_tapped_comes_back_as_the_choice(aiohttp_server: Any) -> None:
+    api = LineApi()
+    server = await line_server(aiohttp_server, api)
+    async with aiohttp.ClientSession() as http:
+        await make_channel(str(server.make_url("")), http).send(
+            outbound(Content(text="ご満足いただけましたか", choices=CSAT))
+        )
+    [(path, body, _)] = api.calls  # accepted by the official SDK's model, as LINE would
+    assert path == "/v2/bot/message/push"
+    tapped = body["messages"][-1]["quickReply"]["items"][1]["action"]
+    event = {
+        "type": "postback",
+        "postback": {"data": tapped["data"]},
+        "webhookEventId": "01HR0000000000000000000000",
+        "deliveryContext": {"isRedelivery": False},
+        "timestamp": 1700000600000,
+        "source": {"type": "user", "userId": ADA},
+        "replyToken": "b5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0",
+        "mode": "active",
+    }
+    raw = json.dumps({"destination": BOT, "events": [event]}).encode()
+    headers: CIMultiDict[str] = CIMultiDict({"Content-Type": "application/json"})
+    [pick] = make_channel().parse(WebhookRequest("POST", "", "/webhooks/line", {}, headers, raw)).messages
+    assert pick.content.type == "postback" and pick.content.postback is not None
+    assert pick.content.postback.payload == "csat:s-42:3"
+    assert pick.content.postback.title is None  # a postback event does not carry the button's label
+    assert pick.conversation_id == f"line:{BOT}:{ADA}"
 
 
 # -- against the local LINE API, with real Redis -----------------------------------------------------

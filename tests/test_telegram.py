@@ -66,9 +66,17 @@ def request(
 
 
 def parse(name: str, channel: TelegramChannel | None = None) -> Message:
-    result = (channel or make_channel()).parse(request(fixture(name)))
-    assert result.events == [] and result.reply is None
+    body = fixture(name)
+    result = (channel or make_channel()).parse(request(body))
+    assert result.events == []
     [message] = result.messages
+    if message.external_id and message.external_id.startswith("callback:"):
+        # A button press is answered in the webhook's HTTP answer: Telegram ends the client's spinner.
+        query_id = json.loads(body)["callback_query"]["id"]
+        assert result.reply is not None and result.reply.status == 200
+        assert json.loads(result.reply.body) == {"method": "answerCallbackQuery", "callback_query_id": query_id}
+    else:
+        assert result.reply is None  # the default "accepted" answer
     # Every message must satisfy the topic contract (ingress re-validates the same way).
     decoded = decode_message(encode(message))
     assert decoded.channel == "telegram" and decoded.direction == "inbound"

@@ -97,7 +97,10 @@ async def test_update_becomes_a_normalized_message_keyed_by_conversation(gw: Gat
 
 async def test_album_photos_and_a_button_press_share_the_customer_thread(gw: Gateway) -> None:
     for name in ("photo_album_1", "photo_album_2", "callback_query"):
-        assert (await gw.post("telegram", fixture(name), tg_headers())).status == 200
+        response = await gw.post("telegram", fixture(name), tg_headers())
+        assert response.status == 200
+    # The button press is answered in the HTTP answer, once stored: Telegram calls the method named.
+    assert await response.json() == {"method": "answerCallbackQuery", "callback_query_id": "4382bfdwdsb323b2d9"}
     records = await read_records(gw.bootstrap, gw.runtime.topics.inbound, 3)
     by_id = {m.external_id: (m, r) for m, r in zip(messages_of(records), records, strict=True)}
     first, first_record = by_id[f"{ADA}:301"]

@@ -19,7 +19,17 @@ from multidict import CIMultiDict
 
 from gateway.channel import ChannelServices, SendError, WebhookRequest
 from gateway.config import RedisSection
-from gateway.model import Attachment, AttachmentKind, Content, Location, Message, Party, Reaction, decode_event
+from gateway.model import (
+    Attachment,
+    AttachmentKind,
+    Choice,
+    Content,
+    Location,
+    Message,
+    Party,
+    Reaction,
+    decode_event,
+)
 from gateway.plugins import PluginRegistry
 from gateway.store.redis import RedisStore
 from plugins.telegram import SECRET_HEADER, TelegramChannel, TelegramSettings
@@ -290,6 +300,68 @@ def test_content_telegram_cannot_send_is_a_permanent_error() -> None:
         build(outbound(Content(type="media", attachments=[Attachment(kind="contact", media_id="c")])))
 
 
+CSAT = [
+    Choice(id="csat:s-42:5", title="😀 Very satisfied", key="5"),
+    Choice(id="csat:s-42:4", title="🙂 Satisfied", key="4"),
+    Choice(id="csat:s-42:3", title="😐 Neutral", key="3"),
+]
+SURVEY = Content(text="How satisfied are you with our help?", choices=CSAT)
+
+
+def test_choices_are_an_inline_keyboard_one_button_a_row() -> None:
+    method, body = build(outbound(SURVEY))
+    assert method == "sendMessage"
+    assert body == {
+        "chat_id": ADA,
+        "text": "How satisfied are you with our help?",  # no numbered list: the buttons say it
+        "reply_markup": {
+            "inline_keyboard": [
+                [{"text": "😀 Very satisfied", "callback_data": "csat:s-42:5"}],
+                [{"text": "🙂 Satisfied", "callback_data": "csat:s-42:4"}],
+                [{"text": "😐 Neutral", "callback_data": "csat:s-42:3"}],
+            ]
+        },
+    }
+
+
+def test_short_labels_share_rows_of_five() -> None:
+    ratings = [Choice(id=f"nps:7:{n}", title=str(n)) for n in range(10, -1, -1)]
+    _, body = build(outbound(Content(text="How likely are you to recommend us?", choices=ratings)))
+    rows = body["reply_markup"]["inline_keyboard"]
+    assert [[button["text"] for button in row] for row in rows] == [
+        ["10", "9", "8", "7", "6"],
+        ["5", "4", "3", "2", "1"],
+        ["0"],
+    ]
+    assert rows[0][0] == {"text": "10", "callback_data": "nps:7:10"}
+
+
+def test_a_photo_carries_the_keyboard_under_its_caption() -> None:
+    photo = Attachment(kind="image", url="https://cdn.example.com/parcel.jpg")
+    _, body = build(outbound(Content(type="media", text="Did it arrive like this?", attachments=[photo], choices=CSAT)))
+    assert body["photo"] == "https://cdn.example.com/parcel.jpg" and body["caption"] == "Did it arrive like this?"
+    assert [row[0]["callback_data"] for row in body["reply_markup"]["inline_keyboard"]] == [c.id for c in CSAT]
+
+
+def test_choices_telegram_cannot_carry_become_a_numbered_list() -> None:
+    numbered = "How satisfied are you with our help?\n\n5. 😀 Very satisfied\n4. 🙂 Satisfied\n3. 😐 Neutral"
+    # callback_data is 1-64 bytes: 33 "é" are 33 characters (the model allows 64) but 66 bytes.
+    wide = [Choice(id="é" * 33, title="Yes"), Choice(id="no", title="No")]
+    method, body = build(outbound(Content(text="Resolved?", choices=wide)))
+    assert (method, body) == ("sendMessage", {"chat_id": ADA, "text": "Resolved?\n\n1. Yes\n2. No"})
+    # An album takes no keyboard: the list goes into its caption.
+    album = [Attachment(kind="image", media_id="p1"), Attachment(kind="image", media_id="p2")]
+    method, body = build(outbound(Content(type="media", text=SURVEY.text, attachments=album, choices=CSAT)))
+    assert method == "sendMediaGroup" and "reply_markup" not in body
+    assert body["media"][0]["caption"] == numbered
+    # Nothing to hang the keyboard on: the list is the message.
+    method, body = build(outbound(Content(choices=CSAT)))
+    assert (method, body) == (
+        "sendMessage",
+        {"chat_id": ADA, "text": "5. 😀 Very satisfied\n4. 🙂 Satisfied\n3. 😐 Neutral"},
+    )
+
+
 # -- against the local Bot API ---------------------------------------------------------------------
 
 
@@ -314,6 +386,51 @@ async def test_send_posts_json_to_the_bot_method_and_returns_the_chat_qualified_
         "text": "Hello 👋",
     }
     assert [call[1] for call in api.calls] == ["sendMessage", "sendMediaGroup", "setMessageReaction"]
+
+
+async def test_a_survey_sent_then_a_button_pressed_comes_back_as_the_choice(aiohttp_server: Any) -> None:
+    """The keyboard Telegram received is the one its callback_query quotes back: the press parses to
+    a postback whose payload is the choice id and whose title is the choice title."""
+    api = BotApi()
+    server = await bot_api_server(aiohttp_server, api)
+    async with aiohttp.ClientSession() as http:
+        sent = await make_channel(str(server.make_url("")), http).send(outbound(SURVEY))
+    [(_, method, body, _)] = api.calls
+    assert method == "sendMessage" and sent.external_id == f"{ADA}:501"
+    pressed = {
+        "update_id": 912345100,
+        "callback_query": {
+            "id": "4382bfdwdsb399z1",
+            "from": {"id": ADA, "is_bot": False, "first_name": "Ada"},
+            "message": {
+                "message_id": 501,
+                "date": 1731573100,
+                "chat": {"id": ADA, "type": "private"},
+                "text": body["text"],
+                "reply_markup": body["reply_markup"],  # as Telegram echoes the message's keyboard
+            },
+            "chat_instance": "-3561882098155428234",
+            "data": "csat:s-42:4",
+        },
+    }
+    headers: CIMultiDict[str] = CIMultiDict({"Content-Type": "application/json", SECRET_HEADER: SECRET})
+    request = WebhookRequest(
+        "POST",
+        "https://gw.example.com/webhooks/telegram",
+        "/webhooks/telegram",
+        {},
+        headers,
+        json.dumps(pressed).encode(),
+    )
+    result = make_channel().parse(request)
+    [pick] = result.messages
+    assert pick.content.type == "postback" and pick.content.postback is not None
+    assert (pick.content.postback.payload, pick.content.postback.title) == ("csat:s-42:4", "🙂 Satisfied")
+    assert pick.content.reply_to == sent.external_id  # the survey message it answers
+    assert pick.conversation_id == f"telegram:{ADA}"
+    # The press is answered in the webhook's HTTP answer (ends the client's spinner), not by a call.
+    assert result.reply is not None and result.reply.content_type == "application/json"
+    assert json.loads(result.reply.body) == {"method": "answerCallbackQuery", "callback_query_id": "4382bfdwdsb399z1"}
 
 
 async def send_error(aiohttp_server: Any, api: BotApi, message: Message, bot_token: str = BOT_TOKEN) -> SendError:

@@ -23,7 +23,7 @@ from aiohttp import web
 from gateway.bus.producer import record_for
 from gateway.embedded import free_port
 from gateway.ingress.app import create_app
-from gateway.model import Attachment, Content, Message, Party, decode_event
+from gateway.model import Attachment, Choice, Content, Message, Party, decode_event
 from gateway.outbound.dispatcher import Dispatcher
 from gateway.plugins import PluginRegistry, load_plugins
 from gateway.runtime import Runtime
@@ -289,6 +289,71 @@ async def test_agent_replies_and_typing_appear_in_the_open_page(
             await expect(page.locator(".msg.out")).to_have_count(2, timeout=15_000)
             await expect(page.locator(".msg.in")).to_have_count(1)
             await expect(page.locator(".badge")).to_be_hidden()
+            assert errors == []
+        finally:
+            await browser.close()
+
+
+async def test_choices_are_buttons_and_a_pick_arrives_as_a_postback(
+    served: tuple[str, Runtime], registry: PluginRegistry, kafka_bootstrap: str
+) -> None:
+    """A reply's choices are buttons under it; picked with the keyboard, the pick is stored as a
+    postback on the inbound topic, and the buttons are disabled, also after a reload."""
+    from playwright.async_api import async_playwright, expect
+
+    base, runtime = served
+    choices = [
+        Choice(id="csat:s-42:5", title="😀 Very satisfied", key="5"),
+        Choice(id="csat:s-42:4", title="🙂 Satisfied", key="4"),
+        Choice(id="csat:s-42:1", title="🙁 Not satisfied", key="1"),
+    ]
+    async with dispatch_process(runtime.config, registry) as dispatch, async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS, headless=True)
+        try:
+            page = await browser.new_page(viewport={"width": 1100, "height": 720})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            await page.goto(f"{base}/chat/")
+            await page.locator(".btn").click()
+            await page.locator("textarea.input").fill("Thanks, that solved it")
+            await page.locator("button.send").click()
+            await expect(page.locator('.msg.in[data-status="acked"]')).to_have_count(1, timeout=15_000)
+            conversation: str = (await page.evaluate("GatewayChat.state()"))["conversation_id"]
+
+            survey = await enqueue_reply(
+                dispatch, conversation, Content(text="How satisfied are you?", choices=choices)
+            )
+            buttons = page.locator('.msg.out [role="group"] button.choice')
+            await expect(buttons).to_have_count(3, timeout=20_000)
+            await expect(buttons).to_have_text([c.title for c in choices])
+            await expect(page.locator(".msg.out .text")).to_have_text("How satisfied are you?")  # no numbered list
+            await expect(buttons.nth(1)).to_be_enabled()
+
+            await buttons.nth(1).focus()  # keyboard: a real <button>, activated with Enter
+            await page.keyboard.press("Enter")
+            picked = page.locator('.msg.in[data-status="acked"]')
+            await expect(picked).to_have_count(2, timeout=15_000)
+            await expect(picked.nth(1).locator(".text")).to_have_text("🙂 Satisfied")
+            for index in range(3):
+                await expect(buttons.nth(index)).to_be_disabled()
+            await expect(buttons.nth(1)).to_have_attribute("aria-pressed", "true")
+            await expect(buttons.nth(0)).to_have_attribute("aria-pressed", "false")
+            await page.screenshot(path=str(SCREENSHOT.with_name("webchat-choices.png")))
+
+            records = await read_records(kafka_bootstrap, runtime.topics.inbound, 2)
+            [pick] = [m for m in messages_of(records) if m.content.type == "postback"]
+            assert pick.content.postback is not None
+            assert (pick.content.postback.payload, pick.content.postback.title) == ("csat:s-42:4", "🙂 Satisfied")
+            assert pick.content.reply_to == survey.id and pick.conversation_id == conversation
+            assert await picked.nth(1).get_attribute("data-id") == pick.id
+
+            await page.reload()  # the history brings the reply back with its buttons, still answered
+            await page.locator(".btn").click()
+            await expect(buttons).to_have_count(3, timeout=15_000)
+            for index in range(3):
+                await expect(buttons.nth(index)).to_be_disabled()
+            await expect(buttons.nth(1)).to_have_attribute("aria-pressed", "true")
+            assert await topic_size(kafka_bootstrap, runtime.topics.inbound) == 2
             assert errors == []
         finally:
             await browser.close()

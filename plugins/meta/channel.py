@@ -41,3 +41,4 @@ class InstagramChannel(MessagingChannel):
     description = "Instagram Messaging (Messenger API for Instagram) webhooks."
     text_limit = 1000  # bytes of UTF-8
     text_limit_utf8 = True
+    choices_in_text = True  # quick replies are not shown on desktop: the text lists the choices too

@@ -46,6 +46,7 @@ from plugins.meta.payloads import (
     WaMedia,
     WaMessage,
     WaPayload,
+    WaReply,
     WaStatus,
     WaValue,
     _compact,
@@ -82,6 +83,16 @@ def _from_unix(value: str | int | float | None, *, millis: bool) -> datetime | N
         return datetime.fromtimestamp(number / 1000 if millis else number, UTC)
     except (TypeError, ValueError, OverflowError, OSError):
         return None
+
+
+def _choice_title(reply: WaReply) -> str | None:
+    """The title of the picked button or row. A list row shows at most 24 characters, so the
+    gateway sends a longer choice title shortened ("…") and spelled out in the description: the
+    description is then the better title."""
+    title, description = reply.title, reply.description
+    if title and description and title.endswith("…") and description.startswith(title[:-1]):
+        return description
+    return title
 
 
 def _phone_handle(number: str | None) -> str | None:
@@ -247,9 +258,8 @@ class WhatsAppInbound(MetaInbound):
             reply = interactive.button_reply or interactive.list_reply
             if reply is not None:
                 labels["description"] = reply.description
-                return Content(
-                    type="postback", text=reply.title, postback=Postback(payload=reply.id, title=reply.title)
-                )
+                postback = Postback(payload=reply.id, title=_choice_title(reply))
+                return Content(type="postback", text=reply.title, postback=postback)
             if interactive.nfm_reply is not None:  # a WhatsApp Flow was submitted
                 flow = interactive.nfm_reply
                 return Content(

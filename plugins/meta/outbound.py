@@ -15,12 +15,16 @@ import structlog
 
 from gateway.sdk import (
     Channel,
+    Content,
     Location,
     Message,
     SendError,
     SendResult,
     StoreUnavailable,
     call_provider,
+    choice_labels,
+    shorten,
+    with_choices_as_text,
 )
 from plugins.meta.payloads import (
     _RETRYABLE_WA_ERRORS,
@@ -28,16 +32,24 @@ from plugins.meta.payloads import (
     MxOutAttachment,
     MxOutMessage,
     MxOutPayload,
+    MxOutQuickReply,
     MxOutReactionPayload,
     MxOutRecipient,
     MxOutReplyTo,
     MxOutRequest,
     MxSendResponse,
+    WaOutAction,
+    WaOutBody,
+    WaOutButton,
     WaOutContext,
+    WaOutInteractive,
     WaOutLocation,
     WaOutMedia,
     WaOutMessage,
     WaOutReaction,
+    WaOutReplyButton,
+    WaOutRow,
+    WaOutSection,
     WaOutText,
     WaSendResponse,
 )
@@ -51,6 +63,12 @@ LINK_TTL_S = 7 * 24 * 3600  # status webhooks of extra parts name the outbound m
 EMPTY_MESSAGE = "nothing to send: no text, attachment, location or reaction"
 WA_TEXT_MAX = 4096
 WA_CAPTION_MAX = 1024
+# WhatsApp interactive messages: reply buttons (body 1024, 3 buttons titled <= 20), lists (body
+# 4096, 10 rows titled <= 24 with descriptions <= 72); Messenger and Instagram: 13 quick replies
+# titled <= 20. Meta counts characters; the gateway counts UTF-16 code units (never fewer).
+WA_BUTTONS_MAX, WA_BUTTON_TITLE_MAX, WA_BUTTONS_BODY_MAX = 3, 20, 1024
+WA_ROWS_MAX, WA_ROW_TITLE_MAX, WA_ROW_DESCRIPTION_MAX = 10, 24, 72
+MX_QUICK_REPLIES_MAX, MX_QUICK_REPLY_TITLE_MAX = 13, 20
 # Graph API codes worth retrying: throttling (4, 17, 32, 341, 613, 80007, 130429, 131056), and
 # temporary failures (1, 2, 1200 Messenger "temporary send failure", 131000, 131016, 131057, 133004).
 _RETRYABLE_GRAPH_ERRORS = _RETRYABLE_WA_ERRORS | frozenset(
@@ -171,10 +189,15 @@ def _location_text(location: Location) -> str:
     return "\n".join(part for part in (location.name, location.address, link) if part)
 
 
+def _fits(text: str, limit: int) -> bool:
+    return shorten(text, limit) == text
+
+
 class MetaOutbound(Channel):
     """What every Meta product shares on the way out: the Graph API call and multi-part sends."""
 
     settings: MetaSettings
+    native_choices = True  # WhatsApp reply buttons or lists, Messenger and Instagram quick replies
 
     async def send(self, message: Message) -> SendResult:
         """Deliver one outbound message as one or more Graph API send requests (text, media,
@@ -277,6 +300,9 @@ class WhatsAppOutbound(MetaOutbound):
             )
         to = self._customer(message, conversation)
         content = message.content
+        interactive = self._interactive(message) if content.choices and content.reaction is None else None
+        if interactive is None:  # choices WhatsApp cannot show as buttons or a list: a numbered list
+            content = with_choices_as_text(content)
 
         def request(kind: str, **fields: Any) -> WaOutMessage:
             return WaOutMessage(messaging_product="whatsapp", recipient_type="individual", to=to, type=kind, **fields)
@@ -285,7 +311,7 @@ class WhatsAppOutbound(MetaOutbound):
             reaction = WaOutReaction(message_id=content.reaction.message_external_id, emoji=content.reaction.emoji)
             return phone_number_id, [request("reaction", reaction=reaction)]
 
-        text = content.text or None
+        text = None if interactive is not None else content.text or None  # the interactive's body
         location = content.location
         if text is not None and location is not None:
             derived = {"\n".join(p for p in (location.name, location.address) if p), location.name, location.address}
@@ -317,6 +343,8 @@ class WhatsAppOutbound(MetaOutbound):
                 latitude=location.latitude, longitude=location.longitude, name=location.name, address=location.address
             )
             parts.append(request("location", location=out))
+        if interactive is not None:  # the question and its answers last, after what it is about
+            parts.append(request("interactive", interactive=interactive))
         if not parts:
             raise SendError(
                 "empty_message", "nothing to send: no text, attachment, location or reaction", retryable=False
@@ -324,6 +352,42 @@ class WhatsAppOutbound(MetaOutbound):
         if content.reply_to:
             parts[0].context = WaOutContext(message_id=content.reply_to)
         return phone_number_id, list(parts)
+
+    def _interactive(self, message: Message) -> WaOutInteractive | None:
+        """``content.choices`` as reply buttons (up to 3 titles of at most 20 characters) or else a
+        list (up to 10, where a longer title is shortened and spelled out in the row's description),
+        the text as the body; None when they fit neither (or there is no text to ask them with)."""
+        content = message.content
+        text = content.text
+        if not text or not text.strip():
+            return None
+        choices = content.choices
+        body = WaOutBody(text=text)
+        titles = choice_labels(choices, max_count=WA_BUTTONS_MAX, max_title=WA_BUTTON_TITLE_MAX)
+        whole = titles == [c.title for c in choices]  # none shortened: a button has no description
+        if titles is not None and whole and _fits(text, WA_BUTTONS_BODY_MAX):
+            buttons = [
+                WaOutButton(reply=WaOutReplyButton(id=c.id, title=t)) for c, t in zip(choices, titles, strict=True)
+            ]
+            return WaOutInteractive(type="button", body=body, action=WaOutAction(buttons=buttons))
+        titles = choice_labels(choices, max_count=WA_ROWS_MAX, max_title=WA_ROW_TITLE_MAX)
+        if titles is None or not _fits(text, WA_TEXT_MAX):
+            return None
+        rows = [
+            # A shortened title is spelled out in full (up to 72 characters) in the row's description.
+            WaOutRow(id=c.id, title=t, description=None if t == c.title else shorten(c.title, WA_ROW_DESCRIPTION_MAX))
+            for c, t in zip(choices, titles, strict=True)
+        ]
+        action = WaOutAction(button=self._list_button(message), sections=[WaOutSection(rows=rows)])
+        return WaOutInteractive(type="list", body=body, action=action)
+
+    def _list_button(self, message: Message) -> str:
+        """The label of the button opening a list: the message's own (a processor writing in the
+        customer's language), else the instance's ``choices_button``."""
+        labels = message.tags.labels.get("whatsapp")
+        own = labels.get("choices_button") if isinstance(labels, dict) else None
+        label = own if isinstance(own, str) and own.strip() else self.settings.choices_button
+        return shorten(label.strip(), WA_BUTTON_TITLE_MAX)
 
     def _sent_id(self, body: Any) -> str | None:
         try:
@@ -338,6 +402,8 @@ class MessagingOutbound(MetaOutbound):
 
     text_limit: ClassVar[int] = 2000
     text_limit_utf8: ClassVar[bool] = False
+    # Whether the choices are also listed in the text: Instagram shows no quick replies on desktop.
+    choices_in_text: ClassVar[bool] = False
 
     def _requests(self, message: Message) -> tuple[str, list[msgspec.Struct]]:
         conversation = self._conversation(message)
@@ -366,13 +432,20 @@ class MessagingOutbound(MetaOutbound):
             kind = "MESSAGE_TAG" if tag else "RESPONSE"
             return MxOutRequest(recipient=recipient, messaging_type=kind, tag=tag, message=body)
 
+        quick_replies = self._quick_replies(content)
+        if quick_replies is None or self.choices_in_text:
+            content = with_choices_as_text(content)
         # No captions here: the text (else the attachments' captions) goes first, as its own message.
         texts = [content.text] if content.text else [a.caption for a in content.attachments if a.caption]
         if content.location is not None:
             texts.append(_location_text(content.location))
-        parts: list[MxOutRequest] = []
-        for chunk in _split_text("\n\n".join(texts), self.text_limit, utf8=self.text_limit_utf8):
-            parts.append(request(MxOutMessage(text=chunk)))
+        chunks = _split_text("\n\n".join(texts), self.text_limit, utf8=self.text_limit_utf8)
+        last = len(chunks) - 1
+        text_parts = [
+            request(MxOutMessage(text=chunk, quick_replies=quick_replies if i == last else None))
+            for i, chunk in enumerate(chunks)
+        ]
+        media_parts: list[MxOutRequest] = []
         for attachment in content.attachments:
             payload = (
                 MxOutPayload(attachment_id=attachment.media_id)
@@ -380,7 +453,9 @@ class MessagingOutbound(MetaOutbound):
                 else MxOutPayload(url=attachment.url)
             )
             body = MxOutMessage(attachment=MxOutAttachment(type=_MX_OUT_KINDS[attachment.kind], payload=payload))
-            parts.append(request(body))
+            media_parts.append(request(body))
+        # Quick replies show under the newest message only: with them, the question goes last.
+        parts = media_parts + text_parts if quick_replies else text_parts + media_parts
         if not parts:
             raise SendError(
                 "empty_message", "nothing to send: no text, attachment, location or reaction", retryable=False
@@ -388,6 +463,17 @@ class MessagingOutbound(MetaOutbound):
         if content.reply_to:
             parts[0].reply_to = MxOutReplyTo(mid=content.reply_to)
         return node, list(parts)
+
+    @staticmethod
+    def _quick_replies(content: Content) -> list[MxOutQuickReply] | None:
+        """``content.choices`` as quick replies on the text, or None when there are none, no text
+        to ask them with, or more than 13 (or titles that cannot be told apart once shortened)."""
+        if not content.choices or not content.text or not content.text.strip():
+            return None
+        titles = choice_labels(content.choices, max_count=MX_QUICK_REPLIES_MAX, max_title=MX_QUICK_REPLY_TITLE_MAX)
+        if titles is None:
+            return None
+        return [MxOutQuickReply(title=t, payload=c.id) for c, t in zip(content.choices, titles, strict=True)]
 
     def _sent_id(self, body: Any) -> str | None:
         try:

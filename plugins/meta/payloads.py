@@ -388,6 +388,44 @@ class WaOutContext(msgspec.Struct):
     message_id: str  # the wamid answered: shown as a quoted reply
 
 
+class WaOutBody(msgspec.Struct):
+    text: str
+
+
+class WaOutReplyButton(msgspec.Struct):
+    id: str  # comes back as interactive.button_reply.id
+    title: str  # at most 20 characters
+
+
+class WaOutButton(msgspec.Struct, kw_only=True):
+    type: Literal["reply"] = "reply"
+    reply: WaOutReplyButton
+
+
+class WaOutRow(msgspec.Struct, omit_defaults=True):
+    id: str  # comes back as interactive.list_reply.id
+    title: str  # at most 24 characters
+    description: str | None = None  # at most 72 characters
+
+
+class WaOutSection(msgspec.Struct):
+    rows: list[WaOutRow]  # one section needs no title
+
+
+class WaOutAction(msgspec.Struct, omit_defaults=True):
+    buttons: list[WaOutButton] | None = None  # type "button"
+    button: str | None = None  # type "list": the label of the button that opens the list
+    sections: list[WaOutSection] | None = None
+
+
+class WaOutInteractive(msgspec.Struct):
+    """Reply buttons (``type`` "button") or a list message (``type`` "list")."""
+
+    type: Literal["button", "list"]
+    body: WaOutBody
+    action: WaOutAction
+
+
 class WaOutMessage(msgspec.Struct, omit_defaults=True):
     """POST /{version}/{phone_number_id}/messages."""
 
@@ -404,6 +442,7 @@ class WaOutMessage(msgspec.Struct, omit_defaults=True):
     sticker: WaOutMedia | None = None
     location: WaOutLocation | None = None
     reaction: WaOutReaction | None = None
+    interactive: WaOutInteractive | None = None
 
 
 class WaSentMessage(msgspec.Struct):
@@ -429,9 +468,16 @@ class MxOutAttachment(msgspec.Struct):
     payload: MxOutPayload
 
 
+class MxOutQuickReply(msgspec.Struct, kw_only=True):
+    content_type: Literal["text"] = "text"
+    title: str  # at most 20 characters
+    payload: str  # comes back as message.quick_reply.payload
+
+
 class MxOutMessage(msgspec.Struct, omit_defaults=True):
     text: str | None = None
     attachment: MxOutAttachment | None = None
+    quick_replies: list[MxOutQuickReply] | None = None
 
 
 class MxOutReplyTo(msgspec.Struct):

@@ -10,6 +10,7 @@ import msgspec
 from gateway.sdk import ChannelSettings
 
 Secret = Annotated[str, msgspec.Meta(min_length=1)]
+ButtonLabel = Annotated[str, msgspec.Meta(min_length=1, max_length=20)]
 
 
 MessageTag = Literal[
@@ -36,3 +37,6 @@ class MetaSettings(ChannelSettings, kw_only=True, forbid_unknown_fields=True):
     # Messenger / Instagram: send with messaging_type MESSAGE_TAG and this tag (HUMAN_AGENT allows
     # agent replies up to 7 days after the customer's last message) instead of RESPONSE.
     message_tag: MessageTag | None = None
+    # WhatsApp: the label of the button that opens a list of 4-10 choices (Meta requires one, of at
+    # most 20 characters); a message's tags.labels.whatsapp.choices_button overrides it.
+    choices_button: ButtonLabel = "Choose"

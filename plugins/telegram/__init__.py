@@ -19,7 +19,10 @@ Dedup keys (``external_id``), chosen so a redelivery is absorbed but nothing dis
 
 Sending (``send``) calls the Bot API method matching the content and addresses the chat (and forum
 topic, and business connection) encoded in the conversation id, so a reply lands where the customer
-wrote. The bot token is part of every Bot API URL, so it is scrubbed from every error message.
+wrote. ``content.choices`` become an inline keyboard whose presses come back as postbacks; a press
+is answered (``answerCallbackQuery``, which ends the client's spinner) in the webhook's own HTTP
+answer, so parsing stays free of network calls. The bot token is part of every Bot API URL, so it
+is scrubbed from every error message.
 
 Layout: ``payloads`` (Bot API objects and method parameters), ``inbound`` (webhook verification and
 update parsing), ``outbound`` (sending and error classification), ``channel`` (settings and the
@@ -51,6 +54,8 @@ from .payloads import (
     TgChat,
     TgContact,
     TgFile,
+    TgInlineButton,
+    TgInlineKeyboard,
     TgInputMedia,
     TgLocation,
     TgMessage,
@@ -96,6 +101,8 @@ __all__ = [
     "TgChat",
     "TgContact",
     "TgFile",
+    "TgInlineButton",
+    "TgInlineKeyboard",
     "TgInputMedia",
     "TgLocation",
     "TgMessage",

@@ -35,5 +35,6 @@ class TelegramChannel(TelegramInbound, TelegramOutbound):
     secret_settings = frozenset({"secret_token", "bot_token"})
     secret_headers = frozenset({"X-Telegram-Bot-Api-Secret-Token"})
     description = "Telegram Bot API webhooks (X-Telegram-Bot-Api-Secret-Token)."
+    native_choices = True  # an inline keyboard (outbound._keyboard), picks come back as callback_query
 
     settings: TelegramSettings

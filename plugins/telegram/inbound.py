@@ -19,6 +19,7 @@ from gateway.sdk import (
     AuthenticationError,
     Channel,
     Content,
+    HttpReply,
     Location,
     Message,
     ParseResult,
@@ -242,6 +243,15 @@ def _reaction_emoji(reactions: list[dict[str, Any]]) -> str:
     return ""
 
 
+def _answer_callback(callback_query_id: str) -> HttpReply:
+    """Answer a button press in the webhook's HTTP answer: Telegram runs the method named there
+    (``answerCallbackQuery`` ends the spinner the client shows on the pressed button). The ingress
+    sends it only once the press is stored; Telegram reports no result, so a failure costs nothing
+    but the spinner running until its timeout."""
+    body = msgspec.json.encode({"method": "answerCallbackQuery", "callback_query_id": callback_query_id})
+    return HttpReply(status=200, body=body, content_type="application/json")
+
+
 def chat_key(chat_id: int, business: str | None = None, thread: int | None = None) -> str:
     """Chat-qualified key shared by conversation ids and message ids."""
     key = f"business:{business}:{chat_id}" if business else str(chat_id)
@@ -283,7 +293,8 @@ class TelegramInbound(Channel):
                 message = self._other_update(update_id, kind, update)
         except msgspec.ValidationError as exc:
             raise PayloadError(f"invalid Telegram {kind}: {exc}") from None
-        return ParseResult(messages=[message])
+        reply = _answer_callback(update["callback_query"]["id"]) if kind == "callback_query" else None
+        return ParseResult(messages=[message], reply=reply)
 
     # -- helpers ---------------------------------------------------------------------------------
 

@@ -17,15 +17,20 @@ import msgspec
 from gateway.sdk import (
     Attachment,
     Channel,
+    Content,
     Message,
     Reaction,
     SendError,
     SendResult,
     call_provider,
+    choice_labels,
+    with_choices_as_text,
 )
 
 from .inbound import chat_key
 from .payloads import (
+    TgInlineButton,
+    TgInlineKeyboard,
     TgInputMedia,
     TgMessage,
     TgReactionType,
@@ -80,6 +85,11 @@ _GROUP_MEDIA: dict[str, Literal["photo", "video", "document", "audio"]] = {
     "audio": "audio",
 }
 
+
+CALLBACK_DATA_MAX_BYTES = 64  # Bot API: callback_data is 1-64 bytes
+MAX_BUTTONS = 100  # Bot API: an inline keyboard holds at most 100 buttons
+SHORT_LABEL = 4  # labels this short (ratings, emoji) share a row, up to ROW_WIDTH of them
+ROW_WIDTH = 5
 
 _INTEGER = re.compile(r"-?[0-9]+")
 
@@ -143,6 +153,18 @@ def _classify(status: int, error: TgResponse) -> tuple[str, str, bool | None]:
     return f"telegram_{code}", description, None  # 5xx and the like: the default retry policy
 
 
+def _keyboard(content: Content) -> TgInlineKeyboard | None:
+    """``content.choices`` as an inline keyboard, or None where Telegram cannot show them as one:
+    ids over 64 bytes, an album (sendMediaGroup takes no keyboard) or nothing to attach it to."""
+    labels = choice_labels(content.choices, max_count=MAX_BUTTONS, max_id_bytes=CALLBACK_DATA_MAX_BYTES)
+    carrier = content.text or len(content.attachments) == 1 or content.location is not None
+    if labels is None or not carrier or len(content.attachments) > 1:
+        return None
+    buttons = [TgInlineButton(text=label, callback_data=c.id) for label, c in zip(labels, content.choices, strict=True)]
+    width = ROW_WIDTH if all(len(label) <= SHORT_LABEL for label in labels) else 1
+    return TgInlineKeyboard(inline_keyboard=[buttons[i : i + width] for i in range(0, len(buttons), width)])
+
+
 def _redact(text: str, token: str) -> str:
     """Error texts may quote the request URL (aiohttp's connection errors), which holds the token."""
     secret = token.partition(":")[2]
@@ -191,11 +213,15 @@ class TelegramOutbound(Channel):
         content = message.content
         if content.type == "reaction" and content.reaction is not None:
             return "setMessageReaction", self._reaction(content.reaction, target)
+        keyboard = _keyboard(content) if content.choices else None
+        if keyboard is None:  # choices Telegram cannot show as buttons: a numbered list in the text
+            content = with_choices_as_text(content)
         common: dict[str, Any] = {
             "chat_id": target.chat_id,
             "business_connection_id": target.business_connection_id,
             "message_thread_id": target.message_thread_id,
             "reply_parameters": self._reply_parameters(content.reply_to, target),
+            "reply_markup": keyboard,
         }
         if content.location is not None:
             point = content.location

@@ -165,11 +165,21 @@ class TgReplyParameters(_Out, kw_only=True):
     allow_sending_without_reply: bool | None = None
 
 
+class TgInlineButton(_Out, kw_only=True):
+    text: str
+    callback_data: str  # 1-64 bytes, sent back in callback_query.data
+
+
+class TgInlineKeyboard(_Out, kw_only=True):
+    inline_keyboard: list[list[TgInlineButton]]
+
+
 class _SendTo(_Out):
     chat_id: int | str
     business_connection_id: str | None = None
     message_thread_id: int | None = None
     reply_parameters: TgReplyParameters | None = None
+    reply_markup: TgInlineKeyboard | None = None  # not taken by sendMediaGroup: never set there
 
 
 class TgSendMessage(_SendTo, kw_only=True):

@@ -32,6 +32,7 @@ from gateway.sdk import (
     Message,
     ParseResult,
     Party,
+    Postback,
     SendError,
     SendResult,
     WebhookRequest,
@@ -41,7 +42,7 @@ from gateway.sdk import (
 from plugins.webchat.limits import Limiter, Rate, Refusal, client_address, parse_networks
 from plugins.webchat.live import Listener, Subscriber, doorbell
 from plugins.webchat.mailbox import Mailbox, valid_seq
-from plugins.webchat.protocol import UPLOAD_ID, ChatMessage, VisitorInfo, error_frame
+from plugins.webchat.protocol import UPLOAD_ID, ChatMessage, ChoicePick, VisitorInfo, error_frame
 from plugins.webchat.tokens import VISITOR_ID, TokenError, issue_token, new_visitor_id, read_token
 from plugins.webchat.uploads import (
     DEFAULT_UPLOAD_TYPES,
@@ -146,6 +147,15 @@ class _Limits:
     last_typing: dict[str, float] = field(default_factory=dict)
 
 
+def _offered(reply: dict[str, Any] | None, choice_id: str) -> dict[str, Any] | None:
+    """The choice ``choice_id`` as a stored reply offered it, or None."""
+    choices = reply.get("choices") if reply is not None else None
+    for choice in choices if isinstance(choices, list) else []:
+        if isinstance(choice, dict) and choice.get("id") == choice_id:
+            return choice
+    return None
+
+
 def _text(value: bytes | str | None) -> str | None:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
@@ -155,6 +165,7 @@ class WebchatChannel(Channel):
     Settings = WebchatSettings
     secret_settings = frozenset({"token_secret"})
     description = "Web chat widget: WebSocket (REST fallback) at /chat/, signed visitor resume tokens."
+    native_choices = True  # buttons under the reply; a click is a postback frame (receive_pick)
 
     settings: WebchatSettings
 
@@ -431,7 +442,7 @@ class WebchatChannel(Channel):
                 raise SendError("unsupported_content", f"{content.type} content cannot be shown", retryable=False)
             attachments = [self._reply_attachment(a) for a in content.attachments]
             text = (content.text or "").strip() or None
-            if text is None and not attachments:
+            if text is None and not attachments and not content.choices:
                 raise SendError("empty_message", "a web chat reply needs text or attachments", retryable=False)
             entry: dict[str, Any] = {
                 "id": message.id,
@@ -440,6 +451,8 @@ class WebchatChannel(Channel):
                 "attachments": attachments,
                 "sent_at": utcnow().isoformat(),
             }
+            if content.choices:  # shown as buttons; a click comes back as a postback (receive_pick)
+                entry["choices"] = [{"id": choice.id, "title": choice.title} for choice in content.choices]
             if message.sender.name:
                 entry["sender"] = {"name": message.sender.name}
             if message.in_reply_to:
@@ -562,16 +575,9 @@ class WebchatChannel(Channel):
             )
         if not text and not frame.attachments:
             return error_frame("invalid", "a message needs text or attachments", client_id=client_id)
-        ingest = self.services.ingest
-        if ingest is None:
-            return error_frame("unavailable", "this process does not store messages", client_id=client_id)
-        try:
-            await ingest.check_rate(self)  # the instance-wide rate_limit, if configured
-        except IngestError as exc:
-            return error_frame("rate_limited", exc.detail, client_id=client_id, retry_after=exc.retry_after)
-        wait = await self.visitor_rate(session)
-        if wait is not None:
-            return error_frame("rate_limited", "too many messages, slow down", client_id=client_id, retry_after=wait)
+        refused = await self._admit(session, client_id)
+        if refused is not None:
+            return refused
 
         attachments: list[Attachment] = []
         for ref in frame.attachments:
@@ -592,13 +598,64 @@ class WebchatChannel(Channel):
                 )
             )
 
+        content = Content(type="media" if attachments else "text", text=text or None, attachments=attachments)
+        shown = {"attachments": [msgspec.to_builtins(a) for a in attachments]}
+        return await self._store(session, client_id, content, raw, shown)
+
+    async def receive_pick(self, session: Session, frame: ChoicePick, raw: bytes) -> dict[str, Any]:
+        """Store a click on a choice button as a postback, like a message (same ack and errors).
+        Only a choice the gateway offered this visitor counts: the reply is looked up in the
+        visitor's own mailbox, and the title comes from there, not from the frame."""
+        client_id = frame.client_id
+        refused = await self._admit(session, client_id)
+        if refused is not None:
+            return refused
+        try:
+            reply = await self.mailbox.reply(session.visitor_id, frame.reply_id)
+        except _STORE_ERRORS as exc:
+            log.warning("webchat_reply_unavailable", instance=self.name, error=type(exc).__name__)
+            return error_frame(
+                "unavailable", "message store unavailable, retry later", client_id=client_id, retry_after=5
+            )
+        choice = _offered(reply, frame.payload)
+        if choice is None:
+            return error_frame("unknown_choice", "no such choice on a reply to this visitor", client_id=client_id)
+        title = str(choice.get("title") or frame.payload)
+        content = Content(
+            type="postback", text=title, postback=Postback(payload=frame.payload, title=title), reply_to=frame.reply_id
+        )
+        shown = {"attachments": [], "postback": {"payload": frame.payload, "title": title}, "reply_to": frame.reply_id}
+        return await self._store(session, client_id, content, raw, shown)
+
+    async def _admit(self, session: Session, client_id: str) -> dict[str, Any] | None:
+        """The error frame refusing a visitor's frame before anything is stored (no broker in this
+        process, the instance's or the visitor's rate limit), or None to go ahead."""
+        ingest = self.services.ingest
+        if ingest is None:
+            return error_frame("unavailable", "this process does not store messages", client_id=client_id)
+        try:
+            await ingest.check_rate(self)  # the instance-wide rate_limit, if configured
+        except IngestError as exc:
+            return error_frame("rate_limited", exc.detail, client_id=client_id, retry_after=exc.retry_after)
+        wait = await self.visitor_rate(session)
+        if wait is not None:
+            return error_frame("rate_limited", "too many messages, slow down", client_id=client_id, retry_after=wait)
+        return None
+
+    async def _store(
+        self, session: Session, client_id: str, content: Content, raw: bytes, shown: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Publish the visitor's message, remember it for the page's history (``shown``: what the
+        widget draws besides the text), and answer the ack frame, or the error frame."""
+        ingest = self.services.ingest
+        assert ingest is not None  # _admit refused otherwise
         now = utcnow()
         message = self.message(
             external_id=f"{session.visitor_id}:{client_id}",  # a resend after reconnect is a duplicate
             conversation_id=session.conversation_id,
             sender=Party(id=session.visitor_id, name=session.name, handle=session.email),
             recipient=Party(id=self.name, name=self.settings.title),
-            content=Content(type="media" if attachments else "text", text=text or None, attachments=attachments),
+            content=content,
             sent_at=now,  # the gateway's clock: a browser's clock is not evidence
             raw=decode_json(raw) if self.settings.keep_raw else None,
         )
@@ -625,17 +682,8 @@ class WebchatChannel(Channel):
         if accepted.quarantined or accepted.id is None:
             return error_frame("invalid", "the message could not be normalized", client_id=client_id)
         if not accepted.duplicate:
-            await self._remember(
-                session,
-                {
-                    "id": accepted.id,
-                    "client_id": client_id,
-                    "direction": "inbound",
-                    "text": message.content.text,
-                    "attachments": [msgspec.to_builtins(a) for a in attachments],
-                    "sent_at": now.isoformat(),
-                },
-            )
+            entry = {"id": accepted.id, "client_id": client_id, "direction": "inbound", "text": content.text}
+            await self._remember(session, {**entry, **shown, "sent_at": now.isoformat()})
         return {"type": "ack", "client_id": client_id, "id": accepted.id, "duplicate": accepted.duplicate}
 
     # --- typing presence -------------------------------------------------------------------------

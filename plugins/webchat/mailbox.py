@@ -105,6 +105,18 @@ class Mailbox:
         raw = await self.client.xrange(self._stream_key(visitor_id), start, "+", count=self.limit)
         return _entries(raw or [])
 
+    async def reply(self, visitor_id: str, message_id: str) -> dict[str, Any] | None:
+        """The reply ``message_id`` as stored in this visitor's mailbox (found through its
+        "appended" marker), or None: unknown, trimmed, expired, or another visitor's."""
+        seq = await self.client.get(self._marker_key(message_id))
+        if seq is None:
+            return None
+        seq = _str(seq)
+        for entry in _entries(await self.client.xrange(self._stream_key(visitor_id), seq, seq) or []):
+            if entry.get("id") == message_id and entry.get("direction") == "outbound":
+                return entry
+        return None
+
     async def touch(self, visitor_id: str) -> None:
         """Keep a returning visitor's log as long as their session."""
         await self.client.expire(self._stream_key(visitor_id), self.ttl_s)

@@ -45,6 +45,15 @@ class ChatMessage(msgspec.Struct, kw_only=True, tag="message", tag_field="type")
     attachments: Annotated[list[AttachmentRef], msgspec.Meta(max_length=MAX_ATTACHMENTS)] = []
 
 
+class ChoicePick(msgspec.Struct, kw_only=True, tag="postback", tag_field="type"):
+    """A click on a choice button under a reply: which reply, which choice (its id). The gateway
+    takes the choice's title from the reply it stored, never from the frame."""
+
+    client_id: ClientId
+    reply_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    payload: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]  # Choice.id
+
+
 class Typing(msgspec.Struct, kw_only=True, tag="typing", tag_field="type"):
     state: bool
 
@@ -53,8 +62,15 @@ class Ping(msgspec.Struct, kw_only=True, tag="ping", tag_field="type"):
     pass
 
 
-ClientFrame = Hello | ChatMessage | Typing | Ping
+ClientFrame = Hello | ChatMessage | ChoicePick | Typing | Ping
 frame_decoder = msgspec.json.Decoder(ClientFrame)
+
+
+class _Kind(msgspec.Struct):
+    type: str = "message"
+
+
+kind_decoder = msgspec.json.Decoder(_Kind)  # a REST body's frame type: "message" when absent
 
 
 class SessionRequest(msgspec.Struct, kw_only=True):
@@ -68,6 +84,7 @@ class SessionRequest(msgspec.Struct, kw_only=True):
 
 session_decoder = msgspec.json.Decoder(SessionRequest)
 message_decoder = msgspec.json.Decoder(ChatMessage)
+pick_decoder = msgspec.json.Decoder(ChoicePick)
 
 
 def error_frame(

@@ -27,12 +27,15 @@ from plugins.webchat.live import Listener
 from plugins.webchat.mailbox import valid_seq
 from plugins.webchat.protocol import (
     ChatMessage,
+    ChoicePick,
     Hello,
     Ping,
     Typing,
     error_frame,
     frame_decoder,
+    kind_decoder,
     message_decoder,
+    pick_decoder,
     session_decoder,
 )
 from plugins.webchat.tokens import TokenError
@@ -289,6 +292,8 @@ async def _converse(channel: WebchatChannel, ws: web.WebSocketResponse, origin: 
                 await _send(ws, error_frame("hello_required", "send a hello frame first"))
             elif isinstance(frame, ChatMessage):
                 await _send(ws, await channel.receive(session, frame, data.encode()))
+            elif isinstance(frame, ChoicePick):
+                await _send(ws, await channel.receive_pick(session, frame, data.encode()))
             elif isinstance(frame, Typing):
                 await channel.typing(session, frame.state)
                 await _send(ws, {"type": "typing_ack", "state": frame.state})
@@ -342,18 +347,25 @@ async def create_session(request: web.Request) -> web.StreamResponse:
 
 @_guarded
 async def post_message(request: web.Request) -> web.StreamResponse:
-    """``POST /chat/api/messages``: the message frame as JSON; answers the ack (or error) frame."""
+    """``POST /chat/api/messages``: the message frame (``type`` optional) or a postback frame (a
+    click on a choice) as JSON; answers the ack (or error) frame."""
     channel = _instance(request)
     origin = _checked_origin(request, channel)
     session = _rest_session(request, channel, origin)
     body = await _read_limited(request, channel.max_frame_bytes, origin)
+    frame: ChatMessage | ChoicePick
     try:
-        frame = decode_json(body, message_decoder, what="message")
+        if decode_json(body, kind_decoder, what="message").type == "postback":
+            frame = decode_json(body, pick_decoder, what="postback")
+        else:
+            frame = decode_json(body, message_decoder, what="message")
     except PayloadError as exc:
         return _frame_response(error_frame("invalid", str(exc), client_id=_client_id_of(body)), origin)
     await channel.load_profile(session)
     page = request.headers.get("X-Chat-Page")
     session.page = page[:2048] if page else None
+    if isinstance(frame, ChoicePick):
+        return _frame_response(await channel.receive_pick(session, frame, body), origin)
     return _frame_response(await channel.receive(session, frame, body), origin)
 
 

@@ -2,7 +2,8 @@
  *   <script src="https://<gateway>/chat/widget.js" data-instance="<instance>" async></script>
  * Talks JSON frames over a WebSocket (REST fallback when sockets are blocked); see
  * docs/channels/webchat.md. Messages stay in a local outbox until the gateway acknowledges them
- * (after they are stored), and are re-sent after a reconnect or reload: the gateway deduplicates. */
+ * (after they are stored), and are re-sent after a reconnect or reload: the gateway deduplicates.
+ * Choices under a reply are buttons; a click is sent as a postback frame through the same outbox. */
 (function () {
   "use strict";
   var script = document.currentScript;
@@ -26,6 +27,7 @@
   var pollTimer = null, cursor = null, typingSent = 0, typingTimer = null, agentTypingTimer = null, unread = 0;
   var askedAfter = null;  /* the cursor the last hello carried: null means a fresh page (history, not news) */
   var busyUntil = 0, busyShown = false;  /* a new chat refused (429): wait as told, say so once */
+  var picked = {}, choiceGroups = {};  /* reply id -> the choice id picked on it / its buttons */
 
   function load() { try { return JSON.parse(localStorage.getItem(storeKey) || "{}"); } catch (e) { return {}; } }
   function save() {
@@ -78,6 +80,13 @@
     ".typing [hidden]{display:none}",
     ".chips{display:flex;flex-wrap:wrap;gap:6px;padding:0 10px}",
     ".chip{background:#eef2ff;border-radius:10px;padding:2px 8px;font-size:12px;margin-top:6px}",
+    ".choices{display:flex;flex-wrap:wrap;gap:6px;margin-top:8px}",
+    ".choice{font:inherit;font-size:13px;background:#fff;color:" + color + ";border:1px solid " + color + ";",
+    "border-radius:14px;padding:4px 12px;cursor:pointer;text-align:left}",
+    ".choice:hover:not(:disabled){background:#eef2ff}",
+    ".choice:focus-visible{outline:2px solid " + color + ";outline-offset:2px}",
+    ".choice:disabled{cursor:default;opacity:.5}",
+    ".choice[aria-pressed=true]{background:" + color + ";color:#fff;opacity:1}",
     ".foot{display:flex;gap:6px;padding:10px;border-top:1px solid #e3e5e8;align-items:flex-end}",
     "*{box-sizing:border-box}",
     "textarea{flex:1;resize:none;border:1px solid #d0d4d9;border-radius:10px;padding:8px 10px;font:inherit;",
@@ -159,6 +168,7 @@
       }
       node.appendChild(link);
     });
+    if (direction === "outbound" && item.choices && item.choices.length) node.appendChild(choiceGroup(item));
     node.appendChild(el("span", "st", ""));
     list.appendChild(node);
     if (key) bubbles[key] = node;
@@ -167,8 +177,49 @@
   }
   function note(text) { list.appendChild(el("div", "msg note", text)); scroll(); }
 
+  /* ---- choices: buttons under a reply; a click is a postback, then the buttons are disabled ---- */
+  function choiceGroup(m) {
+    var group = el("div", "choices");
+    group.setAttribute("role", "group");
+    group.setAttribute("aria-label", "Choose an answer");
+    m.choices.forEach(function (c) {
+      var b = el("button", "choice", c.title);
+      b.type = "button";
+      b.dataset.choiceId = c.id;
+      b.setAttribute("aria-pressed", "false");
+      b.addEventListener("click", function () { pick(m.id, c); });
+      group.appendChild(b);
+    });
+    choiceGroups[m.id] = group;
+    if (picked[m.id] != null) answered(m.id, picked[m.id]);
+    return group;
+  }
+  function answered(replyId, choiceId) {
+    picked[replyId] = choiceId;
+    var group = choiceGroups[replyId];
+    if (!group) return;
+    Array.prototype.forEach.call(group.querySelectorAll("button"), function (b) {
+      b.disabled = true;
+      b.setAttribute("aria-pressed", String(b.dataset.choiceId === choiceId));
+    });
+  }
+  function pick(replyId, choice) {
+    if (picked[replyId] != null) return;
+    answered(replyId, choice.id);
+    var item = { client_id: newId(), text: choice.title, attachments: [],
+                 postback: { reply_id: replyId, payload: choice.id } };
+    state.outbox.push(item); save();
+    setStatus(bubble(item, "inbound"), "Sending\u2026", "pending");
+    input.focus();
+    flush();
+  }
+
   /* ---- transport ---- */
   function frameOf(item) {
+    if (item.postback) {
+      return { type: "postback", client_id: item.client_id, reply_id: item.postback.reply_id,
+               payload: item.postback.payload };
+    }
     return { type: "message", client_id: item.client_id, text: item.text,
              attachments: (item.attachments || []).map(function (a) { return { upload_id: a.upload_id }; }) };
   }
@@ -211,6 +262,7 @@
       applySettings(f.settings || {});
       (f.history || []).forEach(function (h) {
         if (h.direction === "outbound") return reply(h, askedAfter === null);
+        if (h.postback && h.reply_to) answered(h.reply_to, h.postback.payload);
         var node = bubble(h, h.direction);
         node.dataset.id = h.id;
         setStatus(node, "Sent \u2713", "acked");
@@ -372,7 +424,10 @@
   close.addEventListener("click", function () { toggle(false); });
 
   /* Unsent messages from an earlier page: show them and connect at once, so they are delivered. */
-  state.outbox.forEach(function (item) { setStatus(bubble(item, "inbound"), "Sending\u2026", "pending"); });
+  state.outbox.forEach(function (item) {
+    if (item.postback) picked[item.postback.reply_id] = item.postback.payload;
+    setStatus(bubble(item, "inbound"), "Sending\u2026", "pending");
+  });
   if (state.token || state.outbox.length) start();
 
   window.GatewayChat = {
