@@ -148,6 +148,14 @@ class FetchSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         Allowlist.parse(self.allow)  # ValueError names the bad entry
 
 
+class ProfilesSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Customer profiles across channels (docs/profiles.md): the identity processor and the
+    /api/v1/profiles endpoints share this store."""
+
+    # A profile not seen (no message, no link) for this long expires with its identities.
+    retention_days: Positive = 400
+
+
 class PluginsSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Fail at start when a third-party plugin cannot be loaded (recommended in production).
     fail_fast: bool | None = None
@@ -168,6 +176,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     dispatch: DispatchSection = msgspec.field(default_factory=DispatchSection)
     api: ApiSection = msgspec.field(default_factory=ApiSection)
     fetch: FetchSection = msgspec.field(default_factory=FetchSection)
+    profiles: ProfilesSection = msgspec.field(default_factory=ProfilesSection)
     plugins: PluginsSection = msgspec.field(default_factory=PluginsSection)
     logging: LoggingSection = msgspec.field(default_factory=LoggingSection)
     channels: dict[str, dict[str, Any]] = {}
