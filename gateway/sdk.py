@@ -65,6 +65,25 @@ from gateway.model import (
     utcnow,
 )
 from gateway.processor import BatchResult, Drop, Processor, ProcessorContext, ProcessorSettings
+from gateway.profiles import (
+    ATTR_CORP_ID,
+    ATTR_EMAIL_VERIFIED,
+    ATTR_PHONE_E164,
+    ATTR_PROFILE_ID,
+    ATTR_STAFF_ID,
+    ATTR_UNION_ID,
+    ATTR_UNIONID,
+    STRONG_IDENTITY_ATTRIBUTES,
+    UNKNOWN_SENDER,
+    Identity,
+    LinkOutcome,
+    Profile,
+    ProfileStore,
+    derived_event_id,
+    identities_of,
+    normalize_e164,
+    normalize_email,
+)
 from gateway.provider_http import ProviderResponse, basic_auth, call_provider, raise_for_response, retry_after_seconds
 from gateway.routes import Route, channel_instances
 from gateway.signing import (
@@ -91,12 +110,27 @@ from gateway.store.redis import StoreUnavailable
 # Message.resolve, Choice (Content.choices), ConversationEvent, ProcessorContext.emit_conversation,
 # RESOLVED_LABEL (a channel's session-end event resolves its conversation); Channel.native_choices,
 # choices_as_text and choice_for_reply (choices as a numbered list where a channel has no widget).
+# Profiles (docs/profiles.md): the Party.attributes keys a channel sets when it has a strong identity
+# (ATTR_PHONE_E164 via normalize_e164, ATTR_EMAIL_VERIFIED only for an authenticated sender via
+# normalize_email, ATTR_UNIONID, ATTR_UNION_ID, ATTR_STAFF_ID with ATTR_CORP_ID;
+# STRONG_IDENTITY_ATTRIBUTES), UNKNOWN_SENDER (a sender id that is never an identity), ATTR_PROFILE_ID;
+# Identity, identities_of, ProfileStore (ProcessorContext.profiles), LinkOutcome, Profile,
+# derived_event_id (event ids derived from their cause).
 API_VERSION = "1.3"
 
 __all__ = [
     "API_VERSION",
+    "ATTR_CORP_ID",
+    "ATTR_EMAIL_VERIFIED",
+    "ATTR_PHONE_E164",
+    "ATTR_PROFILE_ID",
+    "ATTR_STAFF_ID",
+    "ATTR_UNIONID",
+    "ATTR_UNION_ID",
     "PRIORITY_RANK",
     "RESOLVED_LABEL",
+    "STRONG_IDENTITY_ATTRIBUTES",
+    "UNKNOWN_SENDER",
     "WEEKDAYS",
     "Accepted",
     "AccessTokens",
@@ -120,10 +154,12 @@ __all__ = [
     "Fetched",
     "ForbiddenError",
     "HttpReply",
+    "Identity",
     "Ingest",
     "IngestError",
     "IngestOutcome",
     "KeywordMatcher",
+    "LinkOutcome",
     "Location",
     "Message",
     "ParseResult",
@@ -134,6 +170,8 @@ __all__ = [
     "Processor",
     "ProcessorContext",
     "ProcessorSettings",
+    "Profile",
+    "ProfileStore",
     "ProviderResponse",
     "Reaction",
     "ReplyWindow",
@@ -161,6 +199,7 @@ __all__ = [
     "choices_as_text",
     "constant_time_equals",
     "decode_json",
+    "derived_event_id",
     "encode",
     "format_calendar_error",
     "hmac_sha1_b64",
@@ -168,8 +207,11 @@ __all__ = [
     "hmac_sha256_hex",
     "hookimpl",
     "html_to_text",
+    "identities_of",
     "load_calendars",
     "message_text",
+    "normalize_e164",
+    "normalize_email",
     "normalize_for_match",
     "parse_wx_xml",
     "primary_language",
