@@ -51,6 +51,18 @@ class IdentityProcessor(Processor):
     before = ("routing", "autoreply")
     description = "Links the sender's channel identities into one customer profile (informational, never routing)."
 
+    def __init__(self, settings: ProcessorSettings) -> None:
+        super().__init__(settings)
+        self._fallback: ProfileStore | None = None  # for contexts without ``profiles`` (tests, tools)
+
+    def _profiles(self, ctx: ProcessorContext) -> ProfileStore:
+        """The worker's store ([profiles] retention), else one with the defaults on ``ctx.store``."""
+        if ctx.profiles is not None:
+            return ctx.profiles
+        if self._fallback is None or self._fallback.store is not ctx.store:
+            self._fallback = ProfileStore(ctx.store)
+        return self._fallback
+
     def applies_to(self, message: Message) -> bool:
         return message.direction == "inbound" and super().applies_to(message)
 
@@ -58,8 +70,7 @@ class IdentityProcessor(Processor):
         identities = identities_of(message)
         if not identities:  # no usable sender id and no strong key: nothing to recognise them by
             return message
-        profiles = ctx.profiles or ProfileStore(ctx.store)
-        outcome = await profiles.resolve(identities, instance=message.instance, outcome=message.id)
+        outcome = await self._profiles(ctx).resolve(identities, instance=message.instance, outcome=message.id)
         message.sender.attributes[ATTR_PROFILE_ID] = outcome.profile_id
         label: dict[str, Any] = {"id": outcome.profile_id, "identities": outcome.identities, "linked": outcome.others}
         if outcome.status == "conflict":

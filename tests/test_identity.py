@@ -13,7 +13,7 @@ from gateway.model import ConversationEvent, Message, Party, decode_conversation
 from gateway.pipeline.chain import build_chain
 from gateway.plugins import PluginRegistry
 from gateway.processor import ProcessorContext
-from gateway.profiles import ATTR_PHONE_E164, ProfileStore, identity
+from gateway.profiles import ATTR_PHONE_E164, DEFAULT_RETENTION_DAYS, ProfileStore, identity
 from gateway.store.redis import RedisStore
 from gateway.testing import inbound_message, running_gateway, sign_hmac_sha256_hex
 from gateway.testing.harness import json_request
@@ -66,6 +66,14 @@ async def test_first_message_creates_a_profile_and_labels_the_message(recorder: 
     assert recorder.events == []  # a new profile links nothing to an existing one
     profile = await recorder.profiles.get(profile_id)
     assert profile is not None and list(profile.seen) == ["wa-main"]
+
+
+async def test_a_context_without_a_profile_store_uses_the_default_retention(store: RedisStore) -> None:
+    ctx = Recorder(store).ctx
+    ctx.profiles = None  # e.g. a plugin author's own test context
+    message = await processor().process(whatsapp_like("wa-main", "+4930123456"), ctx)
+    key = f"{store.prefix}pf:p:{message.sender.attributes['profile_id']}"
+    assert 399 * 86400 < await store.client.ttl(key) <= DEFAULT_RETENTION_DAYS * 86400
 
 
 async def test_the_same_phone_on_another_channel_links_and_emits_profile_linked(recorder: Recorder) -> None:
