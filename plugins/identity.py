@@ -18,7 +18,7 @@ Off unless ``[processors.identity] enabled = true``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 
@@ -31,6 +31,7 @@ from gateway.sdk import (
     ProcessorContext,
     ProcessorSettings,
     ProfileStore,
+    StoreUnavailable,
     derived_event_id,
     hookimpl,
     identities_of,
@@ -43,6 +44,9 @@ LABEL = "profile"
 
 class IdentitySettings(ProcessorSettings, kw_only=True, forbid_unknown_fields=True):
     enabled: bool = False  # profiles are personal data: an operator opts in
+    # Redis down: "skip" (the message goes on without a profile, labelled so) or "fail" (the worker
+    # retries, then dead-letters it). The profile is informational, so skipping is the default.
+    on_store_error: Literal["skip", "fail"] = "skip"
 
 
 class IdentityProcessor(Processor):
@@ -53,6 +57,8 @@ class IdentityProcessor(Processor):
 
     def __init__(self, settings: ProcessorSettings) -> None:
         super().__init__(settings)
+        assert isinstance(settings, IdentitySettings)
+        self.config = settings
         self._fallback: ProfileStore | None = None  # for contexts without ``profiles`` (tests, tools)
 
     def _profiles(self, ctx: ProcessorContext) -> ProfileStore:
@@ -70,7 +76,14 @@ class IdentityProcessor(Processor):
         identities = identities_of(message)
         if not identities:  # no usable sender id and no strong key: nothing to recognise them by
             return message
-        outcome = await self._profiles(ctx).resolve(identities, instance=message.instance, outcome=message.id)
+        try:
+            outcome = await self._profiles(ctx).resolve(identities, instance=message.instance, outcome=message.id)
+        except StoreUnavailable as exc:
+            if self.config.on_store_error == "fail":  # the worker retries, then dead-letters
+                raise
+            log.warning("profile_store_unavailable", message_id=message.id, error=type(exc).__name__)
+            message.tags.labels[LABEL] = {"skipped": "store_unavailable"}
+            return message
         message.sender.attributes[ATTR_PROFILE_ID] = outcome.profile_id
         label: dict[str, Any] = {"id": outcome.profile_id, "identities": outcome.identities, "linked": outcome.others}
         if outcome.status == "conflict":

@@ -14,7 +14,7 @@ from gateway.pipeline.chain import build_chain
 from gateway.plugins import PluginRegistry
 from gateway.processor import ProcessorContext
 from gateway.profiles import ATTR_PHONE_E164, DEFAULT_RETENTION_DAYS, ProfileStore, identity
-from gateway.store.redis import RedisStore
+from gateway.store.redis import RedisStore, StoreUnavailable
 from gateway.testing import inbound_message, running_gateway, sign_hmac_sha256_hex
 from gateway.testing.harness import json_request
 from plugins.identity import IdentityProcessor, IdentitySettings
@@ -124,6 +124,22 @@ async def test_messages_without_a_sender_identity_are_left_alone(recorder: Recor
     message = inbound_message("hi", instance="feishu", sender=Party(id="unknown"))
     result = await processor().process(message, recorder.ctx)
     assert "profile" not in result.tags.labels and "profile_id" not in result.sender.attributes
+
+
+async def test_redis_down_skips_or_fails_as_configured() -> None:
+    from gateway.config import RedisSection
+    from gateway.embedded import free_port
+
+    dead = RedisStore(RedisSection(url=f"redis://127.0.0.1:{free_port()}/0", socket_timeout_s=0.2))
+    try:
+        ctx = Recorder(dead).ctx
+        skipped = await processor().process(whatsapp_like("wa-main", "+4930123456"), ctx)
+        assert skipped.tags.labels["profile"] == {"skipped": "store_unavailable"}
+        assert "profile_id" not in skipped.sender.attributes
+        with pytest.raises(StoreUnavailable):
+            await processor(on_store_error="fail").process(whatsapp_like("wa-main", "+4930123456"), ctx)
+    finally:
+        await dead.close()
 
 
 def test_off_by_default_and_runs_before_routing_and_autoreply(
