@@ -4,6 +4,8 @@ to their own conversation's recipient after a merge."""
 
 from __future__ import annotations
 
+import tomllib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -152,6 +154,15 @@ def test_off_by_default_and_runs_before_routing_and_autoreply(
     bad = make_config(kafka_bootstrap, redis_url, processors={"identity": {"enabled": True, "nope": 1}})
     with pytest.raises(ConfigError, match="unknown field `nope`"):
         build_chain(bad, registry)
+
+
+def test_the_documented_configuration_loads(kafka_bootstrap: str, redis_url: str, registry: PluginRegistry) -> None:
+    text = (Path(__file__).resolve().parent.parent / "docs" / "profiles.md").read_text(encoding="utf-8")
+    snippet = tomllib.loads(text.split("```toml\n", 1)[1].split("```", 1)[0])
+    config = make_config(kafka_bootstrap, redis_url, **snippet)
+    [identity_processor] = [p for p in build_chain(config, registry) if p.name == "identity"]
+    assert isinstance(identity_processor, IdentityProcessor) and identity_processor.config.on_store_error == "skip"
+    assert config.profiles.retention_days == 400
 
 
 def whatsapp_webhook(number: str, message_id: str, name: str = "Ada") -> Any:
