@@ -179,6 +179,14 @@ class ConversationsSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=T
         return table if isinstance(table, BusinessHours) else None
 
 
+class ProfilesSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Customer profiles across channels (docs/profiles.md): the identity processor and the
+    /api/v1/profiles endpoints share this store."""
+
+    # A profile not seen (no message, no link) for this long expires with its identities.
+    retention_days: Positive = 400
+
+
 class PluginsSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Fail at start when a third-party plugin cannot be loaded (recommended in production).
     fail_fast: bool | None = None
@@ -200,6 +208,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     api: ApiSection = msgspec.field(default_factory=ApiSection)
     fetch: FetchSection = msgspec.field(default_factory=FetchSection)
     conversations: ConversationsSection = msgspec.field(default_factory=ConversationsSection)
+    profiles: ProfilesSection = msgspec.field(default_factory=ProfilesSection)
     plugins: PluginsSection = msgspec.field(default_factory=PluginsSection)
     logging: LoggingSection = msgspec.field(default_factory=LoggingSection)
     channels: dict[str, dict[str, Any]] = {}

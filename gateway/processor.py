@@ -17,6 +17,7 @@ import msgspec
 from gateway.model import ConversationEvent, DeliveryEvent, Message, utcnow
 
 if TYPE_CHECKING:
+    from gateway.profiles import ProfileStore
     from gateway.store.redis import RedisStore
 
 
@@ -44,6 +45,8 @@ class ProcessorContext:
     clock: Callable[[], datetime] = field(default=utcnow)
     # publish a conversation event (gateway.conversations.v1) with the message's outputs
     emit_conversation: Callable[[ConversationEvent], Awaitable[None]] = _no_conversation_output
+    # customer profiles ([profiles] retention); None: a ProfileStore on ``store`` with the defaults
+    profiles: ProfileStore | None = None
 
 
 # What a processor's batch call says about one message: the (possibly new) message, a Drop, or

@@ -21,6 +21,7 @@ from gateway.ingress.ingest import Ingestor
 from gateway.metrics import Metrics
 from gateway.model import DlqRecord, DlqStage, Message, decode_message, raw_payload
 from gateway.plugins import PluginRegistry
+from gateway.profiles import ProfileStore
 from gateway.store.redis import RedisStore
 from gateway.tracing import child_traceparent
 
@@ -67,6 +68,7 @@ class Runtime:
     store: RedisStore
     metrics: Metrics
     topics: Topics
+    profiles: ProfileStore
     channels: dict[str, Channel] = field(default_factory=dict)
     http: aiohttp.ClientSession | None = None
     ingestor: Ingestor | None = None
@@ -79,6 +81,7 @@ class Runtime:
             registry=registry,
             publisher=Publisher(config.kafka),
             store=store,
+            profiles=ProfileStore(store, config.profiles.retention_days),
             metrics=metrics or Metrics(),
             topics=Topics(config.gateway.topic_prefix),
         )

@@ -67,6 +67,25 @@ from gateway.model import (
     utcnow,
 )
 from gateway.processor import BatchResult, Drop, Processor, ProcessorContext, ProcessorSettings
+from gateway.profiles import (
+    ATTR_CORP_ID,
+    ATTR_EMAIL_VERIFIED,
+    ATTR_PHONE_E164,
+    ATTR_PROFILE_ID,
+    ATTR_STAFF_ID,
+    ATTR_UNION_ID,
+    ATTR_UNIONID,
+    STRONG_IDENTITY_ATTRIBUTES,
+    UNKNOWN_SENDER,
+    Identity,
+    LinkOutcome,
+    Profile,
+    ProfileStore,
+    derived_event_id,
+    identities_of,
+    normalize_e164,
+    normalize_email,
+)
 from gateway.provider_http import ProviderResponse, basic_auth, call_provider, raise_for_response, retry_after_seconds
 from gateway.routes import Route, channel_instances
 from gateway.signing import (
@@ -97,12 +116,27 @@ from gateway.store.redis import StoreUnavailable
 # LoopGuard (the rules that keep automatic messages from answering machines and ourselves) and
 # per-language templates (check_template, check_templates, pick_language, render_template), shared
 # by the autoreply and csat processors.
+# Profiles (docs/profiles.md): the Party.attributes keys a channel sets when it has a strong identity
+# (ATTR_PHONE_E164 via normalize_e164, ATTR_EMAIL_VERIFIED only for an authenticated sender via
+# normalize_email, ATTR_UNIONID, ATTR_UNION_ID, ATTR_STAFF_ID with ATTR_CORP_ID;
+# STRONG_IDENTITY_ATTRIBUTES), UNKNOWN_SENDER (a sender id that is never an identity), ATTR_PROFILE_ID;
+# Identity, identities_of, ProfileStore (ProcessorContext.profiles), LinkOutcome, Profile,
+# derived_event_id (event ids derived from their cause).
 API_VERSION = "1.3"
 
 __all__ = [
     "API_VERSION",
+    "ATTR_CORP_ID",
+    "ATTR_EMAIL_VERIFIED",
+    "ATTR_PHONE_E164",
+    "ATTR_PROFILE_ID",
+    "ATTR_STAFF_ID",
+    "ATTR_UNIONID",
+    "ATTR_UNION_ID",
     "PRIORITY_RANK",
     "RESOLVED_LABEL",
+    "STRONG_IDENTITY_ATTRIBUTES",
+    "UNKNOWN_SENDER",
     "WEEKDAYS",
     "Accepted",
     "AccessTokens",
@@ -126,10 +160,12 @@ __all__ = [
     "Fetched",
     "ForbiddenError",
     "HttpReply",
+    "Identity",
     "Ingest",
     "IngestError",
     "IngestOutcome",
     "KeywordMatcher",
+    "LinkOutcome",
     "Location",
     "LoopGuard",
     "Message",
@@ -141,6 +177,8 @@ __all__ = [
     "Processor",
     "ProcessorContext",
     "ProcessorSettings",
+    "Profile",
+    "ProfileStore",
     "ProviderResponse",
     "Reaction",
     "ReplyWindow",
@@ -171,6 +209,7 @@ __all__ = [
     "choices_as_text",
     "constant_time_equals",
     "decode_json",
+    "derived_event_id",
     "encode",
     "format_calendar_error",
     "hmac_sha1_b64",
@@ -178,8 +217,11 @@ __all__ = [
     "hmac_sha256_hex",
     "hookimpl",
     "html_to_text",
+    "identities_of",
     "load_calendars",
     "message_text",
+    "normalize_e164",
+    "normalize_email",
     "normalize_for_match",
     "parse_wx_xml",
     "pick_language",

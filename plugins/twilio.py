@@ -40,6 +40,7 @@ from urllib.parse import parse_qs, parse_qsl, quote, urlencode, urlparse
 import msgspec
 
 from gateway.sdk import (
+    ATTR_PHONE_E164,
     Attachment,
     AuthenticationError,
     Channel,
@@ -64,6 +65,7 @@ from gateway.sdk import (
     hmac_sha1_b64,
     hmac_sha256_b64,
     hookimpl,
+    normalize_e164,
 )
 
 SIGNATURE_HEADER = "X-Twilio-Signature"
@@ -481,6 +483,11 @@ class TwilioChannel(Channel):
         sender_attributes = _geo(fields, "From")
         if data.wa_id:
             sender_attributes["wa_id"] = data.wa_id
+        # SMS/MMS and WhatsApp senders are phone numbers (a strong identity, docs/profiles.md); short
+        # codes, alphanumeric sender ids and other address kinds (messenger:...) are not.
+        phone = normalize_e164(sender_handle) if prefix in (None, "whatsapp") else None
+        if phone:
+            sender_attributes[ATTR_PHONE_E164] = phone
         message = self.message(
             external_id=external_id,
             conversation_id=f"{self.name}:{data.to}:{data.from_}",

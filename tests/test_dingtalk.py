@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gateway.sdk import AuthenticationError, PayloadError
+from gateway.sdk import ATTR_CORP_ID, ATTR_STAFF_ID, AuthenticationError, PayloadError, identities_of
 from gateway.testing import json_request, make_channel, webhook_request
 from plugins.dingtalk import DingTalkChannel, sign
 from tests.dingtalk_events import (
@@ -69,6 +69,19 @@ def test_single_chat_text() -> None:
     assert message.sent_at.isoformat() == "2021-02-18T06:37:32.678000+00:00"
     labels = message.tags.labels["dingtalk"]
     assert labels["conversation_type"] == "1" and "sessionWebhook" not in str(labels)
+
+
+def test_staff_id_is_a_strong_identity_within_the_corp() -> None:
+    """docs/profiles.md: senderStaffId (with senderCorpId) links a user across the corp's robots."""
+    [message] = channel().parse(webhook_request(dingtalk_request(robot_message()))).messages
+    assert (
+        message.sender.attributes[ATTR_STAFF_ID] == STAFF and message.sender.attributes[ATTR_CORP_ID] == "dingcorp0123"
+    )
+    assert identities_of(message)[1].label == f"org:dingcorp0123/staff_id:{STAFF}"
+    # An external user has no staff id: only the instance-scoped (encrypted) sender id.
+    [external] = channel().parse(webhook_request(dingtalk_request(robot_message(staff_id=None)))).messages
+    assert ATTR_STAFF_ID not in external.sender.attributes
+    assert [i.scope for i in identities_of(external)] == ["instance:dingtalk"]
 
 
 def test_group_text_with_mentions() -> None:

@@ -20,8 +20,9 @@ from gateway.ingress.app import create_app
 from gateway.model import decode_dlq, decode_message, encode
 from gateway.plugins import PluginRegistry, load_plugins
 from gateway.runtime import Runtime
+from gateway.sdk import ATTR_EMAIL_VERIFIED
 from gateway.store.redis import RedisStore
-from plugins.email.sendgrid import SendGridChannel, SendGridSettings
+from plugins.email.sendgrid import SendGridChannel, SendGridSettings, verified_sender
 from tests.conftest import make_config, messages_of, read_records, topic_size
 from tests.email_forms import encode_spec, load_spec
 
@@ -177,6 +178,32 @@ def test_parse_gbk_fields_attachments_and_spam_labels() -> None:
     ]
     assert labels["email"]["auto_reply"] is None and "no_auto_reply" not in labels
     assert "attachments_missing" not in labels["email"]
+
+
+def test_an_authenticated_sender_is_a_verified_address() -> None:
+    """SPF and DKIM pass for the From domain (parsed_gbk): the address is a strong identity."""
+    assert parse("parsed_gbk").sender.attributes == {ATTR_EMAIL_VERIFIED: "li.na@example.cn"}
+    assert parse("raw_mime").sender.attributes == {ATTR_EMAIL_VERIFIED: "li.na@example.cn"}
+
+
+@pytest.mark.parametrize(
+    ("address", "envelope", "spf", "dkim", "verified"),
+    [
+        ("Li.Na@Example.cn", None, None, "{@example.cn : pass}", "li.na@example.cn"),
+        ("a@support.example.cn", None, "fail", "{@other.example : fail, @example.cn : pass}", "a@support.example.cn"),
+        ("a@example.cn", "bounces@example.cn", "pass", None, "a@example.cn"),
+        ("a@example.cn", "<b@mail.example.cn>", "pass", "none", None),  # a subdomain does not vouch for its parent
+        ("a@example.cn", None, None, "{@evil.example : pass}", None),  # signed, but by another domain
+        ("a@example.cn", "x@evil.example", "pass", None, None),  # SPF passed for another domain
+        ("a@example.cn", "a@example.cn", "softfail", "{@example.cn : fail}", None),
+        ("a@example.cn", None, None, None, None),  # no verdict at all
+        ("a@badexample.cn", None, None, "{@example.cn : pass}", None),  # a suffix is not a parent domain
+    ],
+)
+def test_verified_sender_needs_a_passing_aligned_verdict(
+    address: str, envelope: str | None, spf: str | None, dkim: str | None, verified: str | None
+) -> None:
+    assert verified_sender(address, envelope, spf, dkim) == verified
 
 
 def test_parse_reply_joins_the_first_messages_conversation() -> None:

@@ -15,7 +15,7 @@ from lark_oapi.core.model import RawRequest
 from lark_oapi.core.utils import AESCipher
 from lark_oapi.event.dispatcher_handler import EventDispatcherHandler
 
-from gateway.sdk import AuthenticationError, PayloadError
+from gateway.sdk import UNKNOWN_SENDER, AuthenticationError, PayloadError, identities_of
 from gateway.testing import ProviderRequest, json_request, make_channel, webhook_request
 from plugins.feishu import FeishuChannel, crypto
 from tests.feishu_events import (
@@ -199,6 +199,19 @@ def test_p2p_text_with_everything_kept() -> None:
     assert message.sent_at.isoformat() == "2020-12-27T12:45:51.345000+00:00"
     labels = message.tags.labels["feishu"]
     assert labels["event_id"] == "5e3702a84e847582be8db7fb73283c02" and labels["chat_type"] == "p2p"
+
+
+def test_union_id_is_the_strong_identity_across_one_developers_apps() -> None:
+    """docs/profiles.md: union_id links a Feishu user across apps; open_id stays instance-scoped."""
+    message = parse_one(receive_event("text", {"text": "hi"}))
+    assert [i.label for i in identities_of(message)] == [
+        f"instance:feishu/user_id:{USER}",
+        "union_id:on_8ed6aa67826108097d9ee143816345",
+    ]
+    event = receive_event("text", {"text": "hi"})
+    event["event"]["sender"]["sender_id"] = {}  # no id at all: the sender is nobody to link
+    anonymous = parse_one(event)
+    assert anonymous.sender.id == UNKNOWN_SENDER and identities_of(anonymous) == []
 
 
 def test_group_mentions_threads_and_replies() -> None:

@@ -16,6 +16,7 @@ from multidict import CIMultiDict
 from gateway.channel import AuthenticationError, ChannelServices, ParseResult, PayloadError, WebhookRequest
 from gateway.config import RedisSection
 from gateway.model import Message, decode_event, decode_message, encode
+from gateway.sdk import ATTR_PHONE_E164
 from gateway.store.redis import RedisStore
 from plugins.meta import InstagramChannel, MessengerChannel, MetaChannel, MetaSettings, WhatsAppChannel
 
@@ -375,6 +376,22 @@ def test_whatsapp_missing_optional_fields() -> None:
     assert message.recipient is not None and message.recipient.handle is None
     assert message.content.type == "unsupported"  # a text type without text: nothing to show
     decode_message(encode(message))
+
+
+def test_whatsapp_sender_phone_is_a_strong_identity() -> None:
+    """The wa_id is the sender's number: set as phone_e164 (docs/profiles.md) when it is a valid one."""
+    assert only("whatsapp_text.json").sender.attributes == {ATTR_PHONE_E164: "+16505551234"}
+
+    def sender_of(wa_id: str) -> dict[str, str]:
+        item = {"from": wa_id, "id": f"wamid.{wa_id}", "type": "text", "text": {"body": "hi"}}
+        value = {"metadata": {"phone_number_id": "106540352242922"}, "messages": [item]}
+        body = {"object": "whatsapp_business_account", "entry": [{"changes": [{"field": "messages", "value": value}]}]}
+        (message,) = make_channel().parse(request(body)).messages
+        return message.sender.attributes
+
+    assert sender_of("4930123456") == {ATTR_PHONE_E164: "+4930123456"}
+    assert sender_of("5215512345678") == {}  # the legacy Mexican wa_id is not a valid number: not linked
+    assert sender_of("US.13491208655302741918") == {}  # not a phone number at all
 
 
 def test_two_whatsapp_instances_namespace_conversations() -> None:

@@ -329,7 +329,13 @@ def test_sms() -> None:
     assert message.external_id == "SM3f5c1e9a0b2d4f6a8c0e2b4d6f8a0c2e"
     assert message.conversation_id == "twilio-us:+14155550100:+14155550123"
     assert message.sender.id == "+14155550123" and message.sender.handle == "+14155550123"
-    assert message.sender.attributes == {"city": "SAN FRANCISCO", "state": "CA", "zip": "94105", "country": "US"}
+    assert message.sender.attributes == {
+        "city": "SAN FRANCISCO",
+        "state": "CA",
+        "zip": "94105",
+        "country": "US",
+        "phone_e164": "+14155550123",  # a strong identity (docs/profiles.md)
+    }
     assert message.recipient.id == "+14155550100"
     assert message.recipient.attributes["zip"] == "94107"
     assert message.content.type == "text"
@@ -337,6 +343,22 @@ def test_sms() -> None:
     assert message.tags.labels["twilio_channel"] == "sms"
     assert message.tags.labels["twilio"]["messaging_service_sid"] == "MG7c1e0f4a2b9d8e6f5a4b3c2d1e0f9a8b"
     assert message.raw is None
+
+
+@pytest.mark.parametrize(
+    ("sender", "phone"),
+    [
+        ("+49 30 1234 5678", "+493012345678"),  # normalized to E.164
+        ("whatsapp:+4915112345678", "+4915112345678"),
+        ("12345", None),  # a short code
+        ("ACME", None),  # an alphanumeric sender id
+        ("messenger:1234567890", None),  # not a phone address
+    ],
+)
+def test_only_phone_senders_get_a_phone_identity(sender: str, phone: str | None) -> None:
+    form = {**fixture("sms"), "From": sender}
+    [message] = make_channel().parse(request(form)).messages
+    assert message.sender.attributes.get("phone_e164") == phone
 
 
 def test_keep_raw_keeps_the_form() -> None:
@@ -361,7 +383,8 @@ def test_chinese_and_emoji_body_and_blank_geo_fields() -> None:
     assert message.content.text == fixture("sms_chinese_emoji")["Body"]
     assert "我的快递三天了还没到 📦😡" in message.content.text
     assert message.sender.id == "+8613800138000"
-    assert message.sender.attributes == {"country": "CN"}  # blank FromCity/FromState/FromZip dropped
+    # blank FromCity/FromState/FromZip dropped
+    assert message.sender.attributes == {"country": "CN", "phone_e164": "+8613800138000"}
     assert message.tags.labels["twilio"]["num_segments"] == 2
 
 
@@ -370,7 +393,7 @@ def test_whatsapp_text_with_profile_name_and_reply() -> None:
     assert message.sender.id == "whatsapp:+4915112345678"
     assert message.sender.handle == "+4915112345678"
     assert message.sender.name == "Zoë Müller"
-    assert message.sender.attributes == {"wa_id": "4915112345678"}
+    assert message.sender.attributes == {"wa_id": "4915112345678", "phone_e164": "+4915112345678"}
     assert message.recipient.id == "whatsapp:+14155238886" and message.recipient.handle == "+14155238886"
     assert message.conversation_id == "twilio-us:whatsapp:+14155238886:whatsapp:+4915112345678"
     assert message.content.type == "text" and message.content.text == "Can I change the delivery address? 🙏"

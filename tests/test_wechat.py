@@ -18,7 +18,13 @@ import pytest
 from wechatpy.crypto import WeChatCrypto
 
 from gateway.model import Message
-from gateway.sdk import AuthenticationError, PayloadError, sha1_signature
+from gateway.sdk import (
+    STRONG_IDENTITY_ATTRIBUTES,
+    AuthenticationError,
+    PayloadError,
+    identities_of,
+    sha1_signature,
+)
 from gateway.testing import ProviderRequest, RunningGateway, make_channel, running_gateway
 from gateway.testing import webhook_request as to_webhook
 from plugins.wechat import WeChatChannel
@@ -102,6 +108,14 @@ def test_text_message() -> None:
     assert m.content.type == "text" and m.content.text == CHINESE
     assert m.sent_at is not None and int(m.sent_at.timestamp()) == 1409735668
     assert m.tags.labels["wechat"]["msg_id"] == "6054768590064713728"
+
+
+def test_the_per_account_openid_links_nothing_across_instances() -> None:
+    """docs/profiles.md: an openid is per Official Account and the callback carries no unionid, so
+    the sender is only an instance-scoped identity (linked across channels through the API)."""
+    m = one(channel(), text())
+    assert [i.label for i in identities_of(m)] == [f"instance:wechat/user_id:{ADA}"]
+    assert not set(STRONG_IDENTITY_ATTRIBUTES) & set(m.sender.attributes)
 
 
 def test_media_messages() -> None:

@@ -23,7 +23,14 @@ from wechatpy.enterprise.crypto import WeChatCrypto
 
 import plugins.wecom_kf as wecom_kf_plugin
 from gateway.model import Content, Message, Party
-from gateway.sdk import AuthenticationError, IngestError, ParseResult, SendError
+from gateway.sdk import (
+    STRONG_IDENTITY_ATTRIBUTES,
+    AuthenticationError,
+    IngestError,
+    ParseResult,
+    SendError,
+    identities_of,
+)
 from gateway.store.redis import RedisStore
 from gateway.testing import ProviderRequest, RunningGateway, make_channel, running_gateway, webhook_request
 from plugins.wecom_kf import WeComKfChannel
@@ -271,6 +278,15 @@ def test_records_become_messages_and_events() -> None:
     assert failed.status == "failed" and failed.external_id == "ours1" and failed.error is not None
     assert failed.error.code == "msg_send_fail:4" and "48 h" in failed.error.message
     assert outcome.ignored == ["servicer_status_change"] and len(outcome.unreadable) == 1
+
+
+def test_the_per_corp_external_userid_links_nothing_across_instances() -> None:
+    """docs/profiles.md: sync_msg records carry no unionid (only kf/customer/batchget has it), so
+    the customer is only an instance-scoped identity (linked across channels through the API)."""
+    [item] = read_records([customer("m1")], "wecom_kf", "kf").inbound
+    message = channel()._message(item)
+    assert [i.label for i in identities_of(message)] == [f"instance:{message.instance}/user_id:{USER}"]
+    assert not set(STRONG_IDENTITY_ATTRIBUTES) & set(message.sender.attributes)
 
 
 def test_outbound_msgid_fits_wecom() -> None:

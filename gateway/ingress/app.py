@@ -7,6 +7,7 @@ import asyncio
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway.ingress import profiles
 from gateway.ingress.api import post_message, post_resolve
 from gateway.ingress.webhook import RUNTIME, WebhookHandler
 from gateway.routes import CHANNELS
@@ -49,6 +50,7 @@ def create_app(runtime: Runtime) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/api/v1/messages", post_message)
     app.router.add_post("/api/v1/conversations/resolve", post_resolve)
+    profiles.add_routes(app)  # /api/v1/profiles/...
     app.router.add_route("POST", "/webhooks/{instance}", webhook.handle)
     app.router.add_route("GET", "/webhooks/{instance}", webhook.handle)
     routes = list(runtime.registry.routes)

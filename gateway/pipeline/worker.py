@@ -61,6 +61,7 @@ class _Item:
             emit=self.emit,
             emit_event=self.emit_event,
             emit_conversation=self.emit_conversation,
+            profiles=worker.runtime.profiles,
         )
 
     async def emit(self, reply: Message) -> None:

@@ -11,6 +11,9 @@ import msgspec
 import structlog
 
 from gateway.sdk import (
+    ATTR_CORP_ID,
+    ATTR_STAFF_ID,
+    UNKNOWN_SENDER,
     AccessTokens,
     AuthenticationError,
     Channel,
@@ -186,8 +189,9 @@ class DingTalkChannel(Channel):
             key: str(value)
             for key, value in (
                 ("sender_id", robot.sender_id),
-                ("staff_id", robot.sender_staff_id),
-                ("corp_id", robot.sender_corp_id),
+                # the organization's user id, a strong identity within the corp (docs/profiles.md)
+                (ATTR_STAFF_ID, robot.sender_staff_id),
+                (ATTR_CORP_ID, robot.sender_corp_id),
                 ("is_admin", robot.is_admin),
             )
             if value is not None and value != ""
@@ -196,7 +200,7 @@ class DingTalkChannel(Channel):
             external_id=robot.msg_id,
             conversation_id=f"{self.name}:{chat}:{robot.conversation_id}",
             sender=Party(
-                id=robot.sender_staff_id or robot.sender_id or "unknown",
+                id=robot.sender_staff_id or robot.sender_id or UNKNOWN_SENDER,
                 name=robot.sender_nick or None,
                 attributes=attributes,
             ),

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from dataclasses import replace
 from typing import Any
 
 from gateway.sdk import (
+    ATTR_EMAIL_VERIFIED,
     AuthenticationError,
     Channel,
     Message,
@@ -24,6 +26,7 @@ from gateway.sdk import (
     WebhookRequest,
     constant_time_equals,
     hookimpl,
+    normalize_email,
 )
 from plugins.email.mime import message_from_mime
 from plugins.email.outbound import EmailChannelSettings, remember_request_thread, send_email
@@ -38,6 +41,8 @@ from plugins.email.webforms import (
     raw_fields,
 )
 
+# One signature's verdict in SendGrid's `dkim` field: "{@example.com : pass, @other.example : fail}".
+_DKIM_RESULT = re.compile(r"@([A-Za-z0-9.-]+)\s*:\s*([A-Za-z]+)")
 # Fields whose text SendGrid sends in the charset its `charsets` map names for them.
 _CHARSET_FIELDS = ("from", "to", "cc", "subject", "text", "html")
 
@@ -111,6 +116,9 @@ class SendGridChannel(Channel):
             raw = raw_fields(form) if self.settings.keep_raw else None
             message = self._from_fields(form, envelope_to, envelope_from, raw)
         message.tags.labels["sendgrid"] = _provider_labels(form, "mime" if mime is not None else "parsed")
+        verified = verified_sender(message.sender.id, envelope_from, form.text("SPF"), form.text("dkim"))
+        if verified:
+            message.sender.attributes[ATTR_EMAIL_VERIFIED] = verified
         return ParseResult(messages=[message])
 
     def _from_fields(self, form: Form, envelope_to: list[str], envelope_from: str | None, raw: Any) -> Message:
@@ -159,6 +167,32 @@ class SendGridChannel(Channel):
         if count and count.strip().isdigit() and int(count) != len(files):
             message.tags.labels["email"]["attachments_missing"] = int(count) - len(files)
         return message
+
+
+def _aligned(from_domain: str, authenticated: str) -> bool:
+    """The authenticated domain vouches for the From domain: the same, or a parent of it (its owner
+    controls the subdomain's DNS). The reverse, a subdomain vouching for its parent, is not taken."""
+    authenticated = authenticated.strip().strip(".").lower()
+    return bool(authenticated) and (from_domain == authenticated or from_domain.endswith("." + authenticated))
+
+
+def verified_sender(address: str, envelope_from: str | None, spf: str | None, dkim: str | None) -> str | None:
+    """The From address when SendGrid's verdicts authenticate its domain (DMARC-style alignment: a
+    passing DKIM signature of the From domain, or SPF passing for an envelope sender of that domain),
+    else None. Domain-level, like DMARC: it trusts the domain not to let one user send as another.
+    Only such an address is a strong identity (docs/profiles.md)."""
+    sender = normalize_email(address)
+    if sender is None:
+        return None
+    domain = sender.rsplit("@", 1)[1]
+    if any(
+        result.lower() == "pass" and _aligned(domain, signer) for signer, result in _DKIM_RESULT.findall(dkim or "")
+    ):
+        return sender
+    envelope = normalize_email((envelope_from or "").strip().strip("<>"))
+    if (spf or "").strip().lower() == "pass" and envelope and _aligned(domain, envelope.rsplit("@", 1)[1]):
+        return sender
+    return None
 
 
 def _basic_credentials(header: str | None) -> tuple[str | None, str | None]:

@@ -10,6 +10,8 @@ import msgspec
 import structlog
 
 from gateway.sdk import (
+    ATTR_UNION_ID,
+    UNKNOWN_SENDER,
     AccessTokens,
     AuthenticationError,
     Channel,
@@ -181,7 +183,7 @@ class FeishuChannel(Channel):
         attributes = {
             key: value
             for key, value in (
-                ("union_id", ids.union_id if ids else None),
+                (ATTR_UNION_ID, ids.union_id if ids else None),  # a strong identity (docs/profiles.md)
                 ("user_id", ids.user_id if ids else None),
                 ("tenant_key", sender.tenant_key),
                 ("sender_type", sender.sender_type),
@@ -217,7 +219,7 @@ class FeishuChannel(Channel):
         message = self.message(
             external_id=received.message_id,
             conversation_id=f"{self.name}:{received.chat_id}",
-            sender=Party(id=sender_id or "unknown", attributes=attributes),
+            sender=Party(id=sender_id or UNKNOWN_SENDER, attributes=attributes),
             recipient=Party(id=header.app_id or self.settings.app_id),
             content=content,
             sent_at=_millis(received.create_time),

@@ -16,6 +16,7 @@ import msgspec
 import structlog
 
 from gateway.sdk import (
+    ATTR_PHONE_E164,
     Attachment,
     AuthenticationError,
     Channel,
@@ -33,6 +34,7 @@ from gateway.sdk import (
     WebhookRequest,
     constant_time_equals,
     decode_json,
+    normalize_e164,
     verify_prefixed_hex,
 )
 from plugins.meta.payloads import (
@@ -100,6 +102,14 @@ def _phone_handle(number: str | None) -> str | None:
     if not number:
         return None
     return f"+{number}" if number.isdigit() else number
+
+
+def _phone(wa_id: str) -> dict[str, str]:
+    """The strong identity of a WhatsApp sender: its wa_id is the phone number in E.164 without the
+    plus, when it is a number at all (not a business-scoped user id) and a valid one (the legacy
+    Mexican "521..." form is not: such senders are not linked by phone, see docs/profiles.md)."""
+    number = normalize_e164(f"+{wa_id}") if wa_id.isdigit() else None
+    return {ATTR_PHONE_E164: number} if number else {}
 
 
 def _decode(body: bytes | msgspec.Raw, kind: type[T], what: str) -> T:
@@ -214,7 +224,7 @@ class WhatsAppInbound(MetaInbound):
         message = self.message(
             external_id=item.id,
             conversation_id=f"{self.name}:{phone_number_id}:{item.from_}",
-            sender=Party(id=item.from_, name=name, handle=_phone_handle(item.from_)),
+            sender=Party(id=item.from_, name=name, handle=_phone_handle(item.from_), attributes=_phone(item.from_)),
             recipient=Party(id=phone_number_id, handle=_phone_handle(value.metadata.display_phone_number)),
             content=content,
             sent_at=_from_unix(item.timestamp, millis=False),
