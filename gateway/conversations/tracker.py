@@ -18,7 +18,6 @@ The clocks (docs/conversations.md):
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,6 +28,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from gateway.config import ConversationsSection
+from gateway.ids import derived_id
 from gateway.model import (
     RESOLVED_LABEL,
     Author,
@@ -49,7 +49,6 @@ log = structlog.get_logger(__name__)
 # messages that wait for an answer.
 CUSTOMER_CONTENT = frozenset({"text", "media", "location", "postback", "contacts", "email", "unsupported"})
 HUMAN = "agent"
-_NAMESPACE = uuid.UUID("6f1c1a57-3a0e-4d0c-9d8e-2f1b7c3e9a41")
 
 # One call per batch (a script call per message costs more in redis-py's argument packing than in
 # Redis): KEYS: the SLA sorted set. ARGV[1]: a JSON array with one array per message, in order:
@@ -163,7 +162,7 @@ SENTIMENTS = frozenset({"positive", "neutral", "negative"})
 
 def event_id(cause: str, kind: str) -> str:
     """The id of the event ``kind`` caused by ``cause``: the same cause always gives the same id."""
-    return str(uuid.uuid5(_NAMESPACE, f"{cause}\x1f{kind}"))
+    return derived_id(cause, kind)
 
 
 def _text(value: str | bool | None) -> str | None:

@@ -13,12 +13,12 @@ only they link a customer across channel instances; names never do.
 from __future__ import annotations
 
 import re
-import uuid
 from typing import Annotated
 
 import msgspec
 import phonenumbers
 
+from gateway.ids import derived_id
 from gateway.model import Message
 
 # --- the Party.attributes convention (exported by gateway.sdk) ------------------------------------
@@ -68,7 +68,6 @@ SCOPE = re.compile(r"^[A-Za-z0-9_.:/-]{1,128}$")
 ID_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 MAX_VALUE = 512
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s.]{2,63}$")
-_EVENT_IDS = uuid.UUID("5b0c1f7e-3d0a-4c55-9b4e-6f1d2a9e8c31")
 
 
 class Identity(msgspec.Struct, frozen=True, kw_only=True, order=True):
@@ -179,7 +178,6 @@ def identities_of(message: Message) -> list[Identity]:
     return found
 
 
-def derived_event_id(*parts: str) -> str:
-    """A UUID derived from what caused an event (message id, event type, detail): processing the
-    same message again yields the same event id, so consumers count it once."""
-    return str(uuid.uuid5(_EVENT_IDS, "\x1f".join(parts)))
+# A UUID derived from what caused an event (message id, event type, detail): processing the same
+# message again yields the same event id, so consumers count it once.
+derived_event_id = derived_id

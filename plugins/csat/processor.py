@@ -23,7 +23,6 @@ Why it is built this way (docs/processors/csat.md):
 from __future__ import annotations
 
 import hashlib
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -50,6 +49,7 @@ from gateway.sdk import (
     StoreUnavailable,
     Tags,
     choice_for_reply,
+    derived_event_id,
     render_template,
 )
 from plugins.csat.ratings import RatingParser
@@ -62,7 +62,6 @@ AUTHOR_ID = "csat"
 PAYLOAD_PREFIX = "csat"
 RATINGS = (5, 4, 3, 2, 1)  # the order choices are offered in: best first; each one's key is its rating
 TEXT_CONTENT = frozenset({"text", "email"})
-_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:gateway:csat")
 # What a customer types to pick a choice where they are shown as a numbered list.
 _KEYS = [Choice(id=str(n), title=str(n), key=str(n)) for n in RATINGS]
 _party_decoder = msgspec.json.Decoder(Party)
@@ -80,7 +79,7 @@ def survey_id_of(message_id: str) -> str:
 def derived_id(kind: str, cause: str) -> str:
     """A stable id for what ``cause`` produced (an event, the survey message): processing the same
     message again gives the same id, so consumers and the dispatcher count it once."""
-    return str(uuid.uuid5(_NAMESPACE, f"{kind}:{cause}"))
+    return derived_event_id("csat", kind, cause)
 
 
 def choice_id(survey_id: str, rating: int) -> str:
