@@ -25,7 +25,7 @@ from gateway.channel import (
 )
 from gateway.helpers.calendar import WEEKDAYS, BusinessHours, load_calendars
 from gateway.helpers.calendar import format_error as format_calendar_error
-from gateway.helpers.choices import choice_for_reply, choices_as_text
+from gateway.helpers.choices import choice_for_reply, choices_as_text, with_choices_as_text
 from gateway.helpers.fetch import Fetched, FetchError, UrlFetcher
 from gateway.helpers.keywords import KeywordMatcher
 from gateway.helpers.keywords import normalize as normalize_for_match
@@ -90,7 +90,8 @@ from gateway.store.redis import StoreUnavailable
 # 1.3: conversations (docs/conversations.md): Author (Message.author, DeliveryEvent.author),
 # Message.resolve, Choice (Content.choices), ConversationEvent, ProcessorContext.emit_conversation,
 # RESOLVED_LABEL (a channel's session-end event resolves its conversation); Channel.native_choices,
-# choices_as_text and choice_for_reply (choices as a numbered list where a channel has no widget).
+# choices_as_text, with_choices_as_text and choice_for_reply (choices as a numbered list where a
+# channel has no widget, or where a message exceeds its widget's limits).
 API_VERSION = "1.3"
 
 __all__ = [
@@ -181,5 +182,6 @@ __all__ = [
     "split_utf8",
     "utcnow",
     "verify_prefixed_hex",
+    "with_choices_as_text",
     "with_token",
 ]

@@ -215,7 +215,12 @@ class TestSlackChannelContract(ChannelContract):
         return {"signing_secret": "8f742231b10e8888abcd99yyyzzz85a5"}
 
     def valid_payloads(self) -> Mapping[str, ProviderRequest]:
-        return json_fixtures(FIXTURES / "slack", silent=SLACK_SILENT)
+        # Interactivity (a choice button clicked) comes to the same URL as a form with a JSON payload.
+        clicks = {
+            f"interactivity_{path.stem}": form_request({"payload": path.read_text()})
+            for path in sorted((FIXTURES / "slack" / "interactivity").glob("*.json"))
+        }
+        return json_fixtures(FIXTURES / "slack", silent=SLACK_SILENT) | clicks
 
     def duplicate_payload(self) -> ProviderRequest:
         return self.valid_payloads()["message_im"]
