@@ -58,6 +58,7 @@ from tests.feishu_events import APP_ID as FEISHU_APP_ID
 from tests.feishu_events import CHINESE as FEISHU_CHINESE
 from tests.feishu_events import ENCRYPT_KEY as FEISHU_KEY
 from tests.feishu_events import TOKEN as FEISHU_TOKEN
+from tests.feishu_events import card_action as feishu_card_action
 from tests.feishu_events import receive_event as feishu_event
 from tests.feishu_events import signed as feishu_signed
 from tests.feishu_events import with_token as feishu_with_token
@@ -479,6 +480,8 @@ def feishu_payloads() -> dict[str, ProviderRequest]:
         "file": json_request(
             feishu_event("file", {"file_key": "file_v2_x", "file_name": "发票.pdf"}, message_id="om_f")
         ),
+        # A choice button of a card clicked: the card.action.trigger callback, on the same URL.
+        "card-click": json_request(feishu_card_action({"choice": "csat:s-1:5", "title": "非常满意"})),
     }
 
 
