@@ -372,7 +372,7 @@ class SlackInbound(Channel):
     def _parse_interaction(self, request: WebhookRequest) -> ParseResult:
         """An interactivity request: a button of a message we sent (a choice) becomes a postback in
         that message's conversation; other interactions are acknowledged and dropped. Slack only
-        wants a quick empty 200 (a body here could be taken as a reply)."""
+        wants a quick 200: the answer is an empty one, which changes nothing on Slack's side."""
         ack = HttpReply(status=200, body=b"")
         raw = request.form().get("payload")
         if not raw:

@@ -171,8 +171,8 @@ class WeChatChannel(Channel):
         """A tap in one of our choice menus: find its choice now (Redis), for ``parse`` to use."""
         try:
             inbound = read(parse_xml(document))
-        except XmlError:
-            return  # parse() quarantines it
+        except (XmlError, ValueError, RecursionError):
+            return  # best effort: parse() reports what is wrong with the body
         menu_id = inbound.labels.get("bizmsgmenuid")
         if inbound.content.type != "postback" or not isinstance(menu_id, str):
             return
