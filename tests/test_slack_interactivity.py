@@ -109,6 +109,17 @@ def test_thread_comes_from_the_message_when_the_container_lacks_it() -> None:
     assert pick.conversation_id == f"slack:{TEAM}:{CHAN}:1700001000.000001"
 
 
+def test_a_click_from_another_organization_keeps_our_workspaces_conversation() -> None:
+    """Slack Connect: the clicking user's team is theirs; the conversation is keyed by ours."""
+    data = fixture_json("block_actions_thread.json")
+    data["team"] = {"id": "T0PARTNER1", "domain": "partner"}
+    data["user"]["team_id"] = "T0PARTNER1"
+    body = interaction(payload=data)
+    [pick] = make_channel().parse(request(body, form_headers(body))).messages
+    assert pick.conversation_id == f"slack:{TEAM}:{CHAN}:1700000000.000100"
+    assert pick.sender.attributes == {"team_id": "T0PARTNER1"}
+
+
 def test_each_click_is_its_own_record() -> None:
     data = fixture_json("block_actions_thread.json")
     first = interaction(payload=data)

@@ -394,7 +394,14 @@ class SlackInbound(Channel):
         if user.id in self.settings.agent_users:  # an agent pressing the customer's buttons
             log.info("slack_agent_choice_dropped", instance=self.name, user=user.id)
             return ParseResult(reply=ack)
-        team = (interaction.team.id if interaction.team else None) or user.team_id or "unknown"
+        # Our workspace, as in the events' conversation ids: the team of our bot's message first
+        # (in a Slack Connect channel the clicking user's ``team`` may be another organization's).
+        team = (
+            (attached.team if attached else None)
+            or (interaction.team.id if interaction.team else None)
+            or user.team_id
+            or "unknown"
+        )
         root = container.thread_ts or (attached.thread_ts if attached else None) or message_ts
         conversation = self.conversation_id(team, channel, root)
         kept = decode_json(raw.encode()) if self.settings.keep_raw else None

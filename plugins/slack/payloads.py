@@ -131,6 +131,7 @@ class SlackAttachedMessage(_Struct, kw_only=True):
     thread_ts: str | None = None
     user: str | None = None
     bot_id: str | None = None
+    team: str | None = None  # the workspace of its author: ours, for our bot's messages
 
 
 class SlackInteraction(_Struct, kw_only=True):
