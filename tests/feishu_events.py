@@ -74,6 +74,47 @@ def receive_event(
     }
 
 
+CARD_MESSAGE = "om_x100b4f5ad3a2d0d8c3d9a1f0e8a0b2c4"  # the card we sent, with the buttons
+
+
+def card_action(
+    value: Any,
+    *,
+    chat_id: str = CHAT_P2P,
+    event_id: str = "f7984f25108f8137722bb63cee927e66",
+    message_id: str = CARD_MESSAGE,
+    tag: str = "button",
+    token: str | None = None,
+) -> dict[str, Any]:
+    """A ``card.action.trigger`` callback (schema 2.0) as Feishu posts it when a card button is
+    clicked: fields of lark-oapi's ``P2CardActionTrigger`` (operator, token, action, host, context)."""
+    header: dict[str, Any] = {
+        "event_id": event_id,
+        "create_time": "1700000123456",
+        "event_type": "card.action.trigger",
+        "tenant_key": "2ca1d211f64f6438",
+        "app_id": APP_ID,
+    }
+    if token is not None:
+        header["token"] = token
+    return {
+        "schema": "2.0",
+        "header": header,
+        "event": {
+            "operator": {
+                "tenant_key": "2ca1d211f64f6438",
+                "user_id": "e33ggbyz",
+                "open_id": USER,
+                "union_id": "on_8ed6aa67826108097d9ee143816345",
+            },
+            "token": "c-295ee57216a5dc9de90fefd0aadb4b1d7d337fc7",
+            "action": {"value": value, "tag": tag, "timezone": "Asia/Shanghai"},
+            "host": "im_message",
+            "context": {"open_message_id": message_id, "open_chat_id": chat_id},
+        },
+    }
+
+
 def with_token(payload: dict[str, Any], token: str) -> dict[str, Any]:
     """The payload carrying the verification token where Feishu puts it (header, or top level)."""
     payload = json.loads(json.dumps(payload))

@@ -58,6 +58,7 @@ from tests.feishu_events import APP_ID as FEISHU_APP_ID
 from tests.feishu_events import CHINESE as FEISHU_CHINESE
 from tests.feishu_events import ENCRYPT_KEY as FEISHU_KEY
 from tests.feishu_events import TOKEN as FEISHU_TOKEN
+from tests.feishu_events import card_action as feishu_card_action
 from tests.feishu_events import receive_event as feishu_event
 from tests.feishu_events import signed as feishu_signed
 from tests.feishu_events import with_token as feishu_with_token
@@ -215,7 +216,12 @@ class TestSlackChannelContract(ChannelContract):
         return {"signing_secret": "8f742231b10e8888abcd99yyyzzz85a5"}
 
     def valid_payloads(self) -> Mapping[str, ProviderRequest]:
-        return json_fixtures(FIXTURES / "slack", silent=SLACK_SILENT)
+        # Interactivity (a choice button clicked) comes to the same URL as a form with a JSON payload.
+        clicks = {
+            f"interactivity_{path.stem}": form_request({"payload": path.read_text()})
+            for path in sorted((FIXTURES / "slack" / "interactivity").glob("*.json"))
+        }
+        return json_fixtures(FIXTURES / "slack", silent=SLACK_SILENT) | clicks
 
     def duplicate_payload(self) -> ProviderRequest:
         return self.valid_payloads()["message_im"]
@@ -474,6 +480,8 @@ def feishu_payloads() -> dict[str, ProviderRequest]:
         "file": json_request(
             feishu_event("file", {"file_key": "file_v2_x", "file_name": "发票.pdf"}, message_id="om_f")
         ),
+        # A choice button of a card clicked: the card.action.trigger callback, on the same URL.
+        "card-click": json_request(feishu_card_action({"choice": "csat:s-1:5", "title": "非常满意"})),
     }
 
 

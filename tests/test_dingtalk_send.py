@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 
 from gateway.ingress.app import create_app
-from gateway.model import Attachment, Content, Message, Party, decode_event
+from gateway.model import Attachment, Choice, Content, Message, Party, decode_event
 from gateway.plugins import PluginRegistry
 from gateway.sdk import SendError
 from gateway.store.redis import RedisStore
@@ -284,3 +284,30 @@ async def test_callback_to_inbound_then_reply_through_the_session_webhook(
     [(path, _, body)] = dingtalk.calls
     assert path == "/robot/sendBySession?session=s-1"
     assert json.loads(body)["text"]["content"] == "已收到：" + CHINESE  # noqa: RUF001
+
+
+async def test_choices_go_as_a_numbered_list_through_the_dispatcher(
+    fake: tuple[FakeDingTalk, str], kafka_bootstrap: str, redis_url: str, registry: PluginRegistry, aiohttp_server: Any
+) -> None:
+    """DingTalk's robot buttons are links that never reach the robot: no native choices, so the
+    dispatcher puts them in the text and the customer types the key (docs/channels/dingtalk.md)."""
+    dingtalk, base = fake
+    assert not DingTalkChannel.native_choices
+    channels = {"dingtalk": {"type": "dingtalk", **settings(base)}}
+    async with dispatching(Provider([]), kafka_bootstrap, redis_url, registry, aiohttp_server, channels) as runtime:
+        channel = runtime.channels["dingtalk"]
+        assert isinstance(channel, DingTalkChannel)
+        await received(channel, robot_message(group=True, session_webhook=f"{base}/robot/sendBySession?session=s-1"))
+        choices = [
+            Choice(id="csat:s-1:5", title="非常满意", key="5"),
+            Choice(id="csat:s-1:1", title="非常不满意", key="1"),
+        ]
+        survey = reply(f"dingtalk:group:{GROUP_CID}", "您对本次服务是否满意？", choices=choices)  # noqa: RUF001
+        await enqueue(runtime, survey)
+        [sent] = [decode_event(r.value) for r in await read_records(kafka_bootstrap, runtime.topics.events, 1)]
+    assert (sent.status, sent.message_id) == ("sent", survey.id)
+    [(_, _, body)] = dingtalk.calls
+    assert json.loads(body) == {
+        "msgtype": "text",
+        "text": {"content": "您对本次服务是否满意？\n\n5. 非常满意\n1. 非常不满意"},  # noqa: RUF001
+    }

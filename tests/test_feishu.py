@@ -13,19 +13,24 @@ from Crypto.Cipher import AES  # pycryptodome, lark-oapi's cipher: an implementa
 from lark_oapi.api.im.v1 import P2ImMessageReceiveV1
 from lark_oapi.core.model import RawRequest
 from lark_oapi.core.utils import AESCipher
+from lark_oapi.event.callback.model.p2_card_action_trigger import P2CardActionTrigger, P2CardActionTriggerResponse
 from lark_oapi.event.dispatcher_handler import EventDispatcherHandler
 
+from gateway.model import decode_message, encode
 from gateway.sdk import UNKNOWN_SENDER, AuthenticationError, PayloadError, identities_of
 from gateway.testing import ProviderRequest, json_request, make_channel, webhook_request
 from plugins.feishu import FeishuChannel, crypto
 from tests.feishu_events import (
     APP_ID,
     BOT,
+    CARD_MESSAGE,
     CHAT_GROUP,
+    CHAT_P2P,
     CHINESE,
     ENCRYPT_KEY,
     TOKEN,
     USER,
+    card_action,
     feishu_request,
     receive_event,
     signed,
@@ -320,3 +325,82 @@ def test_settings_are_validated() -> None:
         make_channel(FeishuChannel, {"app_id": APP_ID})
     with pytest.raises(ValueError, match="unknown"):
         make_channel(FeishuChannel, {**SETTINGS, "encrypt": "x"})
+
+
+# -- card button clicks (choices) ------------------------------------------------------------------
+
+
+def test_lark_oapi_reads_our_card_callbacks_as_card_action_triggers() -> None:
+    """The callback shape of these tests is the SDK's own: its dispatcher decrypts and models it."""
+    clicks: list[P2CardActionTrigger] = []
+
+    def answer(data: P2CardActionTrigger) -> P2CardActionTriggerResponse:
+        clicks.append(data)
+        return P2CardActionTriggerResponse({})
+
+    handler = EventDispatcherHandler.builder(ENCRYPT_KEY, TOKEN).register_p2_card_action_trigger(answer).build()
+    value = {"choice": "csat:s-1:5", "title": "非常满意"}
+    request = feishu_request(card_action(value), encrypt_key=ENCRYPT_KEY)
+    assert handler.do(lark_request(request)).status_code == 200
+    [click] = clicks
+    assert click.event is not None and click.event.action is not None and click.event.context is not None
+    assert click.event.action.value == value and click.event.context.open_chat_id == CHAT_P2P
+    [message] = channel(ENCRYPTED).parse(webhook_request(request)).messages
+    assert message.content.postback is not None and message.content.postback.payload == "csat:s-1:5"
+
+
+@pytest.mark.parametrize("encrypt", [False, True])
+def test_a_choice_button_click_is_a_postback_in_the_cards_chat(encrypt: bool) -> None:
+    feishu = channel(ENCRYPTED if encrypt else SETTINGS)
+    request = feishu_request(
+        card_action({"choice": "csat:s-1:4", "title": "满意"}, chat_id=CHAT_GROUP),
+        encrypt_key=ENCRYPT_KEY if encrypt else None,
+    )
+    run(feishu.verify(webhook_request(request)))
+    result = feishu.parse(webhook_request(request))
+    assert result.reply is not None and (result.reply.status, result.reply.body) == (200, b"{}")
+    assert result.reply.content_type == "application/json"
+    [pick] = result.messages
+    assert decode_message(encode(pick)) == pick
+    # The conversation of the chat, as its messages have (im.message.receive_v1 in the same chat).
+    assert pick.conversation_id == parse_one(receive_event("text", {"text": "x"}, chat_id=CHAT_GROUP)).conversation_id
+    assert pick.conversation_id == f"feishu:{CHAT_GROUP}"
+    assert pick.content.type == "postback" and pick.content.postback is not None
+    assert (pick.content.postback.payload, pick.content.postback.title) == ("csat:s-1:4", "满意")
+    assert pick.content.text == "满意" and pick.content.reply_to == CARD_MESSAGE
+    assert pick.external_id == "card_action:f7984f25108f8137722bb63cee927e66"
+    assert pick.sender.id == USER and pick.sender.attributes["union_id"] == "on_8ed6aa67826108097d9ee143816345"
+    assert pick.recipient is not None and pick.recipient.id == APP_ID
+    assert pick.sent_at is not None and pick.sent_at.isoformat() == "2023-11-14T22:15:23.456000+00:00"
+    labels = pick.tags.labels["feishu"]
+    assert labels["event_type"] == "card.action.trigger" and labels["message_id"] == CARD_MESSAGE
+    assert labels["chat_id"] == CHAT_GROUP and labels["action_tag"] == "button" and labels["host"] == "im_message"
+
+
+def test_a_card_callback_with_a_wrong_token_is_refused() -> None:
+    request = feishu_request(card_action({"choice": "x"}), token="not-the-verification-token")
+    with pytest.raises(AuthenticationError):
+        run(channel().verify(webhook_request(request)))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"action": "approve"},  # a button of a card sent some other way (passthrough)
+        {"choice": ""},
+        {"choice": 5},  # not ours either
+        None,
+        "a string",
+    ],
+)
+def test_other_card_interactions_are_acknowledged_without_record(value: Any) -> None:
+    result = channel().parse(webhook_request(feishu_request(card_action(value))))
+    assert result.messages == [] and result.events == []
+    assert result.reply is not None and result.reply.body == b"{}"
+
+
+def test_a_click_without_its_chat_is_quarantined() -> None:
+    payload = card_action({"choice": "csat:s-1:5"})
+    del payload["event"]["context"]
+    with pytest.raises(PayloadError, match="open_chat_id"):
+        channel().parse(webhook_request(feishu_request(payload)))

@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 
 from gateway.config import RedisSection
-from gateway.model import Attachment, Content, Message, Party, Tags, decode_event
+from gateway.model import Attachment, Choice, Content, Message, Party, Tags, decode_event
 from gateway.plugins import PluginRegistry
 from gateway.sdk import SendError
 from gateway.store.redis import RedisStore
@@ -32,6 +32,7 @@ from tests.feishu_events import (
     CHINESE,
     ENCRYPT_KEY,
     TOKEN,
+    card_action,
     feishu_request,
     receive_event,
 )
@@ -303,3 +304,99 @@ async def test_webhook_to_inbound_then_reply_through_the_dispatcher(
     [(path, _, body)] = feishu.calls
     assert path == f"/open-apis/im/v1/messages/{inbound.external_id}/reply"
     assert json.loads(json.loads(body)["content"]) == {"text": "已为您查询：" + CHINESE}  # noqa: RUF001
+
+
+# -- choices: an interactive card whose button clicks come back -----------------------------------------
+
+CSAT = [
+    Choice(id="csat:s-1:5", title="非常满意", key="5"),
+    Choice(id="csat:s-1:4", title="满意", key="4"),
+    Choice(id="csat:s-1:3", title="一般", key="3"),
+    Choice(id="csat:s-1:2", title="不满意", key="2"),
+    Choice(id="csat:s-1:1", title="非常不满意", key="1"),
+]
+CSAT_TEXT = "您对本次服务是否满意？"  # noqa: RUF001
+
+
+def buttons(choices: list[Choice]) -> dict[str, Any]:
+    return {
+        "tag": "action",
+        "actions": [
+            {
+                "tag": "button",
+                "text": {"tag": "plain_text", "content": choice.title},
+                "type": "default",
+                "value": {"choice": choice.id, "title": choice.title},
+            }
+            for choice in choices
+        ],
+    }
+
+
+async def test_choices_are_a_card_with_one_button_per_choice(
+    fake: tuple[FakeFeishu, str], http: aiohttp.ClientSession, gateway_store: RedisStore
+) -> None:
+    feishu, base = fake
+    channel = make_channel(FeishuChannel, settings(base), http=http, store=gateway_store)
+    assert channel.native_choices
+    survey = reply(CSAT_TEXT, choices=CSAT)
+    await channel.send(survey)
+    await channel.send(reply(None, subject="满意度调查", choices=CSAT[:2]))
+    (path, _, first), (_, _, second) = feishu.calls
+    assert path == "/open-apis/im/v1/messages?receive_id_type=chat_id"
+    body = json.loads(first)
+    assert (body["receive_id"], body["msg_type"], body["uuid"]) == (CHAT_GROUP, "interactive", survey.id)
+    assert json.loads(body["content"]) == {
+        "config": {"wide_screen_mode": True},
+        "elements": [{"tag": "div", "text": {"tag": "plain_text", "content": CSAT_TEXT}}, buttons(CSAT)],
+    }
+    assert CSAT_TEXT in body["content"]  # UTF-8 as is, not \u escapes
+    assert json.loads(json.loads(second)["content"]) == {
+        "config": {"wide_screen_mode": True},
+        "elements": [buttons(CSAT[:2])],
+        "header": {"title": {"tag": "plain_text", "content": "满意度调查"}},
+    }
+
+
+async def test_choices_a_card_cannot_carry_are_numbered_text(
+    fake: tuple[FakeFeishu, str], http: aiohttp.ClientSession, gateway_store: RedisStore
+) -> None:
+    feishu, base = fake
+    channel = make_channel(FeishuChannel, settings(base), http=http, store=gateway_store)
+    await channel.send(reply("字" * 11_000, choices=CSAT[:2]))  # 33 KB: over the 30 KB of a card
+    attachment = Attachment(kind="document", url="https://example.com/terms.pdf", filename="条款.pdf")
+    await channel.send(reply("请确认", choices=CSAT[:2], attachments=[attachment]))  # a card carries no files
+    (_, _, big), (_, _, with_file) = feishu.calls
+    big_body = json.loads(big)
+    assert big_body["msg_type"] == "text"
+    assert json.loads(big_body["content"])["text"] == "字" * 11_000 + "\n\n5. 非常满意\n4. 满意"
+    file_body = json.loads(with_file)
+    assert file_body["msg_type"] == "post"
+    paragraphs = json.loads(file_body["content"])["zh_cn"]["content"]
+    assert [p[0].get("text") for p in paragraphs[:4]] == ["请确认", "", "5. 非常满意", "4. 满意"]
+
+
+async def test_survey_card_sent_by_the_dispatcher_and_its_click_received_by_the_webhook(
+    fake: tuple[FakeFeishu, str], kafka_bootstrap: str, redis_url: str, registry: PluginRegistry, aiohttp_server: Any
+) -> None:
+    feishu, base = fake
+    channels = {"feishu": {"type": "feishu", **settings(base), "encrypt_key": ENCRYPT_KEY}}
+    async with dispatching(Provider([]), kafka_bootstrap, redis_url, registry, aiohttp_server, channels) as runtime:
+        survey = reply(CSAT_TEXT, choices=CSAT)
+        await enqueue(runtime, survey)
+        [sent] = [decode_event(r.value) for r in await read_records(kafka_bootstrap, runtime.topics.events, 1)]
+    assert (sent.status, sent.message_id) == ("sent", survey.id)
+    [(_, _, body)] = feishu.calls
+    card = json.loads(json.loads(body)["content"])  # the dispatcher left the choices to the channel
+    clicked = card["elements"][1]["actions"][3]["value"]
+    assert clicked == {"choice": "csat:s-1:2", "title": "不满意"}
+
+    async with running_gateway(kafka_bootstrap, redis_url, channels=channels) as gateway:
+        callback = card_action(clicked, chat_id=CHAT_GROUP, message_id=sent.external_id or "")
+        response = await gateway.post("feishu", feishu_request(callback, encrypt_key=ENCRYPT_KEY))
+        assert response.status == 200 and await response.json() == {}
+        [pick] = await gateway.inbound(1)
+    assert pick.conversation_id == survey.conversation_id == f"feishu:{CHAT_GROUP}"
+    assert pick.content.type == "postback" and pick.content.postback is not None
+    assert (pick.content.postback.payload, pick.content.postback.title) == ("csat:s-1:2", "不满意")
+    assert pick.content.reply_to == sent.external_id == "om_sent1"

@@ -1,4 +1,4 @@
-"""Unit tests of the Slack channel (plugins/slack.py): verify and parse as pure functions.
+"""Unit tests of the Slack channel (plugins/slack/): verify and parse as pure functions.
 
 Fixtures under tests/fixtures/slack/ follow Slack's Events API reference (outer envelope plus the
 ``message.*``, ``app_mention`` and subtype events). Signatures are made by the official
@@ -260,12 +260,21 @@ def test_unusable_payload_is_payload_error(body: bytes, reason: str) -> None:
         make_channel().parse(request(body))
 
 
-@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "text/plain", ""])
+@pytest.mark.parametrize("content_type", ["text/plain", "multipart/form-data", ""])
 def test_wrong_content_type_is_payload_error(content_type: str) -> None:
     body = fixture("message_channels.json")
     headers = slack_headers(body)
     headers["Content-Type"] = content_type
     with pytest.raises(PayloadError, match="expected application/json"):
+        make_channel().parse(request(body, headers))
+
+
+def test_an_event_posted_as_a_form_is_no_interaction() -> None:
+    """Forms are interactivity requests: one without a ``payload`` field is unusable."""
+    body = fixture("message_channels.json")
+    headers = slack_headers(body)
+    headers["Content-Type"] = "application/x-www-form-urlencoded"
+    with pytest.raises(PayloadError, match="without a payload field"):
         make_channel().parse(request(body, headers))
 
 

@@ -256,13 +256,24 @@ async def test_malformed_json_is_quarantined_with_200(gw: Gateway) -> None:
 
 async def test_wrong_content_type_is_quarantined(gw: Gateway) -> None:
     body = fixture("message_channels.json")
-    headers = slack_headers(body) | {"Content-Type": "application/x-www-form-urlencoded"}
+    headers = slack_headers(body) | {"Content-Type": "text/plain"}
     response = await gw.post("slack", body, headers)
     assert response.status == 200
     assert (await response.json())["status"] == "quarantined"
     assert await gw.inbound_size() == 0
     [record] = await read_records(gw.bootstrap, gw.runtime.topics.dlq, 1)
     assert "expected application/json" in json.loads(record.value)["reason"]
+
+
+async def test_an_event_posted_as_a_form_is_quarantined(gw: Gateway) -> None:
+    """Forms are interactivity: a JSON event sent as one has no payload field."""
+    body = fixture("message_channels.json")
+    headers = slack_headers(body) | {"Content-Type": "application/x-www-form-urlencoded"}
+    response = await gw.post("slack", body, headers)
+    assert (await response.json())["status"] == "quarantined"
+    assert await gw.inbound_size() == 0
+    [record] = await read_records(gw.bootstrap, gw.runtime.topics.dlq, 1)
+    assert "without a payload field" in json.loads(record.value)["reason"]
 
 
 async def test_oversized_body_is_413(gw: Gateway) -> None:

@@ -23,13 +23,14 @@ from slack_sdk.signature import SignatureVerifier
 from gateway.channel import ChannelServices, SendError
 from gateway.config import RedisSection
 from gateway.ingress.app import create_app
-from gateway.model import Attachment, Content, Message, Party, decode_event, decode_message
+from gateway.model import Attachment, Choice, Content, Message, Party, decode_event, decode_message
 from gateway.plugins import PluginRegistry
 from gateway.store.redis import RedisStore
 from plugins.slack import SlackChannel, SlackSettings
 from tests.conftest import read_records
 from tests.test_dispatch import Provider, dispatching, enqueue
-from tests.test_slack import SECRET, fixture, only
+from tests.test_slack import SECRET, fixture, only, request
+from tests.test_slack_interactivity import fixture_json, form_headers, interaction
 
 TOKEN = "xoxb-17653672481-19874698323-pdFZKVeTuE8sk7oOcBrzbqgy"
 TEAM = "T024BE7LD"
@@ -184,6 +185,146 @@ async def test_text_is_escaped_and_attachments_become_links(aiohttp_server: Any,
         "<https://files.example.com/label.png|Return label &lt;print me&gt;>\n"
         "<https://files.example.com/x>"
     )
+
+
+CSAT = [
+    Choice(id="csat:s-1:5", title="非常满意", key="5"),
+    Choice(id="csat:s-1:4", title="满意", key="4"),
+    Choice(id="csat:s-1:3", title="一般", key="3"),
+    Choice(id="csat:s-1:2", title="不满意", key="2"),
+    Choice(id="csat:s-1:1", title="非常不满意", key="1"),
+]
+CSAT_TEXT = "您对本次服务是否满意？"  # noqa: RUF001
+CSAT_LIST = "5. 非常满意\n4. 满意\n3. 一般\n2. 不满意\n1. 非常不满意"
+
+
+def button(choice: Choice) -> dict[str, Any]:
+    return {
+        "type": "button",
+        "text": {"type": "plain_text", "text": choice.title, "emoji": True},
+        "action_id": choice.id,
+        "value": choice.id,
+    }
+
+
+async def test_choices_are_buttons_with_the_list_as_text_fallback(
+    aiohttp_server: Any, http: aiohttp.ClientSession
+) -> None:
+    fake = FakeSlack()
+    channel = sender(await slack_server(aiohttp_server, fake), http)
+    assert SlackChannel.native_choices  # the dispatcher leaves the choices to the channel
+    await channel.send(reply_to(only("thread_reply.json"), CSAT_TEXT, choices=CSAT))
+    [call] = fake.calls
+    assert call.json == {
+        "channel": CHANNEL,
+        "text": f"{CSAT_TEXT}\n\n{CSAT_LIST}",
+        "thread_ts": "1700000000.000100",
+        "unfurl_links": False,
+        "unfurl_media": True,
+        "blocks": [
+            {"type": "section", "text": {"type": "mrkdwn", "text": CSAT_TEXT}},
+            {"type": "actions", "block_id": "choices", "elements": [button(choice) for choice in CSAT]},
+        ],
+    }
+
+
+async def test_choices_keep_the_escaped_text_and_links_in_the_section(
+    aiohttp_server: Any, http: aiohttp.ClientSession
+) -> None:
+    fake = FakeSlack()
+    channel = sender(await slack_server(aiohttp_server, fake), http)
+    attachments = [Attachment(kind="document", url="https://files.example.com/terms.pdf", filename="terms.pdf")]
+    choices = [Choice(id="accept", title="I accept"), Choice(id="decline", title="No <thanks>")]
+    await channel.send(
+        reply_to(only("message_im.json"), "Terms & conditions:", choices=choices, attachments=attachments)
+    )
+    [call] = fake.calls
+    section, actions = call.json["blocks"]
+    assert section["text"]["text"] == "Terms &amp; conditions:\n<https://files.example.com/terms.pdf|terms.pdf>"
+    assert actions["elements"][1]["text"]["text"] == "No <thanks>"  # plain_text: shown as written
+    assert call.json["text"] == (
+        "Terms &amp; conditions:\n\n1. I accept\n2. No &lt;thanks&gt;\n<https://files.example.com/terms.pdf|terms.pdf>"
+    )
+
+
+async def test_choices_without_text_are_buttons_alone(aiohttp_server: Any, http: aiohttp.ClientSession) -> None:
+    fake = FakeSlack()
+    channel = sender(await slack_server(aiohttp_server, fake), http)
+    await channel.send(reply_to(only("message_im.json"), None, choices=CSAT[:2]))
+    [call] = fake.calls
+    assert call.json["blocks"] == [
+        {"type": "actions", "block_id": "choices", "elements": [button(choice) for choice in CSAT[:2]]}
+    ]
+    assert call.json["text"] == "5. 非常满意\n4. 满意"
+
+
+@pytest.mark.parametrize(
+    "choices",
+    [
+        [Choice(id=f"c{i}", title=f"Option {i}") for i in range(26)],  # over 25 buttons
+        [Choice(id="long", title="x" * 76), Choice(id="short", title="ok")],  # a label over 75 characters
+        [Choice(id="same", title="Yes"), Choice(id="same", title="Also yes")],  # action_ids must differ
+    ],
+)
+async def test_choices_over_block_kit_limits_go_as_numbered_text(
+    aiohttp_server: Any, http: aiohttp.ClientSession, choices: list[Choice]
+) -> None:
+    fake = FakeSlack()
+    channel = sender(await slack_server(aiohttp_server, fake), http)
+    result = await channel.send(reply_to(only("thread_reply.json"), "Pick one", choices=choices))
+    [call] = fake.calls
+    assert "blocks" not in call.json
+    lines = call.json["text"].split("\n")
+    assert lines[:2] == ["Pick one", ""] and lines[2] == f"1. {choices[0].title}"
+    assert len(lines) == 2 + len(choices)
+    assert result.external_id == "1700001000.000001"  # sent, not failed
+
+
+async def test_a_text_too_long_for_a_section_goes_as_numbered_text(
+    aiohttp_server: Any, http: aiohttp.ClientSession
+) -> None:
+    fake = FakeSlack()
+    channel = sender(await slack_server(aiohttp_server, fake), http)
+    await channel.send(reply_to(only("thread_reply.json"), "a" * 3001, choices=CSAT))
+    [call] = fake.calls
+    assert "blocks" not in call.json and call.json["text"].endswith(CSAT_LIST)
+
+
+async def test_a_click_on_a_sent_button_comes_back_as_its_choice(
+    aiohttp_server: Any, http: aiohttp.ClientSession
+) -> None:
+    """The round trip: the button Slack got, clicked, parses to the choice's id in the same conversation."""
+    fake = FakeSlack()
+    channel = sender(await slack_server(aiohttp_server, fake), http)
+    inbound = only("thread_reply.json")
+    result = await channel.send(reply_to(inbound, CSAT_TEXT, choices=CSAT))
+    [call] = fake.calls
+    clicked = call.json["blocks"][1]["elements"][3]
+    click = {
+        "type": "block_actions",
+        "user": {"id": inbound.sender.id, "username": "ada", "team_id": TEAM},
+        "api_app_id": "A0MDYCDME",
+        "team": {"id": TEAM, "domain": "acme"},
+        "container": {
+            "type": "message",
+            "message_ts": result.external_id,
+            "channel_id": call.json["channel"],
+            "is_ephemeral": False,
+            "thread_ts": call.json["thread_ts"],
+        },
+        "channel": {"id": call.json["channel"], "name": "customer-support"},
+        "message": {"type": "message", "ts": result.external_id, "thread_ts": call.json["thread_ts"]},
+        "actions": [{**clicked, "block_id": "choices", "action_ts": "1700001100.000001"}],
+    }
+    body = interaction(payload=click)
+    [pick] = channel.parse(request_of(body)).messages
+    assert pick.conversation_id == inbound.conversation_id
+    assert pick.content.postback is not None
+    assert (pick.content.postback.payload, pick.content.postback.title) == ("csat:s-1:2", "不满意")
+
+
+def request_of(body: bytes) -> Any:
+    return request(body, form_headers(body, timestamp=int(time.time())))
 
 
 async def test_wrong_token_is_invalid_auth_and_permanent(aiohttp_server: Any, http: aiohttp.ClientSession) -> None:
@@ -350,3 +491,33 @@ async def test_permanent_error_fails_once_with_event_and_dlq(
     record = json.loads(dlq.value)
     assert record["stage"] == "dispatch" and record["message_id"] == reply.id
     assert "channel_not_found" in record["reason"]
+
+
+async def test_survey_sent_by_the_dispatcher_and_its_click_received_by_the_webhook(
+    kafka_bootstrap: str, redis_url: str, registry: PluginRegistry, aiohttp_server: Any, aiohttp_client: Any
+) -> None:
+    fake = FakeSlack()
+    channels = slack_instances(await slack_server(aiohttp_server, fake))
+    async with dispatching(Provider([]), kafka_bootstrap, redis_url, registry, aiohttp_server, channels) as runtime:
+        inbound = only("thread_reply.json")
+        survey = reply_to(inbound, CSAT_TEXT, choices=CSAT)
+        await enqueue(runtime, survey)
+        [event] = [decode_event(r.value) for r in await read_records(kafka_bootstrap, runtime.topics.events, 1)]
+        assert event.status == "sent" and event.message_id == survey.id
+
+        # The customer clicks "满意": Slack posts the interactivity form to the same webhook URL.
+        client = await aiohttp_client(create_app(runtime))
+        data = fixture_json("block_actions_thread.json")
+        data["actions"][0] |= {"action_id": "csat:s-1:4", "value": "csat:s-1:4"}
+        data["actions"][0]["text"]["text"] = "满意"
+        body = interaction(payload=data)
+        headers = dict(form_headers(body, timestamp=int(time.time())))
+        response = await client.post("/webhooks/slack", data=body, headers=headers)
+        assert response.status == 200 and await response.read() == b""
+        [record] = await read_records(kafka_bootstrap, runtime.topics.inbound, 1)
+    [call] = fake.calls
+    assert [b["type"] for b in call.json["blocks"]] == ["section", "actions"]  # not flattened to text
+    pick = decode_message(record.value)
+    assert pick.conversation_id == inbound.conversation_id
+    assert pick.content.type == "postback" and pick.content.postback is not None
+    assert pick.content.postback.payload == "csat:s-1:4" and pick.content.postback.title == "满意"

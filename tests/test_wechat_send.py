@@ -11,6 +11,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import pytest
@@ -18,14 +19,14 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 from gateway.channel import SendError
-from gateway.model import Attachment, Content, Message, Party, decode_event
+from gateway.model import Attachment, Choice, Content, Message, Party, decode_event
 from gateway.plugins import PluginRegistry
 from gateway.sdk import split_utf8
 from gateway.store.redis import RedisStore
-from gateway.testing import ProviderRequest, make_channel, read_records, webhook_request
+from gateway.testing import ProviderRequest, make_channel, read_records, running_gateway, webhook_request
 from plugins.wechat import WeChatChannel
 from tests.test_dispatch import Provider, dispatching, enqueue
-from tests.test_wechat import ACCOUNT, ADA, APP_ID, CHINESE, PLAIN, query, text
+from tests.test_wechat import ACCOUNT, ADA, APP_ID, CHINESE, PLAIN, query, request, text, xml
 
 SECRET = PLAIN["app_secret"]
 Json = dict[str, Any]
@@ -334,3 +335,188 @@ async def test_reply_through_the_dispatcher_is_reported_sent(
     assert failed.status == "failed" and failed.error is not None and failed.error.code == "window_closed"
     assert api.sent == [{"touser": ADA, "msgtype": "text", "text": {"content": CHINESE}}]
     assert api.calls == 1
+
+
+# -- choices: a menu with numeric ids, mapped back to the choices -----------------------------------
+
+CSAT = [
+    Choice(id="csat:s-1:5", title="非常满意", key="5"),
+    Choice(id="csat:s-1:4", title="满意", key="4"),
+    Choice(id="csat:s-1:3", title="一般", key="3"),
+    Choice(id="csat:s-1:2", title="不满意", key="2"),
+    Choice(id="csat:s-1:1", title="非常不满意", key="1"),
+]
+CSAT_TEXT = "您对本次服务是否满意？"  # noqa: RUF001
+
+
+def tap(title: str, menu_id: str, msg_id: int) -> bytes:
+    """What WeChat posts when the user taps a menu item: a text message carrying ``bizmsgmenuid``."""
+    return xml("text", {"Content": title, "MsgId": msg_id, "bizmsgmenuid": menu_id})
+
+
+async def tapped(channel: WeChatChannel, body: bytes) -> Message:
+    """The message ingress makes of a tap: ``verify`` (which maps the id), then ``parse``."""
+    incoming = request(body)
+    await channel.verify(incoming)
+    [message] = channel.parse(incoming).messages
+    return message
+
+
+async def test_choices_are_a_menu_with_numeric_ids_and_taps_come_back_as_the_choice(
+    api_and_channel: tuple[WeChatApi, WeChatChannel],
+) -> None:
+    api, channel = api_and_channel
+    assert channel.native_choices
+    await customer_writes(channel)
+    await channel.send(outbound(Content(text=CSAT_TEXT, choices=CSAT)))
+    await channel.send(outbound(Content(text="还需要其他帮助吗？", choices=CSAT[:2])))  # noqa: RUF001
+    first, second = api.sent
+    assert first == {
+        "touser": ADA,
+        "msgtype": "msgmenu",
+        "msgmenu": {
+            "head_content": CSAT_TEXT,
+            "list": [
+                {"id": "101", "content": "非常满意"},
+                {"id": "102", "content": "满意"},
+                {"id": "103", "content": "一般"},
+                {"id": "104", "content": "不满意"},
+                {"id": "105", "content": "非常不满意"},
+            ],
+        },
+    }
+    assert [item["id"] for item in second["msgmenu"]["list"]] == ["201", "202"]  # the user's next menu
+
+    pick = await tapped(channel, tap("满意", "102", 8000000000000000001))
+    assert pick.conversation_id == f"wechat:{ADA}" and pick.content.type == "postback"
+    assert pick.content.postback is not None
+    assert (pick.content.postback.payload, pick.content.postback.title) == ("csat:s-1:4", "满意")
+    assert pick.tags.labels["wechat"]["bizmsgmenuid"] == "102"
+    later = await tapped(channel, tap("非常满意", "201", 8000000000000000002))
+    assert later.content.postback is not None and later.content.postback.payload == "csat:s-1:5"
+
+
+async def test_taps_without_a_usable_id_are_matched_by_text_or_kept_as_they_are(
+    api_and_channel: tuple[WeChatApi, WeChatChannel],
+) -> None:
+    _api, channel = api_and_channel
+    await customer_writes(channel)
+    await channel.send(outbound(Content(text=CSAT_TEXT, choices=CSAT)))
+    # WeChat sent 0 instead of the item's id: the text names an item of the user's latest menu.
+    zero = await tapped(channel, tap("一般", "0", 8000000000000000011))
+    assert zero.content.postback is not None and zero.content.postback.payload == "csat:s-1:3"
+    # An id of no menu of ours (someone else's menu, or expired) and a text of none: as WeChat sent it.
+    for menu_id, title, msg_id in (("999", "转人工", 12), ("0", "转人工", 13), ("106", "满意?", 14)):
+        kept = await tapped(channel, tap(title, menu_id, 8000000000000000000 + msg_id))
+        assert kept.content.postback is not None and kept.content.postback.payload == menu_id
+    # Another user's taps never read this user's menus.
+    other = tap("满意", "102", 8000000000000000015).replace(ADA.encode(), b"oOtherUser0000000000000000")
+    kept = await tapped(channel, other)
+    assert kept.content.postback is not None and kept.content.postback.payload == "102"
+
+
+async def test_a_tap_parsed_without_verify_keeps_the_bare_id(
+    api_and_channel: tuple[WeChatApi, WeChatChannel],
+) -> None:
+    """DLQ replays parse again without verify (no Redis in parse): WeChat's id stays."""
+    _api, channel = api_and_channel
+    await customer_writes(channel)
+    await channel.send(outbound(Content(text=CSAT_TEXT, choices=CSAT)))
+    [message] = channel.parse_stored(tap("满意", "102", 8000000000000000021), {}).messages
+    assert message.content.postback is not None and message.content.postback.payload == "102"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        Content(text=CSAT_TEXT, choices=[Choice(id=f"c{i}", title=f"选项{i}") for i in range(11)]),  # > 10 items
+        Content(text=CSAT_TEXT, choices=[Choice(id="long", title="很" * 43), Choice(id="ok", title="好")]),  # 129 B
+    ],
+)
+async def test_choices_over_the_menu_bounds_are_numbered_text(
+    api_and_channel: tuple[WeChatApi, WeChatChannel], content: Content
+) -> None:
+    api, channel = api_and_channel
+    await customer_writes(channel)
+    await channel.send(outbound(content))
+    [sent] = api.sent
+    assert sent["msgtype"] == "text"
+    lines = sent["text"]["content"].split("\n")
+    assert lines[0] == CSAT_TEXT and lines[2:] == [f"{i}. {c.title}" for i, c in enumerate(content.choices, 1)]
+
+
+async def test_a_text_too_long_for_a_menu_head_goes_in_pieces_with_the_list(
+    api_and_channel: tuple[WeChatApi, WeChatChannel],
+) -> None:
+    api, channel = api_and_channel
+    await customer_writes(channel)
+    long = "您好" * 400  # 2400 bytes: over one message
+    await channel.send(outbound(Content(text=long, choices=CSAT[:2])))
+    assert [b["msgtype"] for b in api.sent] == ["text", "text"]
+    assert "".join(b["text"]["content"] for b in api.sent) == f"{long}\n\n5. 非常满意\n4. 满意"
+
+
+@pytest.mark.parametrize("errcode", [40200, 45098])
+async def test_a_menu_wechat_refuses_is_sent_as_numbered_text(
+    api_and_channel: tuple[WeChatApi, WeChatChannel], errcode: int
+) -> None:
+    api, channel = api_and_channel
+    await customer_writes(channel)
+    api.errcodes = [errcode]  # an unverified account (40200), or a list WeChat finds too long
+    with capture_logs() as logs:
+        await channel.send(outbound(Content(text=CSAT_TEXT, choices=CSAT), kf_account="test1@kftest"))
+    assert api.calls == 2
+    assert api.sent == [
+        {
+            "touser": ADA,
+            "msgtype": "text",
+            "text": {"content": f"{CSAT_TEXT}\n\n5. 非常满意\n4. 满意\n3. 一般\n2. 不满意\n1. 非常不满意"},
+            "customservice": {"kf_account": "test1@kftest"},
+        }
+    ]
+    assert [log["errcode"] for log in logs if log["event"] == "wechat_menu_refused_sent_as_text"] == [errcode]
+    state = await channel.services.store.client.hgetall(channel._window_key(ADA))
+    assert int(state[b"left"]) == 4  # one message of the window, not two
+
+
+async def test_an_explicit_menu_wins_and_the_choices_join_its_head(
+    api_and_channel: tuple[WeChatApi, WeChatChannel],
+) -> None:
+    api, channel = api_and_channel
+    await customer_writes(channel)
+    menu = {"list": [{"id": "1", "content": "转人工"}]}
+    await channel.send(outbound(Content(text="请选择", choices=CSAT[:2]), msgmenu=menu))
+    [sent] = api.sent
+    assert sent["msgmenu"] == {
+        "head_content": "请选择\n\n5. 非常满意\n4. 满意",
+        "list": [{"id": "1", "content": "转人工"}],
+    }
+
+
+async def test_survey_sent_and_its_tap_received_over_the_webhook(
+    kafka_bootstrap: str, redis_url: str, aiohttp_server: Any
+) -> None:
+    api = WeChatApi()
+    server = await wechat_server(aiohttp_server, api)
+    channels = {"wechat": {"type": "wechat", **PLAIN, "base_url": str(server.make_url(""))}}
+    async with running_gateway(kafka_bootstrap, redis_url, channels=channels) as gateway:
+        await gateway.runtime.open_http()
+        channel = gateway.runtime.channels["wechat"]
+        assert isinstance(channel, WeChatChannel)
+        now = int(time.time())
+        response = await gateway.client.post(
+            f"/webhooks/wechat?{urlencode(query())}", data=text(msg_id=1, create_time=now)
+        )
+        assert response.status == 200
+        await channel.send(outbound(Content(text=CSAT_TEXT, choices=CSAT)))
+        [menu] = api.sent
+        item = menu["msgmenu"]["list"][3]
+        assert item == {"id": "104", "content": "不满意"}
+        response = await gateway.client.post(
+            f"/webhooks/wechat?{urlencode(query())}", data=tap(item["content"], item["id"], 2)
+        )
+        assert (response.status, await response.text()) == (200, "success")
+        pick = next(m for m in await gateway.inbound(2) if m.external_id == "2")
+    assert pick.content.type == "postback" and pick.content.postback is not None
+    assert (pick.content.postback.payload, pick.content.postback.title) == ("csat:s-1:2", "不满意")
+    assert pick.conversation_id == f"wechat:{ADA}"

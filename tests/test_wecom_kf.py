@@ -22,8 +22,9 @@ from aiohttp import web
 from wechatpy.enterprise.crypto import WeChatCrypto
 
 import plugins.wecom_kf as wecom_kf_plugin
-from gateway.model import Content, Message, Party
+from gateway.model import Choice, Content, Message, Party
 from gateway.sdk import (
+    RESOLVED_LABEL,
     STRONG_IDENTITY_ATTRIBUTES,
     AuthenticationError,
     IngestError,
@@ -529,3 +530,155 @@ async def test_send_rules(gw: tuple[RunningGateway, KfApi]) -> None:
     with pytest.raises(SendError) as after:
         await channel.send(reply("still the bot"))
     assert after.value.code == "window_closed"
+
+
+# -- choices (menu messages), agents' replies, sessions ended ------------------------------------------
+
+CSAT = [
+    Choice(id="csat:s-1:5", title="非常满意", key="5"),
+    Choice(id="csat:s-1:4", title="满意", key="4"),
+    Choice(id="csat:s-1:3", title="一般", key="3"),
+    Choice(id="csat:s-1:2", title="不满意", key="2"),
+    Choice(id="csat:s-1:1", title="非常不满意", key="1"),
+]
+CSAT_TEXT = "您对本次服务是否满意？"  # noqa: RUF001
+
+
+def outbound(content: Content) -> Message:
+    return Message(
+        direction="outbound",
+        channel="wecom_kf",
+        instance="kf",
+        conversation_id=f"kf:{KFID}:{USER}",
+        sender=Party(id=KFID),
+        content=content,
+    )
+
+
+def test_agent_replies_name_their_agent_and_ended_sessions_resolve() -> None:
+    outcome = read_records(
+        [
+            {**customer("m1"), "origin": 5, "servicer_userid": "zhangsan"},
+            {**customer("m2"), "origin": 5},  # no servicer named: still an agent's answer
+            {**customer("m3"), "text": {"content": "满意", "menu_id": "csat:s-1:4"}},
+        ],
+        "wecom_kf",
+        "kf",
+    )
+    named, anonymous = (event for event, _, _ in outcome.events)
+    assert named.author is not None and (named.author.kind, named.author.id) == ("agent", "zhangsan")
+    assert anonymous.author is not None and (anonymous.author.kind, anonymous.author.id) == ("agent", None)
+    [tap] = outcome.inbound
+    assert tap.content.type == "postback" and tap.content.postback is not None
+    assert (tap.content.postback.payload, tap.content.postback.title) == ("csat:s-1:4", "满意")
+    assert tap.labels["menu_id"] == "csat:s-1:4"
+
+
+async def test_choices_are_a_menu_whose_tap_comes_back_as_the_choice(gw: tuple[RunningGateway, KfApi]) -> None:
+    gateway, api = gw
+    channel = gateway.runtime.channels["kf"]
+    assert isinstance(channel, WeComKfChannel) and channel.native_choices
+    api.records = [customer("m1")]  # the customer wrote: the window is open
+    assert await post(gateway, *callback()) == (200, "success")
+    await eventually(lambda: _true(channel.pulls >= 1))
+
+    survey = outbound(Content(text=CSAT_TEXT, choices=CSAT))
+    result = await channel.send(survey)
+    assert api.sent == [
+        {
+            "touser": USER,
+            "open_kfid": KFID,
+            "msgid": survey.id.replace("-", ""),
+            "msgtype": "msgmenu",
+            "msgmenu": {
+                "head_content": CSAT_TEXT,
+                "list": [{"type": "click", "click": {"id": c.id, "content": c.title}} for c in CSAT],
+            },
+        }
+    ]
+    assert result.external_id == survey.id.replace("-", "")
+
+    # The customer taps 不满意: sync_msg returns a text record with the item's id as menu_id.
+    api.records.append({**customer("m2"), "text": {"content": "不满意", "menu_id": "csat:s-1:2"}})
+    assert await post(gateway, *callback()) == (200, "success")
+    tap = next(m for m in await gateway.inbound(2) if m.external_id == "m2")
+    assert tap.conversation_id == survey.conversation_id
+    assert tap.content.type == "postback" and tap.content.postback is not None
+    assert (tap.content.postback.payload, tap.content.postback.title) == ("csat:s-1:2", "不满意")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        Content(text=CSAT_TEXT, choices=[Choice(id=f"c{i}", title=f"选项{i}") for i in range(11)]),  # > 10 items
+        Content(text=CSAT_TEXT, choices=[Choice(id="long", title="很" * 43), Choice(id="ok", title="好")]),  # 129 B
+        Content(text="问" * 342, choices=CSAT[:2]),  # a head of 1026 bytes
+        Content(text=CSAT_TEXT, choices=[Choice(id="编号" * 11, title="是"), Choice(id="n", title="否")]),  # 66 B id
+        Content(text=CSAT_TEXT, choices=[Choice(id="same", title="是"), Choice(id="same", title="对")]),
+    ],
+)
+async def test_choices_over_the_menu_limits_are_numbered_text(
+    gw: tuple[RunningGateway, KfApi], content: Content
+) -> None:
+    gateway, api = gw
+    channel = gateway.runtime.channels["kf"]
+    assert isinstance(channel, WeComKfChannel)
+    api.records = [customer("m1")]
+    assert await post(gateway, *callback()) == (200, "success")
+    await eventually(lambda: _true(channel.pulls >= 1))
+    await channel.send(outbound(content))
+    [sent] = api.sent
+    assert sent["msgtype"] == "text"
+    text = sent["text"]["content"]
+    last = content.choices[-1]
+    assert text.startswith(content.text or "") and text.endswith(f"{last.key or len(content.choices)}. {last.title}")
+
+
+async def test_an_explicit_menu_wins_and_the_choices_join_its_head(gw: tuple[RunningGateway, KfApi]) -> None:
+    gateway, api = gw
+    channel = gateway.runtime.channels["kf"]
+    assert isinstance(channel, WeComKfChannel)
+    api.records = [customer("m1")]
+    assert await post(gateway, *callback()) == (200, "success")
+    await eventually(lambda: _true(channel.pulls >= 1))
+    message = outbound(Content(text="请选择", choices=CSAT[:2]))
+    message.tags.labels["wecom_kf"] = {"msgmenu": {"list": [{"id": "101", "content": "转人工"}]}}
+    await channel.send(message)
+    [sent] = api.sent
+    assert sent["msgmenu"] == {
+        "head_content": "请选择\n\n5. 非常满意\n4. 满意",
+        "list": [{"type": "click", "click": {"id": "101", "content": "转人工"}}],
+    }
+
+
+async def test_an_agent_reply_and_an_ended_session_over_the_pull(gw: tuple[RunningGateway, KfApi]) -> None:
+    gateway, api = gw
+    api.records = [
+        customer("m1"),
+        {**customer("m2"), "origin": 5, "servicer_userid": "lisi", "text": {"content": "已为您处理"}},
+        event_record(
+            "e1",
+            {
+                "event_type": "session_status_change",
+                "open_kfid": KFID,
+                "external_userid": USER,
+                "change_type": 3,
+                "old_servicer_userid": "lisi",
+                "msg_code": "MSG_CODE",
+            },
+        ),
+        event_record(
+            "e2",
+            {"event_type": "session_status_change", "open_kfid": KFID, "external_userid": USER, "change_type": 2},
+        ),
+    ]
+    assert await post(gateway, *callback()) == (200, "success")
+    by_id = {m.external_id: m for m in await gateway.inbound(3)}
+    ended, transferred = by_id["e1"], by_id["e2"]
+    assert ended.tags.labels[RESOLVED_LABEL] == {"via": "channel"}
+    assert ended.tags.labels["wecom_kf"]["change"] == "ended"
+    assert RESOLVED_LABEL not in transferred.tags.labels and RESOLVED_LABEL not in by_id["m1"].tags.labels
+    [reply] = await gateway.events(1)
+    assert reply.status == "sent" and reply.external_id == "m2" and reply.message_id is None
+    assert reply.author is not None and (reply.author.kind, reply.author.id) == ("agent", "lisi")
+    assert reply.conversation_id == ended.conversation_id == f"kf:{KFID}:{USER}"

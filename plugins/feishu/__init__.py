@@ -25,7 +25,7 @@ from gateway.sdk import hookimpl
 
 from .channel import FeishuChannel, FeishuSettings
 
-GATEWAY_API = "1.2"
+GATEWAY_API = "1.3"  # choices (with_choices_as_text, native_choices)
 
 __all__ = ["FeishuChannel", "FeishuSettings", "register_channels"]
 

@@ -22,6 +22,7 @@ from gateway.sdk import (
     ParseResult,
     Party,
     PayloadError,
+    Postback,
     SendError,
     SendResult,
     StoreUnavailable,
@@ -37,7 +38,17 @@ from gateway.sdk import (
 from . import crypto
 from .inbound import Unusable, content_of, shallow
 from .outbound import build_content, check_answer, describe, message_uuid
-from .payloads import Answer, CreateMessage, Envelope, Header, ReceiveEvent, ReplyMessage, TokenRequest
+from .payloads import (
+    Answer,
+    CardActionEvent,
+    CardActionValue,
+    CreateMessage,
+    Envelope,
+    Header,
+    ReceiveEvent,
+    ReplyMessage,
+    TokenRequest,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -46,6 +57,9 @@ SIGNATURE_HEADER = "X-Lark-Signature"
 TIMESTAMP_HEADER = "X-Lark-Request-Timestamp"
 NONCE_HEADER = "X-Lark-Request-Nonce"
 RECEIVE_EVENT = "im.message.receive_v1"
+CARD_ACTION = "card.action.trigger"  # a card button clicked (Events & Callbacks -> Callback Configuration)
+# The answer to a card callback: Feishu waits for it (3 s) and reads toast/card from it; {} changes nothing.
+CARD_ACK = HttpReply(status=200, body=b"{}", content_type="application/json")
 TOKEN_PATH = "/open-apis/auth/v3/tenant_access_token/internal"  # noqa: S105 (a path, not a secret)
 MESSAGES_PATH = "/open-apis/im/v1/messages"
 
@@ -68,6 +82,7 @@ class FeishuChannel(Channel):
     Settings = FeishuSettings
     secret_settings = frozenset({"app_secret", "verification_token", "encrypt_key"})
     description = "Feishu/Lark bot events (url_verification, X-Lark-Signature, encrypted envelopes), im/v1 send."
+    native_choices = True  # an interactive card; a click comes back as a card.action.trigger callback
 
     settings: FeishuSettings
 
@@ -163,6 +178,8 @@ class FeishuChannel(Channel):
             header = msgspec.convert(envelope.header or {}, Header)
         except msgspec.ValidationError as exc:
             raise PayloadError(f"invalid Feishu event header: {exc}") from None
+        if header.event_type == CARD_ACTION:
+            return self._card_action(header, envelope.event, plain)
         if header.event_type != RECEIVE_EVENT:
             log.info("feishu_event_ignored", instance=self.name, event_type=str(header.event_type)[:100])
             return ParseResult()
@@ -227,6 +244,65 @@ class FeishuChannel(Channel):
         )
         message.tags.labels["feishu"] = labels
         return message
+
+    def _card_action(self, header: Header, body: dict[str, Any] | None, plain: bytes) -> ParseResult:
+        """A click on a card: a button of our choices becomes a postback in the card's chat (the
+        conversation of that chat); other cards' interactions are acknowledged without a record."""
+        try:
+            event = msgspec.convert(body or {}, CardActionEvent)
+        except msgspec.ValidationError as exc:
+            raise PayloadError(f"invalid {CARD_ACTION} event: {exc}") from None
+        action = event.action
+        raw_value = action.value if action is not None else None
+        try:
+            value = msgspec.convert(raw_value, CardActionValue) if isinstance(raw_value, dict) else None
+        except msgspec.ValidationError:
+            value = None  # someone else's button: its value has another shape
+        if value is None or not value.choice:
+            log.info("feishu_card_action_ignored", instance=self.name, tag=str(action.tag if action else None)[:50])
+            return ParseResult(reply=CARD_ACK)
+        context, operator = event.context, event.operator
+        chat = context.open_chat_id if context is not None else None
+        clicker = (operator.open_id or operator.union_id or operator.user_id) if operator is not None else None
+        if not chat or not clicker or not header.event_id:
+            raise PayloadError(f"{CARD_ACTION} without event_id, context.open_chat_id or operator")
+        card_message = context.open_message_id if context is not None else None
+        attributes = {
+            key: item
+            for key, item in (
+                ("union_id", operator.union_id if operator else None),
+                ("user_id", operator.user_id if operator else None),
+                ("tenant_key", operator.tenant_key if operator else None),
+            )
+            if item
+        }
+        labels: dict[str, Any] = {
+            "event_id": header.event_id,
+            "event_type": header.event_type,
+            "tenant_key": header.tenant_key,
+            "app_id": header.app_id,
+            "message_id": card_message,
+            "chat_id": chat,
+            "action_tag": action.tag if action else None,
+            "host": event.host,
+        }
+        title = value.title or None
+        message = self.message(
+            external_id=f"card_action:{header.event_id}",  # each click is its own callback and record
+            conversation_id=f"{self.name}:{chat}",
+            sender=Party(id=clicker, attributes=attributes),
+            recipient=Party(id=header.app_id or self.settings.app_id),
+            content=Content(
+                type="postback",
+                text=title,
+                postback=Postback(payload=value.choice, title=title),
+                reply_to=card_message,  # the card whose button it was
+            ),
+            sent_at=_millis(header.create_time),
+            raw=self._raw(plain),
+        )
+        message.tags.labels["feishu"] = labels
+        return ParseResult(messages=[message], reply=CARD_ACK)
 
     def _raw(self, plain: bytes) -> dict[str, Any] | None:
         """The decrypted payload for ``keep_raw`` instances (never the ciphertext), when it is sane."""

@@ -2,6 +2,10 @@
 
 One gateway message is one Feishu message (one request), so a retry can never deliver half of it
 twice, and the request's ``uuid`` (our message id) makes Feishu drop a repeated send for an hour.
+
+``content.choices`` make an ``interactive`` card: the text, then one button per choice whose
+``value`` is ``{"choice": <id>, "title": <title>}``; a click comes back as a ``card.action.trigger``
+callback carrying that value.
 """
 
 from __future__ import annotations
@@ -11,7 +15,16 @@ from typing import Any
 
 import msgspec
 
-from gateway.sdk import Attachment, Content, Message, ProviderResponse, SendError, TokenRejected, retry_after_seconds
+from gateway.sdk import (
+    Attachment,
+    Content,
+    Message,
+    ProviderResponse,
+    SendError,
+    TokenRejected,
+    retry_after_seconds,
+    with_choices_as_text,
+)
 
 from .payloads import Answer
 
@@ -43,9 +56,11 @@ def build_content(message: Message) -> tuple[str, str]:
     """(msg_type, content JSON string) for a message.
 
     ``tags.labels.feishu.msg_type`` + ``content`` pass a Feishu message through as given (cards:
-    ``interactive``). Otherwise: text alone is ``text``; one attachment given by its Feishu key
-    (``media_id``) alone is ``image``/``file``/``audio``/``media``/``sticker``; text with images by
-    key and attachments by URL is a ``post`` (URLs become links: Feishu sends only uploaded media).
+    ``interactive``). Otherwise: choices make an ``interactive`` card (:func:`choices_card`; with
+    attachments or too big, they are numbered text instead); text alone is ``text``; one
+    attachment given by its Feishu key (``media_id``) alone is ``image``/``file``/``audio``/
+    ``media``/``sticker``; text with images by key and attachments by URL is a ``post`` (URLs
+    become links: Feishu sends only uploaded media).
     """
     labels = message.tags.labels.get("feishu")
     labels = labels if isinstance(labels, dict) else {}
@@ -54,6 +69,11 @@ def build_content(message: Message) -> tuple[str, str]:
         content = raw if isinstance(raw, str) else _json(raw)
         return msg_type, _checked(msg_type, content)
     body = message.content
+    if body.choices:
+        card = choices_card(body)
+        if card is not None:
+            return "interactive", card
+        body = with_choices_as_text(body)  # with attachments, or over the card size: numbered text
     attachments = body.attachments
     if not attachments:
         if not body.text:
@@ -62,6 +82,31 @@ def build_content(message: Message) -> tuple[str, str]:
     if len(attachments) == 1 and not body.text and attachments[0].media_id:
         return _by_key(attachments[0])
     return "post", _checked("post", _json({"zh_cn": _post(body)}))
+
+
+def choices_card(content: Content) -> str | None:
+    """The card of a message with choices (JSON string), or None when it has attachments (a card
+    does not carry them) or exceeds Feishu's 30 KB for cards."""
+    if content.attachments:
+        return None
+    elements: list[dict[str, Any]] = []
+    if content.text:
+        elements.append({"tag": "div", "text": {"tag": "plain_text", "content": content.text}})
+    buttons = [
+        {
+            "tag": "button",
+            "text": {"tag": "plain_text", "content": choice.title},
+            "type": "default",
+            "value": {"choice": choice.id, "title": choice.title},
+        }
+        for choice in content.choices
+    ]
+    elements.append({"tag": "action", "actions": buttons})
+    card: dict[str, Any] = {"config": {"wide_screen_mode": True}, "elements": elements}
+    if content.subject:
+        card["header"] = {"title": {"tag": "plain_text", "content": content.subject}}
+    encoded = _json(card)
+    return encoded if len(encoded.encode()) <= MAX_RICH_BYTES else None
 
 
 def _by_key(attachment: Attachment) -> tuple[str, str]:

@@ -82,6 +82,49 @@ class ReceiveEvent(_Struct, kw_only=True):
     message: EventMessage
 
 
+class CardActionValue(_Struct, kw_only=True):
+    """What a clicked button carries back (its ``value``); ours have ``choice`` and ``title``."""
+
+    choice: str | None = None
+    title: str | None = None
+
+
+class CardAction(_Struct, kw_only=True):
+    value: Any = None  # the button's value as sent: ours an object, others' anything
+    tag: str | None = None  # "button", "select_static", "input"...
+    name: str | None = None
+    option: str | None = None
+
+
+class CardOperator(_Struct, kw_only=True):
+    """Who clicked (lark-oapi ``CallBackOperator``)."""
+
+    open_id: str | None = None
+    union_id: str | None = None
+    user_id: str | None = None
+    tenant_key: str | None = None
+
+
+class CardContext(_Struct, kw_only=True):
+    """Where the card is (lark-oapi ``CallBackContext``): the message and its chat."""
+
+    open_message_id: str | None = None
+    open_chat_id: str | None = None
+    url: str | None = None
+    preview_token: str | None = None
+
+
+class CardActionEvent(_Struct, kw_only=True):
+    """``card.action.trigger``'s ``event`` (lark-oapi ``P2CardActionTriggerData``)."""
+
+    operator: CardOperator | None = None
+    token: str | None = None  # a card update token (not the verification token)
+    action: CardAction | None = None
+    host: str | None = None  # "im_message" for a card in a chat
+    delivery_type: str | None = None
+    context: CardContext | None = None
+
+
 # -- sending -----------------------------------------------------------------------------------------
 
 

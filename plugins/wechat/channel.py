@@ -13,11 +13,16 @@ Outbound: ``cgi-bin/message/custom/send`` with a ``stable_token`` shared by ever
 (gateway.sdk AccessTokens), refreshed once on a token errcode. A message may need several calls
 (long text in pieces, attachments, news, a menu); the pieces already sent are remembered in Redis
 per outbound id, so a retried message never repeats them.
+
+Choices: a menu message whose numeric item ids map back to the choices through Redis
+(:mod:`plugins.wechat.menus`). The tap's id is mapped in ``verify`` (``parse`` does no I/O) and
+handed to ``parse`` by the message's dedup key, so the postback carries the choice id.
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -34,6 +39,7 @@ from gateway.sdk import (
     ParseResult,
     Party,
     PayloadError,
+    Postback,
     ReplyWindow,
     SendError,
     SendResult,
@@ -46,16 +52,19 @@ from gateway.sdk import (
     WxCryptoError,
     call_provider,
     check_sha1_signature,
+    choices_as_text,
     with_token,
 )
 from plugins.wechat import outbound
 from plugins.wechat.inbound import SHORT_WINDOW_EVENTS, Inbound, XmlError, parse_xml, read
+from plugins.wechat.menus import ChoiceMenus, Pick
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_BASE_URL = "https://api.weixin.qq.com"
 EncodingAESKey = Annotated[str, msgspec.Meta(pattern="^[A-Za-z0-9]{43}$")]
 PROGRESS_TTL_S = 7 * 86400  # how long the parts sent of one outbound message are remembered
+MAX_PENDING_PICKS = 1024  # taps mapped in verify, waiting for parse (a refused request leaves one)
 
 
 class WeChatSettings(ChannelSettings, kw_only=True, forbid_unknown_fields=True):
@@ -72,6 +81,9 @@ class WeChatSettings(ChannelSettings, kw_only=True, forbid_unknown_fields=True):
     short_window_quota: Annotated[int, msgspec.Meta(ge=0)] = 3
     enforce_window: bool = True  # refuse locally outside the window or over the quota
     text_max_bytes: Annotated[int, msgspec.Meta(ge=16, le=2048)] = 2048
+    # How long the choices of a menu sent stay mapped to its numeric item ids (a later tap comes
+    # back with the bare number).
+    choices_ttl_s: Annotated[int, msgspec.Meta(ge=60)] = 30 * 86400
 
 
 class WeChatChannel(Channel):
@@ -79,6 +91,7 @@ class WeChatChannel(Channel):
     Settings = WeChatSettings
     secret_settings = frozenset({"token", "app_secret", "encoding_aes_key", "previous_encoding_aes_key"})
     description = "WeChat Official Account: XML callbacks (signature, safe mode), customer-service messages out."
+    native_choices = True  # a msgmenu; a tap comes back as a text message with bizmsgmenuid
 
     settings: WeChatSettings
 
@@ -92,6 +105,8 @@ class WeChatChannel(Channel):
         )
         self._tokens: AccessTokens | None = None
         self._window: ReplyWindow | None = None
+        self.menus = ChoiceMenus(self.services, s.app_id, s.choices_ttl_s)
+        self._picks: OrderedDict[str, Pick] = OrderedDict()  # dedup key -> the choice a tap named
 
     # -- inbound ---------------------------------------------------------------------------------
 
@@ -149,8 +164,27 @@ class WeChatChannel(Channel):
 
     async def verify(self, request: WebhookRequest) -> None:
         timestamp, nonce = self._check_query(request)
-        if self.crypto is not None:
-            self._plaintext(request, timestamp, nonce)  # msg_signature and the receive id, before anything is stored
+        # In safe mode: msg_signature and the receive id, before anything is stored.
+        await self._map_tap(self._plaintext(request, timestamp, nonce))
+
+    async def _map_tap(self, document: bytes) -> None:
+        """A tap in one of our choice menus: find its choice now (Redis), for ``parse`` to use."""
+        try:
+            inbound = read(parse_xml(document))
+        except (XmlError, ValueError, RecursionError):
+            return  # best effort: parse() reports what is wrong with the body
+        menu_id = inbound.labels.get("bizmsgmenuid")
+        if inbound.content.type != "postback" or not isinstance(menu_id, str):
+            return
+        try:
+            pick = await self.menus.resolve(inbound.openid, menu_id, inbound.content.text or "")
+        except StoreUnavailable as exc:  # the tap is kept with WeChat's bare id
+            log.warning("wechat_menu_tap_not_mapped", instance=self.name, error=str(exc))
+            return
+        if pick is not None:
+            self._picks[inbound.dedup_key] = pick
+            while len(self._picks) > MAX_PENDING_PICKS:
+                self._picks.popitem(last=False)
 
     def parse(self, request: WebhookRequest) -> ParseResult:
         query = request.query
@@ -169,12 +203,16 @@ class WeChatChannel(Channel):
         return ParseResult(messages=[self._message(self._read(fields))])
 
     def _message(self, inbound: Inbound) -> Message:
+        content = inbound.content
+        pick = self._picks.pop(inbound.dedup_key, None) if content.type == "postback" else None
+        if pick is not None:  # the numeric item id of one of our menus: the choice it stands for
+            content = msgspec.structs.replace(content, postback=Postback(payload=pick.id, title=pick.title))
         message = self.message(
             external_id=inbound.dedup_key,
             conversation_id=f"{self.name}:{inbound.openid}",
             sender=Party(id=inbound.openid),
             recipient=Party(id=inbound.account),
-            content=inbound.content,
+            content=content,
             sent_at=inbound.sent_at,
         )
         message.tags.labels.update(inbound.top_labels)
@@ -260,7 +298,13 @@ class WeChatChannel(Channel):
         if not self.settings.app_secret:
             raise SendError("no_app_secret", f"instance {self.name} has no app_secret to send with", retryable=False)
         openid = self.touser(message)
-        parts = outbound.build(openid, message, self.settings.text_max_bytes)
+        item_ids: list[str] | None = None
+        if outbound.menu_fits(message, self.settings.text_max_bytes):
+            try:
+                item_ids = await self.menus.allocate(openid, message.content.choices)
+            except StoreUnavailable as exc:
+                raise SendError("store_unavailable", str(exc), retryable=True) from None
+        parts = outbound.build(openid, message, self.settings.text_max_bytes, item_ids)
         store = self.services.store
         progress_key = store.key("wechat-sent", message.id)
         try:
@@ -276,7 +320,13 @@ class WeChatChannel(Channel):
         sent = 0
         try:
             for part in remaining:
-                await self._send_one(part)
+                try:
+                    await self._send_one(part)
+                except SendError as exc:
+                    fallback = self._menu_refused(message, part, exc) if item_ids is not None else None
+                    if fallback is None:
+                        raise
+                    await self._send_one(fallback)
                 sent += 1
                 try:
                     await store.client.set(progress_key, done + sent, ex=PROGRESS_TTL_S)
@@ -287,6 +337,22 @@ class WeChatChannel(Channel):
                 await self._after_failure(window, exc, len(remaining) - sent)
             raise
         return SendResult(external_id=None)
+
+    def _menu_refused(
+        self, message: Message, part: outbound.CustomMessage, exc: SendError
+    ) -> outbound.CustomMessage | None:
+        """The choices as numbered text when WeChat refused their menu (40200: an unverified or test
+        account; 45098: too many items), if that fits one message; else None (the error stands)."""
+        code = exc.code.rpartition(":")[2]
+        if part.msgtype != "msgmenu" or not code.isdigit() or int(code) not in outbound.MENU_REFUSED:
+            return None
+        text = choices_as_text(message.content) or ""
+        if len(text.encode()) > self.settings.text_max_bytes:
+            return None
+        log.warning("wechat_menu_refused_sent_as_text", instance=self.name, errcode=int(code))
+        return outbound.CustomMessage(
+            touser=part.touser, msgtype="text", text=outbound.TextBody(content=text), customservice=part.customservice
+        )
 
     async def _take(self, window: str, count: int) -> None:
         try:

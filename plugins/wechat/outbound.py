@@ -5,6 +5,10 @@ WeChat lets an account message a user only for 48 h after the user wrote, and on
 again; outside that it answers 45015/45047. The window is tracked in Redis so a send that cannot
 succeed is refused locally with a clear permanent error instead of spending an API call, and so
 several dispatchers share one count.
+
+``content.choices`` become a menu message (``msgtype: msgmenu``) whose item ids are numbers
+allocated by :mod:`plugins.wechat.menus` (WeChat keeps numeric ids only); over the menu bounds, or
+when WeChat refuses menus (40200 on unverified accounts, 45098), they are numbered text instead.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from gateway.sdk import Attachment, Message, SendError, split_utf8
+from gateway.sdk import Attachment, Content, Message, SendError, split_utf8, with_choices_as_text
 
 # Errcodes (wechatpy/constants.py names them). Token problems refresh once; these never retry.
 TOKEN_ERRCODES = frozenset({40001, 40014, 42001})
@@ -25,7 +29,14 @@ PERMANENT_ERRCODES = {
     48001: "api_unauthorized",  # the account has no permission for this API
     40164: "ip_not_whitelisted",  # the caller's IP is not in the account's IP whitelist
     40200: "invalid_account_type",  # msgmenu on an unverified or test account
+    45098: "menu_out_of_limit",  # "msgmenu list size is out of limit"
 }
+# Errcodes refusing a menu itself: its choices are then sent again as numbered text.
+MENU_REFUSED = frozenset({40200, 45098})
+# Menu bounds: WeChat documents none for the Official Account (45098 says a list is too long), so
+# WeCom's documented ones for the same widget: at most 10 items, titles of at most 128 bytes.
+MENU_MAX_ITEMS = 10
+MENU_TITLE_MAX_BYTES = 128
 RETRYABLE_ERRCODES = {-1: "system_busy", 45009: "api_frequency_limit", 45011: "api_minute_quota"}
 LONG_BACKOFF_S = {45009: 60.0, 45011: 60.0}
 
@@ -144,12 +155,36 @@ def wechat_labels(message: Message) -> WeChatLabels:
         raise SendError("invalid_labels", f"tags.labels.wechat: {exc}", retryable=False) from None
 
 
-def build(touser: str, message: Message, text_limit: int) -> list[CustomMessage]:
-    """The API calls for one outbound message, in order: text pieces, attachments, news, menu."""
+def menu_fits(message: Message, text_limit: int) -> bool:
+    """Whether the message's choices can be a menu: no explicit ``tags.labels.wechat.msgmenu`` (it
+    wins), within the item bounds, the text fitting one message as the menu's head."""
+    content = message.content
+    return (
+        bool(content.choices)
+        and wechat_labels(message).msgmenu is None
+        and len(content.choices) <= MENU_MAX_ITEMS
+        and all(len(choice.title.encode()) <= MENU_TITLE_MAX_BYTES for choice in content.choices)
+        and len((content.text or "").encode()) <= text_limit
+    )
+
+
+def choices_menu(content: Content, item_ids: list[str]) -> MenuBody:
+    """The menu of ``content.choices``: the text as head, one item per choice with its numeric id."""
+    items = [MenuItem(id=item, content=choice.title) for item, choice in zip(item_ids, content.choices, strict=True)]
+    return MenuBody(head_content=content.text or "", items=items)
+
+
+def build(touser: str, message: Message, text_limit: int, item_ids: list[str] | None = None) -> list[CustomMessage]:
+    """The API calls for one outbound message, in order: text pieces, attachments, news, menu.
+
+    ``item_ids`` (from :func:`menu_fits` and the menu store) make the choices a menu; without them
+    the choices are numbered text."""
     labels = wechat_labels(message)
     content = message.content
+    if content.choices and item_ids is None:
+        content = with_choices_as_text(content)
     out: list[CustomMessage] = []
-    if content.text and labels.msgmenu is None:
+    if content.text and labels.msgmenu is None and item_ids is None:
         out.extend(
             CustomMessage(touser=touser, msgtype="text", text=TextBody(content=piece))
             for piece in split_utf8(content.text, text_limit)
@@ -162,6 +197,8 @@ def build(touser: str, message: Message, text_limit: int) -> list[CustomMessage]
         if not menu.head_content and content.text:
             menu = MenuBody(head_content=content.text, items=menu.items, tail_content=menu.tail_content)
         out.append(CustomMessage(touser=touser, msgtype="msgmenu", msgmenu=menu))
+    elif item_ids is not None:
+        out.append(CustomMessage(touser=touser, msgtype="msgmenu", msgmenu=choices_menu(content, item_ids)))
     if not out:
         raise SendError("unsupported_content", f"WeChat cannot send {content.type} content", retryable=False)
     if labels.kf_account:

@@ -24,6 +24,7 @@ import msgspec
 import structlog
 
 from gateway.sdk import (
+    RESOLVED_LABEL,
     AccessTokens,
     AuthenticationError,
     Channel,
@@ -97,6 +98,7 @@ class WeComKfChannel(Channel):
     Settings = WeComKfSettings
     secret_settings = frozenset({"token", "encoding_aes_key", "secret", "previous_encoding_aes_key"})
     description = "WeCom 微信客服: encrypted callbacks, messages pulled with kf/sync_msg, kf/send_msg out."
+    native_choices = True  # a msgmenu; a tap comes back as a text record with menu_id
 
     settings: WeComKfSettings
 
@@ -346,6 +348,8 @@ class WeComKfChannel(Channel):
         )
         if item.event is not None:
             message.tags.labels["event"] = item.event
+        if item.closes_window:  # the session ended in WeCom (change_type 3): the conversation is resolved
+            message.tags.labels[RESOLVED_LABEL] = {"via": "channel"}
         message.tags.labels["wecom_kf"] = item.labels
         return message
 

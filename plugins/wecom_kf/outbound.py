@@ -1,4 +1,9 @@
-"""``kf/send_msg`` bodies and WeCom errcodes."""
+"""``kf/send_msg`` bodies and WeCom errcodes.
+
+``content.choices`` become a menu message (``msgtype: msgmenu``, one ``click`` item per choice,
+``id`` = the choice id): the customer's tap comes back through ``sync_msg`` as a text record with
+``text.menu_id``, which :mod:`plugins.wecom_kf.records` turns into a ``postback``.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,16 @@ from typing import Any, Literal
 
 import msgspec
 
-from gateway.sdk import Attachment, Message, SendError, split_utf8
+from gateway.sdk import Attachment, Content, Message, SendError, split_utf8, with_choices_as_text
 
 TOKEN_ERRCODES = frozenset({40014, 42001, 41001})  # invalid, expired, missing access token
 RETRYABLE_ERRCODES = {-1: "system_busy", 45009: "api_frequency_limit", 45033: "api_concurrency_limit"}
+# kf/send_msg menu limits (developer.work.weixin.qq.com/document/path/94677, 菜单消息): beyond
+# them the choices go as numbered text instead.
+MENU_MAX_ITEMS = 10
+MENU_ID_MAX_BYTES = 64
+MENU_CONTENT_MAX_BYTES = 128
+MENU_HEAD_MAX_BYTES = 1024
 PERMANENT_ERRCODES = {
     95018: "session_state_invalid",  # the session is with a human agent (state 3) or ended (4)
     60020: "ip_not_trusted",  # the caller's IP is not among the app's trusted IPs (企业可信IP)
@@ -42,7 +53,7 @@ class MenuClick(_Out, kw_only=True):
 
 
 class MenuEntry(_Out, kw_only=True):
-    type: Literal["click"] = "click"
+    type: Literal["click"]  # required by WeCom: no default, so omit_defaults cannot drop it
     click: MenuClick
 
 
@@ -124,12 +135,40 @@ def _attachment(touser: str, kfid: str, attachment: Attachment) -> SendMsg:
     raise SendError("unsupported_content", f"微信客服 cannot send {kind} attachments", retryable=False)
 
 
+def _bytes(text: str) -> int:
+    return len(text.encode())
+
+
+def choices_menu(content: Content) -> MenuBody | None:
+    """The menu of ``content.choices`` under the message's text, or None over WeCom's limits (more
+    than 10 items, an id outside 1-64 bytes, a title over 128 bytes, a text over 1024 bytes) or
+    when two choices share an id (a tap could not tell them apart)."""
+    choices, head = content.choices, content.text or ""
+    ids = [choice.id for choice in choices]
+    if (
+        not choices
+        or len(choices) > MENU_MAX_ITEMS
+        or len(set(ids)) != len(ids)
+        or _bytes(head) > MENU_HEAD_MAX_BYTES
+        or any(_bytes(c.id) > MENU_ID_MAX_BYTES or _bytes(c.title) > MENU_CONTENT_MAX_BYTES for c in choices)
+    ):
+        return None
+    items = [MenuEntry(type="click", click=MenuClick(id=choice.id, content=choice.title)) for choice in choices]
+    return MenuBody(head_content=head, items=items)
+
+
 def build(touser: str, kfid: str, message: Message, text_limit: int) -> list[SendMsg]:
-    """The send_msg calls of one outbound message: text pieces, attachments, location, menu."""
+    """The send_msg calls of one outbound message: text pieces, attachments, location, menu.
+
+    Choices are a menu with the text as its head; an explicit ``tags.labels.wecom_kf.msgmenu``
+    wins over them, and over the menu limits they are numbered text (never a failed send)."""
     labels = _labels(message)
     content = message.content
+    menu = choices_menu(content) if content.choices and labels.msgmenu is None else None
+    if content.choices and menu is None:
+        content = with_choices_as_text(content)
     out: list[SendMsg] = []
-    if content.text and labels.msgmenu is None and content.location is None:
+    if content.text and labels.msgmenu is None and menu is None and content.location is None:
         out.extend(
             SendMsg(touser=touser, open_kfid=kfid, msgtype="text", text=TextBody(content=piece))
             for piece in split_utf8(content.text, text_limit)
@@ -142,18 +181,22 @@ def build(touser: str, kfid: str, message: Message, text_limit: int) -> list[Sen
         )
         out.append(SendMsg(touser=touser, open_kfid=kfid, msgtype="location", location=body))
     if labels.msgmenu is not None:
-        menu = labels.msgmenu
-        entries = [MenuEntry(click=MenuClick(id=item.id, content=item.content)) for item in menu.items]
+        given = labels.msgmenu
+        entries = [MenuEntry(type="click", click=MenuClick(id=item.id, content=item.content)) for item in given.items]
         out.append(
             SendMsg(
                 touser=touser,
                 open_kfid=kfid,
                 msgtype="msgmenu",
                 msgmenu=MenuBody(
-                    head_content=menu.head_content or content.text or "", items=entries, tail_content=menu.tail_content
+                    head_content=given.head_content or content.text or "",
+                    items=entries,
+                    tail_content=given.tail_content,
                 ),
             )
         )
+    elif menu is not None:
+        out.append(SendMsg(touser=touser, open_kfid=kfid, msgtype="msgmenu", msgmenu=menu))
     if not out:
         raise SendError("unsupported_content", f"微信客服 cannot send {content.type} content", retryable=False)
     return out

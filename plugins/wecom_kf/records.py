@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from gateway.sdk import Attachment, Content, DeliveryError, DeliveryEvent, Location, Postback
+from gateway.sdk import Attachment, Author, Content, DeliveryError, DeliveryEvent, Location, Postback
 
 ORIGIN_CUSTOMER = 3
 ORIGIN_SYSTEM = 4
@@ -186,6 +186,8 @@ def _one(record: KfRecord, channel: str, instance: str, outcome: Outcome) -> Non
     if not kfid or not user:
         raise _Unreadable("record without open_kfid or external_userid")
     if record.origin == ORIGIN_AGENT:  # an agent's answer from the WeCom client: sent, not by us
+        # The agent as author: it answers the customer, so it stops the conversation's response clock.
+        author = Author(kind="agent", id=record.servicer_userid or None)
         outcome.events.append(
             (
                 DeliveryEvent(
@@ -195,6 +197,7 @@ def _one(record: KfRecord, channel: str, instance: str, outcome: Outcome) -> Non
                     external_id=record.msgid,
                     conversation_id=f"{instance}:{kfid}:{user}",
                     occurred_at=_sent_at(record.send_time) or datetime.now(UTC),
+                    author=author,
                 ),
                 kfid,
                 user,
@@ -220,7 +223,7 @@ def _content(record: KfRecord, labels: dict[str, Any]) -> Content:
     if kind == "text":
         text = _str(record.text, "content") or ""
         menu_id = _str(record.text, "menu_id")
-        if menu_id:  # a tap in a menu message we sent
+        if menu_id:  # a tap in a menu message we sent: the item's id (a choice id) comes back as is
             labels["menu_id"] = menu_id
             return Content(type="postback", text=text, postback=Postback(payload=menu_id, title=text or None))
         return Content(type="text", text=text)
