@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from slack_sdk.signature import SignatureVerifier
 
 from gateway.model import ConversationEvent, decode_conversation_event, decode_message, utcnow
 from gateway.outbound.dispatcher import Dispatcher
@@ -203,3 +206,51 @@ async def test_one_breach_with_two_workers_and_a_restart_in_the_sla_window(
     assert total == 8
     assert sorted(event.conversation_id for event in breaches) == [f"sla-{n}" for n in range(4)]
     assert all(event.queue == "support" and event.value_s == 3600.0 for event in breaches)
+
+
+SLACK_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
+SLACK_FIXTURES = Path(__file__).parent / "fixtures" / "slack"
+
+
+def slack_post(user: str, ts: float, event_id: str) -> bytes:
+    data = json.loads((SLACK_FIXTURES / "thread_reply.json").read_text())
+    data["event"].update(user=user, ts=f"{ts:.6f}", event_ts=f"{ts:.6f}")
+    data["event"].pop("client_msg_id", None)
+    data["event_id"] = event_id
+    return json.dumps(data).encode()
+
+
+def slack_headers(body: bytes) -> dict[str, str]:
+    timestamp = str(int(time.time()))
+    signature = SignatureVerifier(SLACK_SECRET).generate_signature(timestamp=timestamp, body=body)
+    assert signature is not None
+    return {"Content-Type": "application/json", "X-Slack-Request-Timestamp": timestamp, "X-Slack-Signature": signature}
+
+
+async def test_an_agent_answering_in_the_slack_thread_stops_the_clock(
+    kafka_bootstrap: str, redis_url: str, registry: PluginRegistry
+) -> None:
+    """Agents answer from Slack itself, not through the gateway: the channel reports their post as
+    a `sent` event with an agent author, and `serve` measures the response when it takes it in."""
+    channels = {"slack": {"type": "slack", "signing_secret": SLACK_SECRET, "agent_users": ["U0AGENT001"]}}
+    async with running_gateway(
+        kafka_bootstrap, redis_url, channels=channels, registry=registry, worker={"processors": []}
+    ) as running:
+        runtime = running.runtime
+        now = time.time()
+        question = slack_post("U2147483697", now, "Ev1")
+        assert (
+            await running.client.post("/webhooks/slack", data=question, headers=slack_headers(question))
+        ).status == 200
+        async with started(worker(runtime)):
+            [opened] = await conversation_events(runtime, 1)
+        answer = slack_post("U0AGENT001", now + 90, "Ev2")
+        for _ in range(2):  # Slack retries: measured once
+            response = await running.client.post("/webhooks/slack", data=answer, headers=slack_headers(answer))
+            assert response.status == 200
+        events = await conversation_events(runtime, 2)
+        assert await topic_size(kafka_bootstrap, runtime.topics.conversations) == 2
+    first_response = events[1]
+    assert first_response.type == "first_response" and first_response.conversation_id == opened.conversation_id
+    assert first_response.author is not None and first_response.author.id == "U0AGENT001"
+    assert first_response.value_s is not None and 0 < first_response.value_s <= 90
