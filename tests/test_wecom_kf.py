@@ -22,7 +22,7 @@ from aiohttp import web
 from wechatpy.enterprise.crypto import WeChatCrypto
 
 import plugins.wecom_kf as wecom_kf_plugin
-from gateway.model import Choice, Content, Message, Party
+from gateway.model import Attachment, Choice, Content, Message, Party
 from gateway.sdk import (
     RESOLVED_LABEL,
     STRONG_IDENTITY_ATTRIBUTES,
@@ -72,6 +72,7 @@ class KfApi:
         self.records = list(records or [])
         self.syncs: list[dict[str, Any]] = []
         self.sent: list[dict[str, Any]] = []
+        self.sent_on_event: list[dict[str, Any]] = []
         self.send_errcodes: list[int] = []
         self.token_fetches = 0
         self.current = "KF_TOKEN_1"
@@ -122,12 +123,22 @@ class KfApi:
         self.sent.append(body)
         return web.json_response({"errcode": 0, "errmsg": "ok", "msgid": body.get("msgid")})
 
+    async def send_msg_on_event(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        if not self._token_ok(request):
+            return web.json_response({"errcode": 42001, "errmsg": "access_token expired"})
+        if any(sent["code"] == body.get("code") for sent in self.sent_on_event):
+            return web.json_response({"errcode": 95016, "errmsg": "code already used"})
+        self.sent_on_event.append(body)
+        return web.json_response({"errcode": 0, "errmsg": "ok", "msgid": body.get("msgid")})
+
 
 async def kf_server(aiohttp_server: Any, api: KfApi) -> Any:
     app = web.Application()
     app.router.add_get("/cgi-bin/gettoken", api.gettoken)
     app.router.add_post("/cgi-bin/kf/sync_msg", api.sync_msg)
     app.router.add_post("/cgi-bin/kf/send_msg", api.send_msg)
+    app.router.add_post("/cgi-bin/kf/send_msg_on_event", api.send_msg_on_event)
     return await aiohttp_server(app)
 
 
@@ -682,3 +693,30 @@ async def test_an_agent_reply_and_an_ended_session_over_the_pull(gw: tuple[Runni
     assert reply.status == "sent" and reply.external_id == "m2" and reply.message_id is None
     assert reply.author is not None and (reply.author.kind, reply.author.id) == ("agent", "lisi")
     assert reply.conversation_id == ended.conversation_id == f"kf:{KFID}:{USER}"
+
+
+async def test_a_survey_after_the_session_ended_goes_out_once_with_its_code(gw: tuple[RunningGateway, KfApi]) -> None:
+    """An agent ended the session (change_type 3): the window is closed, but the end event's
+    msg_code carries one closing message (a satisfaction survey) through kf/send_msg_on_event."""
+    gateway, api = gw
+    channel = gateway.runtime.channels["kf"]
+    assert isinstance(channel, WeComKfChannel)
+    ended = {"event_type": "session_status_change", "open_kfid": KFID, "external_userid": USER, "change_type": 3}
+    api.records = [customer("m1"), event_record("e1", {**ended, "msg_code": "MSG_CODE_1"})]
+    assert await post(gateway, *callback()) == (200, "success")
+    await eventually(lambda: _true(channel.pulls >= 1))
+    survey = outbound(Content(text="您对本次服务满意吗", choices=CSAT))
+    await channel.send(survey)
+    [sent] = api.sent_on_event
+    assert sent["code"] == "MSG_CODE_1" and sent["msgtype"] == "msgmenu" and "touser" not in sent
+    assert [item["click"]["id"] for item in sent["msgmenu"]["list"]] == [choice.id for choice in CSAT]
+    assert api.sent == []  # nothing through kf/send_msg: the session is closed
+    with pytest.raises(SendError) as second:  # the code was used: the window's refusal stands
+        await channel.send(outbound(Content(text="再见")))
+    assert second.value.code == "window_closed"
+    with pytest.raises(SendError) as media:  # an image cannot follow an ended session
+        api.records.append(event_record("e2", {**ended, "msg_code": "MSG_CODE_2"}))
+        assert await post(gateway, *callback()) == (200, "success")
+        await eventually(lambda: _true(channel.pulls >= 2))
+        await channel.send(outbound(Content(type="media", attachments=[Attachment(kind="image", media_id="M1")])))
+    assert media.value.code == "window_closed" and "image" in media.value.message

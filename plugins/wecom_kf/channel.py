@@ -90,6 +90,9 @@ class WeComKfSettings(ChannelSettings, kw_only=True, forbid_unknown_fields=True)
     window_s: Annotated[int, msgspec.Meta(ge=0)] = 48 * 3600
     window_quota: Annotated[int, msgspec.Meta(ge=1)] = 5
     enforce_window: bool = True
+    # An ended session's msg_code (kept for one closing message via kf/send_msg_on_event): how long
+    # it is kept. WeCom does not document its lifetime; a stale code is refused by WeCom, not sent.
+    closing_code_ttl_s: Annotated[int, msgspec.Meta(ge=1)] = 48 * 3600
     text_max_bytes: Annotated[int, msgspec.Meta(ge=16, le=2048)] = 2048
 
 
@@ -334,8 +337,17 @@ class WeComKfChannel(Channel):
                     await self.window.open(key, start, self.settings.window_s, self.settings.window_quota)
                 elif item.closes_window:
                     await self.window.close(key)
+                    await self._keep_closing_code(item)
             except StoreUnavailable as exc:
                 log.warning("wecom_kf_window_not_updated", instance=self.name, error=str(exc))
+
+    async def _keep_closing_code(self, item: Inbound) -> None:
+        """An ended session's ``msg_code`` lets one closing message through ``kf/send_msg_on_event``
+        after the session closed (a satisfaction survey, a goodbye): kept until then, used once."""
+        code = item.labels.get("msg_code")
+        if isinstance(code, str) and code:
+            key = self._key("closing", item.open_kfid, item.external_userid)
+            await self.services.store.client.set(key, code, ex=self.settings.closing_code_ttl_s)
 
     def _message(self, item: Inbound) -> Message:
         message = self.message(
@@ -448,7 +460,12 @@ class WeComKfChannel(Channel):
         window = self.window.key(kfid, user)
         remaining = len(parts) - done
         if remaining > 0 and self.settings.enforce_window:
-            await self._take(window, remaining)
+            try:
+                await self._take(window, remaining)
+            except SendError as exc:
+                if exc.code != "window_closed" or len(parts) != 1:
+                    raise
+                return await self._send_closing(parts[0], msgids[0], kfid, user, exc)
         sent = 0
         try:
             for part, msgid in list(zip(parts, msgids, strict=True))[done:]:
@@ -469,6 +486,23 @@ class WeComKfChannel(Channel):
                 await self._after_failure(window, exc, remaining - sent)
             raise
         return SendResult(external_id=msgids[0])
+
+    async def _send_closing(
+        self, part: outbound.SendMsg, msgid: str, kfid: str, user: str, closed: SendError
+    ) -> SendResult:
+        """One message after the session ended, with the code its end event carried (taken at once:
+        WeCom accepts each code once); without a code the window's refusal stands."""
+        try:
+            code = await self.services.store.client.getdel(self._key("closing", kfid, user))
+        except Exception as exc:
+            raise SendError("store_unavailable", f"Redis: {type(exc).__name__}", retryable=True) from None
+        if not code:
+            raise closed
+        body = outbound.on_event(part, code.decode() if isinstance(code, bytes) else str(code), msgid)
+        answer = msgspec.json.decode(await self._api("kf/send_msg_on_event", body), type=outbound.SendAnswer)
+        if answer.errcode:
+            raise outbound.classify(answer.errcode, answer.errmsg)
+        return SendResult(external_id=answer.msgid or msgid)
 
     async def _take(self, window: str, count: int) -> None:
         try:

@@ -94,6 +94,28 @@ class SendMsg(_Out, kw_only=True):
     msgmenu: MenuBody | None = None
 
 
+class SendOnEvent(_Out, kw_only=True):
+    """``kf/send_msg_on_event``: a message answering an event by its code (no recipient: the code
+    names the session). Only text and menus are allowed."""
+
+    code: str
+    msgid: str = ""
+    msgtype: Literal["text", "msgmenu"]
+    text: TextBody | None = None
+    msgmenu: MenuBody | None = None
+
+
+def on_event(part: SendMsg, code: str, msgid: str) -> SendOnEvent:
+    """``part`` sent with an event's code instead of to the customer (text or menu only)."""
+    if part.msgtype not in ("text", "msgmenu"):
+        raise SendError(
+            "window_closed",
+            f"the session ended: only a text or menu can follow it (kf/send_msg_on_event), not {part.msgtype}",
+            retryable=False,
+        )
+    return SendOnEvent(code=code, msgid=msgid, msgtype=part.msgtype, text=part.text, msgmenu=part.msgmenu)
+
+
 class SendAnswer(msgspec.Struct, kw_only=True):
     errcode: int = 0
     errmsg: str = ""
