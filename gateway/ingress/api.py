@@ -209,19 +209,11 @@ async def post_message(request: web.Request) -> web.Response:
             if claim.status == "duplicate":
                 return web.json_response({"id": first_id, "status": "queued", "duplicate": True}, status=202)
             return error_response(409, "a request with this Idempotency-Key is in progress")
-    try:
-        await runtime.publisher.send(
-            record_for(
-                runtime.topics.outbound,
-                message,
-                traceparent=child_traceparent(request.headers.get("traceparent")),
-                key=message.conversation_id,
-            )
-        )
-    except BrokerUnavailable:
+    unavailable = await _publish(request, runtime.topics.outbound, message)
+    if unavailable is not None:
         if scope is not None:
             await _forget(runtime, scope, claim_value)
-        return error_response(503, "message store unavailable, retry later", runtime.config.http.retry_after_s)
+        return unavailable
     if scope is not None:
         try:
             await runtime.store.confirm_delivery(IDEMPOTENCY_NAMESPACE, scope, claim_value, settings.idempotency_ttl_s)
@@ -230,6 +222,18 @@ async def post_message(request: web.Request) -> web.Response:
     runtime.metrics.published.labels(channel.type, channel.name, runtime.topics.outbound).inc()
     log.info("outbound_enqueued", message_id=message.id, instance=channel.name)
     return web.json_response({"id": message.id, "status": "queued", "duplicate": False}, status=202)
+
+
+async def _publish(request: web.Request, topic: str, message: Message) -> web.Response | None:
+    """Publish under the conversation's key, continuing the caller's trace; None once the broker
+    acknowledged, else the 503 that tells the caller to retry."""
+    runtime = request.app[RUNTIME]
+    traceparent = child_traceparent(request.headers.get("traceparent"))
+    try:
+        await runtime.publisher.send(record_for(topic, message, traceparent=traceparent, key=message.conversation_id))
+    except BrokerUnavailable:
+        return error_response(503, "message store unavailable, retry later", runtime.config.http.retry_after_s)
+    return None
 
 
 async def _forget(runtime: Runtime, scope: str, claim_value: str) -> None:
@@ -269,16 +273,8 @@ async def post_resolve(request: web.Request) -> web.Response:
         cause=cause,
         author=payload.author,
     )
-    try:
-        await runtime.publisher.send(
-            record_for(
-                runtime.topics.inbound,
-                message,
-                traceparent=child_traceparent(request.headers.get("traceparent")),
-                key=message.conversation_id,
-            )
-        )
-    except BrokerUnavailable:
-        return error_response(503, "message store unavailable, retry later", runtime.config.http.retry_after_s)
+    unavailable = await _publish(request, runtime.topics.inbound, message)
+    if unavailable is not None:
+        return unavailable
     log.info("resolution_enqueued", message_id=message.id, instance=channel.name)
     return web.json_response({"id": message.id, "status": "queued"}, status=202)

@@ -26,7 +26,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import msgspec
 import structlog
@@ -80,6 +80,24 @@ def derived_id(kind: str, cause: str) -> str:
     """A stable id for what ``cause`` produced (an event, the survey message): processing the same
     message again gives the same id, so consumers and the dispatcher count it once."""
     return derived_event_id("csat", kind, cause)
+
+
+def _event(message: Message, kind: Literal["csat_requested", "csat_received"], **fields: Any) -> ConversationEvent:
+    """A survey event caused by ``message`` (its id derived from it), with the conversation's
+    routing when the message carries it."""
+    routing = message.routing
+    return ConversationEvent(
+        id=derived_id(kind, message.id),
+        type=kind,
+        conversation_id=message.conversation_id,
+        instance=message.instance,
+        channel=message.channel,
+        occurred_at=message.received_at,
+        message_id=message.id,
+        queue=routing.queue if routing is not None else None,
+        priority=routing.priority if routing is not None else None,
+        **fields,
+    )
 
 
 def choice_id(survey_id: str, rating: int) -> str:
@@ -327,17 +345,9 @@ class Csat(Processor):
         comment = None
         if kind == "C":
             comment = (message.content.text or "").strip()[: self.config.max_comment_chars]
-        routing = message.routing
-        event = ConversationEvent(
-            id=derived_id("csat_received", message.id),
-            type="csat_received",
-            conversation_id=message.conversation_id,
-            instance=message.instance,
-            channel=message.channel,
-            occurred_at=message.received_at,
-            message_id=message.id,
-            queue=routing.queue if routing is not None else None,
-            priority=routing.priority if routing is not None else None,
+        event = _event(
+            message,
+            "csat_received",
             survey_id=survey_id,
             rating=rating,
             comment=comment,
@@ -365,17 +375,9 @@ class Csat(Processor):
         language: str | None = None,
     ) -> None:
         message = plan.message
-        routing = message.routing
-        event = ConversationEvent(
-            id=derived_id("csat_requested", message.id),
-            type="csat_requested",
-            conversation_id=message.conversation_id,
-            instance=message.instance,
-            channel=message.channel,
-            occurred_at=message.received_at,
-            message_id=message.id,
-            queue=routing.queue if routing is not None else None,
-            priority=routing.priority if routing is not None else None,
+        event = _event(
+            message,
+            "csat_requested",
             survey_id=survey_id,
             sent=sent,
             reason=reason,
