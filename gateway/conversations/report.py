@@ -288,11 +288,8 @@ async def build_report_async(
     instances: Iterable[str] = (),
     queues: Iterable[str] = (),
 ) -> Report:
-    reading = _Reading()
-    wanted_instances = frozenset(instances)
-    async for item in items:
-        _take(reading, item, since, until, wanted_instances)
-    return _aggregate(reading, since, until, wanted_instances, frozenset(queues))
+    collected = [item async for item in items]  # the report keeps what it counts in memory anyway
+    return build_report(collected, since=since, until=until, instances=instances, queues=queues)
 
 
 def _aggregate(

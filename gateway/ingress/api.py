@@ -156,9 +156,9 @@ def authorize(request: web.Request) -> str | web.Response:
     return given
 
 
-async def post_message(request: web.Request) -> web.Response:
-    runtime = request.app[RUNTIME]
-    settings = runtime.config.api
+async def _accept(request: web.Request) -> tuple[str, str | None, bytes] | web.Response:
+    """The API key, the ``Idempotency-Key`` (if any) and the body of a request, or the answer that
+    refuses it (401/403, 400 for a bad Idempotency-Key, 413...)."""
     given = authorize(request)
     if isinstance(given, web.Response):
         return given
@@ -166,9 +166,19 @@ async def post_message(request: web.Request) -> web.Response:
     if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
         return error_response(400, f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters")
     try:
-        body = await read_body(request, settings.max_body_bytes)
+        body = await read_body(request, request.app[RUNTIME].config.api.max_body_bytes)
     except IngestError as exc:
         return error_response(exc.status, exc.detail)
+    return given, idempotency_key, body
+
+
+async def post_message(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    settings = runtime.config.api
+    accepted = await _accept(request)
+    if isinstance(accepted, web.Response):
+        return accepted
+    given, idempotency_key, body = accepted
     payload = _decode(body)
     if isinstance(payload, web.Response):
         return payload
@@ -248,16 +258,10 @@ async def post_resolve(request: web.Request) -> web.Response:
     the worker resolves it in order with the customer's messages (and surveys can follow). With an
     ``Idempotency-Key`` a retried request queues the same record (same id), resolved once."""
     runtime = request.app[RUNTIME]
-    given = authorize(request)
-    if isinstance(given, web.Response):
-        return given
-    idempotency_key = request.headers.get("Idempotency-Key")
-    if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
-        return error_response(400, f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters")
-    try:
-        body = await read_body(request, runtime.config.api.max_body_bytes)
-    except IngestError as exc:
-        return error_response(exc.status, exc.detail)
+    accepted = await _accept(request)
+    if isinstance(accepted, web.Response):
+        return accepted
+    given, idempotency_key, body = accepted
     payload = _decode_with(_resolve_decoder, body)
     if isinstance(payload, web.Response):
         return payload
