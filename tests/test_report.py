@@ -17,6 +17,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import msgspec
 import pytest
@@ -101,8 +102,11 @@ def write_config(path: Path, config: Config) -> Path:
 
 
 def invoke(*args: str) -> tuple[int, str, str]:
-    """`gateway ...` in this process (click's runner): exit code, stdout, stderr."""
-    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    """`gateway ...` in this process (click's runner): exit code, stdout, stderr. Logging is left
+    as it is: configuring it is process-wide, and structlog would cache every logger first used
+    afterwards, so later tests of this process could no longer capture their logs."""
+    with mock.patch("gateway.cli.configure_logging"):
+        result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
     return result.exit_code, result.stdout, result.stderr
 
 
