@@ -212,8 +212,10 @@ async def test_claim_outlives_slow_retries_so_a_second_dispatcher_never_sends(
 ) -> None:
     """Retries spanning several claim lifetimes: the claim is renewed, so another dispatcher that
     gets the same record (here: one in another consumer group) waits and then sends nothing."""
-    provider = Provider([429, 429], retry_after="1")
-    settings = {"claim_ttl_s": 0.5}
+    # Two waits of 2 s: each longer than the claim's lifetime, which is still long enough (renewed
+    # every 0.5 s) that a busy CI machine never starves the renewal past it.
+    provider = Provider([429, 429], retry_after="2")
+    settings = {"claim_ttl_s": 1.5}
     async with dispatching(
         provider, kafka_bootstrap, redis_url, registry, aiohttp_server, dispatch=settings
     ) as runtime:
