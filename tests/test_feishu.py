@@ -69,6 +69,7 @@ def test_our_envelopes_decrypt_with_lark_oapi_and_theirs_with_ours(plaintext: by
 @pytest.mark.parametrize(
     "encrypted",
     ["", "not base64!", base64.b64encode(b"short").decode(), base64.b64encode(os.urandom(33)).decode()],
+    ids=["empty", "not-base64", "shorter-than-a-block", "not-a-whole-block"],  # stable across processes
 )
 def test_malformed_envelopes_do_not_decrypt(encrypted: str) -> None:
     with pytest.raises(crypto.DecryptError):
