@@ -237,3 +237,21 @@ def test_published_events_feed_the_service_time_metrics() -> None:
     assert sample("gateway_sla_breaches_total", {"instance": "wa", "queue": "billing"}) == 1
     assert sample("gateway_csat_ratings_total", {"instance": "wa", "rating": "4"}) == 1  # the comment is not a rating
     assert sample("gateway_csat_surveys_total", {"instance": "wa", "outcome": "not_sent"}) == 1
+
+
+async def test_messages_handled_again_late_change_nothing(store: RedisStore) -> None:
+    """Messages without events keep no stored outcome; repeated after later changes (a response, a
+    resolution), they must neither restart the wait nor reopen the conversation."""
+    tracker = tracker_for(store)
+    await one(tracker, customer(0))
+    second = customer(2)
+    assert await one(tracker, second) == []
+    await tracker.responded(reply_facts(5, "out-1"))
+    assert await one(tracker, second) == []  # a redelivery after the answer: no new wait
+    assert await tracker.responded(reply_facts(6, "out-2")) == []  # so nothing to answer
+    await one(tracker, resolution(10, "r-1"))
+    assert await one(tracker, second) == []  # after the resolution: no reopening
+    [reopened] = await one(tracker, customer(20))
+    assert reopened.type == "reopened"
+    assert await one(tracker, resolution(10, "r-1")) != []  # the stored outcome, identical
+    assert await one(tracker, resolution(10, "r-old")) == []  # an older resolution does not close the new cycle

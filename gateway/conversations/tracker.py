@@ -1,9 +1,12 @@
 """Per-conversation state in Redis and the conversation events it yields.
 
 Every change is one Lua script, so several workers, dispatchers and ``serve`` replicas agree on a
-conversation without locks; each script stores its outcome under the id of what caused it (a
-message, a send, a channel report) for ``decision_ttl_s``, so a cause handled again after a crash
-or a redelivery yields the very same events (same ids) instead of new ones or none.
+conversation without locks. A cause handled again after a crash or a redelivery must yield the very
+same events (same ids), neither new ones nor none: the outcome of each cause that produced events
+is stored under its id for ``decision_ttl_s``, and a cause that produced none (most customer
+messages of a waiting conversation) changes nothing when repeated, because the scripts compare
+times (a message older than the resolution does not reopen, one older than the last response does
+not start a new wait).
 
 The clocks (docs/conversations.md):
 
@@ -54,7 +57,7 @@ HUMAN = "agent"
 # Redis): KEYS: the SLA sorted set. ARGV[1]: a JSON array with one array per message, in order:
 # state key, decision key, now, kind (message|resolve), message id, instance, conversation id,
 # channel, queue, priority, SLA due ('' for none), language, sentiment, calendar (all strings);
-# ARGV[2], ARGV[3]: state and decision TTLs. Returns a JSON array of outcomes, one per message.
+# ARGV[2], ARGV[3]: state and decision TTLs. Returns one outcome per message: '' when it caused no event.
 # The state keys are named in the data, not in KEYS: the gateway uses a single Redis (no cluster).
 _INBOUND = """
 local function handle(m)
@@ -62,12 +65,15 @@ local function handle(m)
   local done = redis.call('GET', decision)
   if done then return done end
   local now = tonumber(now_text)
-  local s = redis.call('HMGET', state, 'status', 'cycle', 'opened_at', 'waiting_since', 'resolved_at', 'sla_due')
+  local s = redis.call('HMGET', state, 'status', 'cycle', 'opened_at', 'waiting_since', 'resolved_at', 'sla_due',
+    'responded_at')
   local cycle = tonumber(s[2] or '0') or 0
   local events = {}
   local set = {}
   if kind == 'message' then
     if s[1] ~= 'open' then
+      -- A message from before the resolution, handled again: it changes nothing.
+      if s[5] and now < tonumber(s[5]) then return '' end
       cycle = cycle + 1
       set = {'status', 'open', 'cycle', cycle, 'opened_at', now_text, 'first_response_at', '', 'sla_due', '',
         'instance', m[6], 'conversation_id', m[7]}
@@ -79,7 +85,10 @@ local function handle(m)
       s[4] = false
       s[6] = false
     end
-    if not s[4] or s[4] == '' then
+    -- The wait starts with the first unanswered message (not one answered already, handled again).
+    local waiting = s[4] and s[4] ~= ''
+    if not waiting and (not s[7] or now > tonumber(s[7])) then
+      waiting = true
       set[#set + 1] = 'waiting_since'; set[#set + 1] = now_text
       set[#set + 1] = 'waiting_message'; set[#set + 1] = m[5]
     end
@@ -89,7 +98,7 @@ local function handle(m)
       if names[i] and value ~= '' then set[#set + 1] = names[i]; set[#set + 1] = value end
     end
     set[#set + 1] = 'last_customer_at'; set[#set + 1] = now_text
-    if m[11] ~= '' then
+    if waiting and m[11] ~= '' then
       local due = tonumber(m[11])
       local current = tonumber(s[6] or '')
       if not current or due < current then
@@ -97,13 +106,19 @@ local function handle(m)
         redis.call('ZADD', KEYS[1], due, state)
       end
     end
-  elseif kind == 'resolve' and s[1] == 'open' then
+  elseif kind == 'resolve' and s[1] == 'open' and now >= tonumber(s[3]) then
     set = {'status', 'resolved', 'resolved_at', now_text, 'waiting_since', '', 'sla_due', ''}
     redis.call('ZREM', KEYS[1], state)
     events[1] = {type = 'resolved', cycle = cycle, start = s[3] or false}
   end
-  if #set > 0 then redis.call('HSET', state, unpack(set)) end
-  if #set > 0 or s[1] then redis.call('EXPIRE', state, ARGV[2]) end
+  if #set > 0 then
+    redis.call('HSET', state, unpack(set))
+    redis.call('EXPIRE', state, ARGV[2])
+  end
+  -- Most messages change a waiting conversation without an event: nothing to keep for them (handled
+  -- again, the guards above make them change nothing); an outcome with events is kept, so it is
+  -- published again identically.
+  if #events == 0 then return '' end
   local f = redis.call('HMGET', state, 'queue', 'priority', 'calendar', 'language', 'sentiment', 'channel')
   local result = cjson.encode({events = events, queue = f[1], priority = f[2], calendar = f[3],
     language = f[4], sentiment = f[5], channel = f[6], at = now_text})
@@ -129,7 +144,7 @@ if s[1] == 'open' and s[2] and s[2] ~= '' then
   else
     events[1] = {type = 'reply', cycle = tonumber(s[5]), start = s[2]}
   end
-  redis.call('HSET', KEYS[1], 'waiting_since', '', 'sla_due', '')
+  redis.call('HSET', KEYS[1], 'waiting_since', '', 'sla_due', '', 'responded_at', ARGV[1])
   redis.call('ZREM', KEYS[3], KEYS[1])
   redis.call('EXPIRE', KEYS[1], ARGV[3])
 end
@@ -277,10 +292,11 @@ class ConversationTracker:
             if entry is None:
                 results.append([])
                 continue
-            outcome = _outcome.decode(next(answers))
-            if not outcome.events:  # most messages of an open conversation: nothing happened
+            answer = next(answers)
+            if not answer:  # most messages of an open conversation: no event
                 results.append([])
                 continue
+            outcome = _outcome.decode(answer)
             facts = Facts(
                 cause=message.id,
                 instance=message.instance,
