@@ -90,7 +90,7 @@ class SlaScheduler:
         while True:
             try:
                 await self.tick()
-            except (RedisError, OSError, BrokerUnavailable) as exc:
+            except (RedisError, OSError, TimeoutError, BrokerUnavailable) as exc:
                 log.warning("sla_check_failed", error_type=type(exc).__name__, error=str(exc))
             await asyncio.sleep(self.settings.sla_check_interval_s)
 
@@ -100,10 +100,11 @@ class SlaScheduler:
         while True:
             now = self.clock()
             lease_end = now + timedelta(seconds=self.settings.sla_claim_ttl_s)
-            answers = await self._claim(
-                keys=[self.tracker.sla_key, self.claims_key],
-                args=[repr(now.timestamp()), repr(lease_end.timestamp()), str(BATCH)],
-            )
+            async with asyncio.timeout(self.tracker.timeout_s):  # a stuck connection is an outage too
+                answers = await self._claim(
+                    keys=[self.tracker.sla_key, self.claims_key],
+                    args=[repr(now.timestamp()), repr(lease_end.timestamp()), str(BATCH)],
+                )
             claims = [_claim.decode(answer) for answer in answers]
             events = [event for event in (self._event(claim) for claim in claims) if event is not None]
             if events:

@@ -21,6 +21,7 @@ The clocks (docs/conversations.md):
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -229,6 +230,9 @@ class ConversationTracker:
         client = store.client
         self._inbound = client.register_script(_INBOUND)
         self._responded = client.register_script(_RESPONDED)
+        # A bound on each call, whatever state a connection is in after a Redis restart: tracking
+        # must never hold messages or deliveries back (a call past it counts as Redis unavailable).
+        self.timeout_s = max(4 * store.settings.socket_timeout_s, 2.0)
         self.sla_key = store.key("conv", "sla")
 
     def state_key(self, instance: str, conversation_id: str) -> str:
@@ -279,13 +283,14 @@ class ConversationTracker:
             return [[] for _ in messages]
         settings = self.settings
         try:
-            answers = iter(
-                await self._inbound(
-                    keys=[self.sla_key],
-                    args=[_encode(data), str(settings.state_ttl_s), str(settings.decision_ttl_s)],
+            async with asyncio.timeout(self.timeout_s):
+                answers = iter(
+                    await self._inbound(
+                        keys=[self.sla_key],
+                        args=[_encode(data), str(settings.state_ttl_s), str(settings.decision_ttl_s)],
+                    )
                 )
-            )
-        except (RedisError, OSError) as exc:
+        except (RedisError, OSError, TimeoutError) as exc:
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
         results: list[list[ConversationEvent]] = []
         for message, entry in zip(messages, entries, strict=True):
@@ -321,8 +326,9 @@ class ConversationTracker:
         keys = [self.state_key(facts.instance, facts.conversation_id), self._decision_key(facts.cause), self.sla_key]
         args = [_epoch(facts.at), str(self.settings.decision_ttl_s), str(self.settings.state_ttl_s)]
         try:
-            answer = await self._responded(keys=keys, args=args)
-        except (RedisError, OSError) as exc:
+            async with asyncio.timeout(self.timeout_s):
+                answer = await self._responded(keys=keys, args=args)
+        except (RedisError, OSError, TimeoutError) as exc:
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
         return self._events(facts, _outcome.decode(answer))
 
