@@ -16,6 +16,7 @@ from gateway.bus.producer import Publisher, header, record_for
 from gateway.bus.topics import Topics, ensure_topics
 from gateway.channel import Channel, ChannelServices, ChannelSettings
 from gateway.config import Config, ConfigError, format_validation_error, inline_secrets, resolve_reference
+from gateway.conversations.tracker import ConversationTracker
 from gateway.helpers.fetch import UrlFetcher
 from gateway.ingress.ingest import Ingestor
 from gateway.metrics import Metrics
@@ -69,6 +70,9 @@ class Runtime:
     metrics: Metrics
     topics: Topics
     profiles: ProfileStore
+    # Conversation clocks (docs/conversations.md), shared by the worker, the dispatcher and ingest;
+    # None when [conversations] enabled = false.
+    conversations: ConversationTracker | None = None
     channels: dict[str, Channel] = field(default_factory=dict)
     http: aiohttp.ClientSession | None = None
     ingestor: Ingestor | None = None
@@ -85,6 +89,8 @@ class Runtime:
             metrics=metrics or Metrics(),
             topics=Topics(config.gateway.topic_prefix),
         )
+        if config.conversations.enabled:
+            runtime.conversations = ConversationTracker(store, config.conversations)
         runtime.ingestor = Ingestor(runtime)
         fetcher = UrlFetcher.from_settings(config.fetch.allow, max_redirects=config.fetch.max_redirects)
         services = ChannelServices(store=store, ingest=runtime.ingestor, fetcher=fetcher)

@@ -25,7 +25,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any, cast, get_args
 
 import msgspec
 import structlog
@@ -172,8 +172,8 @@ class _Outcome(msgspec.Struct, kw_only=True):
 
 _outcome = msgspec.json.Decoder(_Outcome)
 _encode = msgspec.json.Encoder().encode
-PRIORITIES = frozenset({"low", "normal", "high", "urgent"})
-SENTIMENTS = frozenset({"positive", "neutral", "negative"})
+PRIORITIES = frozenset(get_args(Priority))
+SENTIMENTS = frozenset(get_args(SentimentLabel))
 
 
 def event_id(cause: str, kind: str) -> str:

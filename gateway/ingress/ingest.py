@@ -17,7 +17,7 @@ import structlog
 
 from gateway.bus.producer import BrokerUnavailable, OutgoingRecord, record_for
 from gateway.channel import Accepted, Channel, IngestError, IngestOutcome, ParseResult
-from gateway.conversations.tracker import ConversationTracker, Facts
+from gateway.conversations.tracker import Facts
 from gateway.model import ConversationEvent, DeliveryEvent, DlqStage, Message, decode_message, encode, raw_payload
 from gateway.store.redis import DedupClaim, StoreUnavailable
 from gateway.tracing import child_traceparent
@@ -93,8 +93,7 @@ class _Claimed:
 class Ingestor:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        conversations = runtime.config.conversations
-        self.tracker = ConversationTracker(runtime.store, conversations) if conversations.enabled else None
+        self.tracker = runtime.conversations
 
     async def _responded(self, channel: Channel, event: DeliveryEvent) -> list[ConversationEvent]:
         """A message the channel reports as sent by an agent outside the gateway (WeCom's own

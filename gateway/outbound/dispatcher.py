@@ -31,7 +31,7 @@ import structlog
 from gateway.bus.consumer import ConsumerRunner, Record
 from gateway.bus.producer import BrokerUnavailable, OutgoingRecord, header, record_for
 from gateway.channel import Channel, SendError, SendResult
-from gateway.conversations.tracker import ConversationTracker, Facts, resolution_message
+from gateway.conversations.tracker import Facts, resolution_message
 from gateway.helpers.choices import with_choices_as_text
 from gateway.ids import new_id
 from gateway.model import ConversationEvent, DeliveryError, DeliveryEvent, Message, decode_message, utcnow
@@ -78,8 +78,7 @@ class Dispatcher:
             name="dispatch",
         )
         runtime.metrics.consumers["dispatch"] = self.runner  # membership and lag for the admin port
-        conversations = runtime.config.conversations
-        self.tracker = ConversationTracker(runtime.store, conversations) if conversations.enabled else None
+        self.tracker = runtime.conversations
 
     async def run(self) -> None:
         await self.runtime.open_http()

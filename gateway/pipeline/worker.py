@@ -24,7 +24,6 @@ import structlog
 from gateway.bus.consumer import ConsumerRunner, Deferred, Outcome, Record
 from gateway.bus.producer import OutgoingRecord, PendingAck, header, record_for
 from gateway.conversations.sla import SlaScheduler
-from gateway.conversations.tracker import ConversationTracker
 from gateway.model import ConversationEvent, DeliveryEvent, Message
 from gateway.processor import BatchResult, Drop, Processor, ProcessorContext
 from gateway.runtime import Runtime
@@ -123,8 +122,7 @@ class Worker:
             name="worker",
         )
         runtime.metrics.consumers["worker"] = self.runner  # membership and lag for the admin port
-        conversations = runtime.config.conversations
-        self.tracker = ConversationTracker(runtime.store, conversations) if conversations.enabled else None
+        self.tracker = runtime.conversations
         self.sla = SlaScheduler(runtime, self.tracker) if self.tracker is not None else None
         processed = runtime.metrics.processed
         self._counted = {
@@ -213,19 +211,9 @@ class Worker:
                         first.setdefault(_partition(item), item.record.offset)
                 live = [item for item in live if item.record.offset <= first.get(_partition(item), item.record.offset)]
 
-        first_failure: dict[tuple[str, int], int] = {}
-        for item in items.values():
-            if item.failed is not None:
-                first_failure.setdefault(_partition(item), item.record.offset)
-        await self._track(
-            [
-                item
-                for item in items.values()
-                if item.failed is None
-                and not isinstance(item.result, Drop)
-                and item.record.offset < first_failure.get(_partition(item), item.record.offset + 1)
-            ]
-        )
+        # What is still live went through the whole chain, before any failure of its partition, in
+        # fetch order: exactly the messages about to be published.
+        await self._track(live)
 
         blocked.clear()
         counts = {"ok": 0, "dropped": 0}  # counted once per batch
