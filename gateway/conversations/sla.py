@@ -24,7 +24,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from gateway.bus.producer import BrokerUnavailable, record_for
-from gateway.conversations.tracker import PRIORITIES, ConversationTracker, event_id
+from gateway.conversations.tracker import PRIORITIES, ConversationTracker, event_id, hash_field
 from gateway.model import ConversationEvent, Priority, utcnow
 from gateway.runtime import Runtime
 from gateway.tracing import child_traceparent
@@ -67,10 +67,6 @@ class _Claim(msgspec.Struct):
 _claim = msgspec.json.Decoder(_Claim)
 
 
-def _field(value: str | bool) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
 class SlaScheduler:
     """Claims passed SLA due times and publishes ``sla_breached`` (see the module docstring)."""
 
@@ -83,7 +79,6 @@ class SlaScheduler:
         self._claim = store.client.register_script(_CLAIM)
         self.claims_key = store.key("conv", "sla", "claimed")
         self.ticks = 0  # completed checks (tests wait on it rather than on time)
-        self.ticked = asyncio.Event()
 
     async def run(self) -> None:
         """Check every ``sla_check_interval_s`` until cancelled; an outage is logged and waited out."""
@@ -131,22 +126,22 @@ class SlaScheduler:
             if len(claims) < BATCH:
                 break
         self.ticks += 1
-        self.ticked.set()
         return published
 
     def _event(self, claim: _Claim) -> ConversationEvent | None:
         """The breach of a claim; None when the conversation's state is gone (expired, erased)."""
         instance, conversation, channel, queue, priority, waiting, since, cycle, language = (
-            _field(value) for value in claim.fields
+            hash_field(value) for value in claim.fields
         )
         if instance is None or conversation is None or channel is None:
             return None
-        due = datetime.fromtimestamp(float(claim.member.partition("|")[0]), tz=UTC)
+        due_text = claim.member.partition("|")[0]
+        due = datetime.fromtimestamp(float(due_text), tz=UTC)
         value_s = None
         if since is not None:
             value_s = max(0.0, due.timestamp() - float(since))
         return ConversationEvent(
-            id=event_id(f"{instance}\x1f{conversation}\x1f{claim.member.partition('|')[0]}", "sla_breached"),
+            id=event_id(f"{instance}\x1f{conversation}\x1f{due_text}", "sla_breached"),
             type="sla_breached",
             conversation_id=conversation,
             instance=instance,

@@ -181,7 +181,8 @@ def event_id(cause: str, kind: str) -> str:
     return derived_id(cause, kind)
 
 
-def _text(value: str | bool | None) -> str | None:
+def hash_field(value: str | bool | None) -> str | None:
+    """A Redis hash field as a script returned it: cjson turns a missing field into ``false``."""
     return value if isinstance(value, str) and value else None
 
 
@@ -336,9 +337,9 @@ class ConversationTracker:
 
     def _events(self, facts: Facts, outcome: _Outcome) -> list[ConversationEvent]:
         items = outcome.events if isinstance(outcome.events, list) else []
-        calendar = self.settings.calendar(_text(outcome.calendar))
-        priority = _text(outcome.priority)
-        sentiment = _text(outcome.sentiment)
+        calendar = self.settings.calendar(hash_field(outcome.calendar))
+        priority = hash_field(outcome.priority)
+        sentiment = hash_field(outcome.sentiment)
         when = _instant(float(outcome.at)) if outcome.at else facts.at
         events = []
         for item in items:
@@ -355,17 +356,17 @@ class ConversationTracker:
                 type=kind,
                 conversation_id=facts.conversation_id,
                 instance=facts.instance,
-                channel=_text(outcome.channel) or facts.channel,
+                channel=hash_field(outcome.channel) or facts.channel,
                 occurred_at=when,
                 message_id=facts.message_id,
-                queue=_text(outcome.queue),
+                queue=hash_field(outcome.queue),
                 priority=cast(Priority, priority) if priority in PRIORITIES else None,
                 cycle=int(item["cycle"]) if item.get("cycle") is not None else None,
                 value_s=value_s,
                 value_business_s=value_business_s,
                 author=facts.author if kind in ("first_response", "reply", "resolved") else None,
                 reason=facts.reason if kind == "resolved" else None,
-                language=_text(outcome.language),
+                language=hash_field(outcome.language),
                 sentiment=cast(SentimentLabel, sentiment)
                 if kind in ("opened", "reopened", "resolved") and sentiment in SENTIMENTS
                 else None,
