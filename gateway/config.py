@@ -155,7 +155,7 @@ class ConversationsSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=T
 
     enabled: bool = True
     # A conversation's state is kept this long after its last message (then a new message opens it
-    # afresh); the stored outcome of each message, for redeliveries, for decision_ttl_s.
+    # afresh); the stored outcome of each cause that produced events, for redeliveries, for decision_ttl_s.
     state_ttl_s: Positive = 90 * 24 * 3600
     decision_ttl_s: Positive = 3 * 24 * 3600
     # Business hours in which durations are also measured (value_business_s): the calendar that
