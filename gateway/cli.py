@@ -75,7 +75,9 @@ async def _run_until_signal(
             ready_wait = asyncio.create_task(ready.wait())
             await asyncio.wait([main, ready_wait], return_when=asyncio.FIRST_COMPLETED)
             if ready.is_set():
-                on_ready()
+                announced = on_ready(runtime)
+                if asyncio.iscoroutine(announced):
+                    await announced
             ready_wait.cancel()
         await main
     finally:
@@ -204,19 +206,7 @@ def dev(config_path: Path | None, port: int | None) -> None:
         if config_path is not None:
             config = load_config(config_path, env)
         else:
-            config = config_from_dict(
-                {
-                    "logging": {"format": "console"},
-                    "kafka": {
-                        "partitions": 3,
-                        "session_timeout_ms": 6000,
-                        "heartbeat_interval_ms": 1000,
-                        "fetch_max_wait_ms": 50,
-                    },
-                    "channels": {"api": {"type": "api", "secret": f"env:{DEV_SECRET_ENV}"}},
-                },
-                env,
-            )
+            config = config_from_dict(_dev_config(env, port), env)
     except ConfigError as exc:
         for server in servers:
             server.cleanup()
@@ -225,8 +215,14 @@ def dev(config_path: Path | None, port: int | None) -> None:
     if port is not None:
         config.http.port = port
 
-    def banner() -> None:
-        click.echo(_dev_banner(config, servers, secret if config_path is None else None), err=True)
+    async def banner(runtime: Runtime) -> None:
+        link = None
+        if config_path is None:
+            from gateway.console.auth import ConsoleAuth
+
+            auth = ConsoleAuth(config.console, config.http, runtime.store)
+            link = await auth.issue_one_time(DEV_CONSOLE_USER, "admin")
+        click.echo(_dev_banner(config, servers, secret if config_path is None else None, link), err=True)
 
     try:
         # One process, one registry: the HTTP port's /metrics has every counter, so no admin ports.
@@ -236,7 +232,45 @@ def dev(config_path: Path | None, port: int | None) -> None:
             server.cleanup()
 
 
-def _dev_banner(config: Config, servers: list[Any], secret: str | None) -> str:
+DEV_CONSOLE_USER = "dev"
+DEV_CONSOLE_HASH_ENV = "GATEWAY_DEV_CONSOLE_HASH"
+DEV_CHAT_SECRET_ENV = "GATEWAY_DEV_CHAT_SECRET"  # noqa: S105 - a variable name, not a secret
+
+
+def _dev_config(env: os._Environ[str], port: int | None) -> dict[str, Any]:
+    """`gateway dev` without a file: the api instance, a web chat instance with its demo page, and
+    the console for one admin whose password nobody knows (the banner's one-time link signs in)."""
+    from argon2 import PasswordHasher
+
+    env.setdefault(DEV_CONSOLE_HASH_ENV, PasswordHasher().hash(secrets.token_urlsafe(24)))
+    env.setdefault(DEV_CHAT_SECRET_ENV, secrets.token_hex(16))
+    http_port = port if port is not None else 8080
+    return {
+        "logging": {"format": "console"},
+        "http": {"port": http_port},
+        "kafka": {
+            "partitions": 3,
+            "session_timeout_ms": 6000,
+            "heartbeat_interval_ms": 1000,
+            "fetch_max_wait_ms": 50,
+        },
+        "channels": {
+            "api": {"type": "api", "secret": f"env:{DEV_SECRET_ENV}"},
+            "chat": {
+                "type": "webchat",
+                "token_secret": f"env:{DEV_CHAT_SECRET_ENV}",
+                "allowed_origins": [f"http://127.0.0.1:{http_port}", f"http://localhost:{http_port}"],
+            },
+        },
+        "console": {
+            "enabled": True,
+            "stats_interval_s": 2.0,
+            "users": {DEV_CONSOLE_USER: {"password_hash": f"env:{DEV_CONSOLE_HASH_ENV}", "role": "admin"}},
+        },
+    }
+
+
+def _dev_banner(config: Config, servers: list[Any], secret: str | None, console_link: str | None = None) -> str:
     from gateway.signing import hmac_sha256_hex
 
     base = f"http://{config.http.host}:{config.http.port}"
@@ -248,6 +282,13 @@ def _dev_banner(config: Config, servers: list[Any], secret: str | None) -> str:
     )
     lines.append(f"  Redis     {config.redis.url}" + ("  (embedded redis-server)" if "redis" in embedded else ""))
     lines.append(f"  Instances {', '.join(sorted(config.channels)) or 'none'}")
+    if console_link is not None:
+        lines += [
+            "",
+            "Operator console (this link signs you in once; restart for a new one):",
+            f"  {base}/console/auth/one-time?token={console_link}",
+            f"Web chat demo: {base}/chat/  (say hello, then watch it arrive on the console's Messages page)",
+        ]
     if secret is not None:
         body = json.dumps(
             {
@@ -410,9 +451,11 @@ def report(
 
 
 def _add_builtin_commands() -> None:
+    from gateway.console.cli import console
     from gateway.dlq.cli import dlq
 
     cli.add_command(dlq)
+    cli.add_command(console)
 
 
 _add_builtin_commands()

@@ -187,6 +187,63 @@ class ProfilesSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     retention_days: Positive = 400
 
 
+ConsoleRole = Literal["viewer", "operator", "admin"]
+
+
+class ConsoleUser(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A named console user: an Argon2 PHC hash (`gateway console hash-password`), never a password."""
+
+    password_hash: Annotated[str, msgspec.Meta(pattern=r"^\$argon2(id|i|d)\$")]
+    role: ConsoleRole = "viewer"
+
+
+class ConsoleOidc(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Sign-in through an OpenID Connect provider (authorization code flow with PKCE)."""
+
+    issuer: str  # discovery at <issuer>/.well-known/openid-configuration
+    client_id: str
+    client_secret: str | None = None  # a reference (env:/file:); None for a public client
+    label: str = "Sign in with single sign-on"
+    scopes: list[str] = msgspec.field(default_factory=lambda: ["openid", "profile", "email"])
+    # The claim naming the user (shown and audited) and the claim listing their groups or roles.
+    username_claim: str = "preferred_username"
+    roles_claim: str = "groups"
+    # Group/role value -> console role; the highest mapped role wins. A user none maps is refused
+    # unless default_role is set.
+    role_map: dict[str, ConsoleRole] = {}
+    default_role: ConsoleRole | None = None
+    # Where the provider sends the browser back; default <public URL>/console/auth/oidc/callback.
+    redirect_url: str | None = None
+
+
+class ConsoleSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The operator console at /console/ (docs/console.md): off unless enabled with a way to sign in."""
+
+    enabled: bool = False
+    users: dict[str, ConsoleUser] = {}
+    oidc: ConsoleOidc | None = None
+    session_ttl_s: Positive = 8 * 3600
+    # Secure cookies: "auto" sets the flag when the request came over TLS (directly, through a
+    # trusted proxy's X-Forwarded-Proto, or http.public_url is https).
+    secure_cookies: Literal["auto", "always", "never"] = "auto"
+    # Failed sign-ins allowed per user name and per client address in login_window_s.
+    login_attempts: Positive = 10
+    login_window_s: Positive = 300
+    # Every process (serve, worker, dispatch) writes its counters to Redis this often, so every
+    # replica shows the same per-minute figures.
+    stats_interval_s: PositiveFloat = 5.0
+    # Records read back per partition when building a conversation's timeline.
+    timeline_scan_records: Positive = 20000
+    audit_entries: Positive = 1000  # kept in Redis for the audit page (all of them go to Kafka)
+
+    def __post_init__(self) -> None:
+        for name in self.users:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}", name):
+                raise ValueError(f"users.{name}: user names are 1-64 letters, digits, '.', '_', '@' or '-'")
+        if self.enabled and not self.users and self.oidc is None:
+            raise ValueError("enabled: the console needs [console.users.<name>] or [console.oidc] to sign in")
+
+
 class PluginsSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Fail at start when a third-party plugin cannot be loaded (recommended in production).
     fail_fast: bool | None = None
@@ -209,6 +266,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     fetch: FetchSection = msgspec.field(default_factory=FetchSection)
     conversations: ConversationsSection = msgspec.field(default_factory=ConversationsSection)
     profiles: ProfilesSection = msgspec.field(default_factory=ProfilesSection)
+    console: ConsoleSection = msgspec.field(default_factory=ConsoleSection)
     plugins: PluginsSection = msgspec.field(default_factory=PluginsSection)
     logging: LoggingSection = msgspec.field(default_factory=LoggingSection)
     channels: dict[str, dict[str, Any]] = {}
@@ -314,8 +372,9 @@ def inline_core_secrets(raw: Mapping[str, Any]) -> list[str]:
 
     Checked on the file's values before references are resolved: a resolved ``env:`` value is
     allowed to be anything. The secrets of the core sections are the API keys, the Kafka SASL
-    password and a password inside ``redis.url``; the URL is not a secret as such, so it is refused
-    only when it carries a password (then the whole URL has to be a reference, or come from the
+    password, the console's password hashes (offline guessing material) and OIDC client secret,
+    and a password inside ``redis.url``; the URL is not a secret as such, so it is refused only
+    when it carries a password (then the whole URL has to be a reference, or come from the
     ``REDIS_URL`` environment variable). Channel secrets are checked when their plugin builds them.
     """
 
@@ -327,6 +386,15 @@ def inline_core_secrets(raw: Mapping[str, Any]) -> list[str]:
     keys = section("api").get("keys")
     if isinstance(keys, list):
         inline += [f"api.keys[{i}]" for i, key in enumerate(keys) if isinstance(key, str) and not _is_reference(key)]
+    users = section("console").get("users")
+    for name, user in users.items() if isinstance(users, Mapping) else ():
+        digest = user.get("password_hash") if isinstance(user, Mapping) else None
+        if isinstance(digest, str) and not _is_reference(digest):
+            inline.append(f"console.users.{name}.password_hash")
+    oidc = section("console").get("oidc")
+    secret = oidc.get("client_secret") if isinstance(oidc, Mapping) else None
+    if isinstance(secret, str) and not _is_reference(secret):
+        inline.append("console.oidc.client_secret")
     password = section("kafka").get("sasl_password")
     if isinstance(password, str) and not _is_reference(password):
         inline.append("kafka.sasl_password")

@@ -82,6 +82,16 @@ class Metrics:
             ("component", "outcome"),
             registry=self.registry,
         )
+        self.deliveries = Counter(
+            "gateway_deliveries",
+            "Outbound provider calls by outcome: sent, retried (a retryable failure), failed (for good).",
+            (*labels, "outcome"),
+            registry=self.registry,
+        )
+        # What the console's Channels page shows per instance (gateway/console/stats.py writes them
+        # to Redis): when a request last passed verification, and the last refusal with its reason.
+        self.last_verified: dict[str, float] = {}
+        self.last_rejection: dict[str, tuple[float, int, str]] = {}
         self.consumer_member = Gauge(
             "gateway_consumer_member",
             "1 while the component's consumer is a member of its group (refreshed on scrape).",

@@ -20,6 +20,7 @@ MESSAGE_SCHEMA = "gateway.message/v1"
 EVENT_SCHEMA = "gateway.event/v1"
 DLQ_SCHEMA = "gateway.dlq/v1"
 CONVERSATION_SCHEMA = "gateway.conversation/v1"
+AUDIT_SCHEMA = "gateway.audit/v1"
 
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 Score = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
@@ -312,12 +313,38 @@ class ConversationEvent(msgspec.Struct, kw_only=True):
         _require_utc(self, "occurred_at", "due_at")
 
 
+AuditAction = Literal[
+    "login", "login_failed", "logout", "one_time_login", "unmask", "dlq_inspect", "dlq_replay", "test_message"
+]
+
+
+class AuditRecord(msgspec.Struct, kw_only=True):
+    """An operator action in the console (docs/console.md), on the events topic next to delivery
+    events: who did what to which target, and how it ended. Never a password, token or message text."""
+
+    schema: Literal["gateway.audit/v1"] = "gateway.audit/v1"
+    id: str = msgspec.field(default_factory=new_id)
+    occurred_at: datetime = msgspec.field(default_factory=utcnow)
+    actor: str  # the console user name ("" for a failed sign-in with an unknown name)
+    role: str | None = None
+    via: Literal["password", "oidc", "one-time"] | None = None
+    action: AuditAction
+    target: str | None = None  # a DLQ record id, a channel instance, a conversation id...
+    outcome: Literal["ok", "denied", "failed"] = "ok"
+    detail: str | None = None
+    remote: str | None = None  # the client address as the console saw it
+
+    def __post_init__(self) -> None:
+        _require_utc(self, "occurred_at")
+
+
 # Every record type that travels on a topic, keyed by the schema id carried in its header.
 RECORD_TYPES: dict[str, type[msgspec.Struct]] = {
     MESSAGE_SCHEMA: Message,
     EVENT_SCHEMA: DeliveryEvent,
     DLQ_SCHEMA: DlqRecord,
     CONVERSATION_SCHEMA: ConversationEvent,
+    AUDIT_SCHEMA: AuditRecord,
 }
 
 _encoder = msgspec.json.Encoder()

@@ -15,6 +15,7 @@ SCHEMA_FILES = {
     "gateway.event/v1": "event.v1.json",
     "gateway.dlq/v1": "dlq.v1.json",
     "gateway.conversation/v1": "conversation.v1.json",
+    "gateway.audit/v1": "audit.v1.json",
 }
 
 

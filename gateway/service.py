@@ -51,6 +51,10 @@ async def run_roles(runtime: Runtime, roles: Roles, stop: asyncio.Event, ready: 
     # start must not stall requests that were already accepted.
     chain = build_chain(runtime.config, runtime.registry) if roles.worker else []
     connect = asyncio.create_task(_connect(runtime))
+    if runtime.config.console.enabled:  # every process feeds the console's shared per-minute figures
+        from gateway.console.stats import StatsWriter
+
+        tasks.append(asyncio.create_task(StatsWriter(runtime).run(stop)))
     try:
         if roles.serve:
             http = runtime.config.http

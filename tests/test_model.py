@@ -11,12 +11,14 @@ import msgspec
 import pytest
 
 from gateway.model import (
+    AUDIT_SCHEMA,
     CONVERSATION_SCHEMA,
     DLQ_SCHEMA,
     EVENT_SCHEMA,
     MESSAGE_SCHEMA,
     RECORD_TYPES,
     Attachment,
+    AuditRecord,
     Content,
     ConversationEvent,
     DeliveryError,
@@ -195,6 +197,7 @@ def test_record_types_map_schema_ids_to_structs() -> None:
         EVENT_SCHEMA: DeliveryEvent,
         DLQ_SCHEMA: DlqRecord,
         CONVERSATION_SCHEMA: ConversationEvent,
+        AUDIT_SCHEMA: AuditRecord,
     } == RECORD_TYPES
 
 

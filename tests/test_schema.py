@@ -76,6 +76,7 @@ def test_every_record_type_has_a_schema_file() -> None:
         "gateway.event/v1",
         "gateway.dlq/v1",
         "gateway.conversation/v1",
+        "gateway.audit/v1",
     }
     assert sorted(p.name for p in SCHEMAS_DIR.glob("*.json")) == sorted(SCHEMA_FILES.values())
 

@@ -24,7 +24,7 @@ from aiokafka.errors import (
 from gateway.bus.init_producer_id import negotiate_init_producer_id
 from gateway.bus.kafka import client_options
 from gateway.config import KafkaSection
-from gateway.model import ConversationEvent, DeliveryEvent, DlqRecord, Message, encode
+from gateway.model import AuditRecord, ConversationEvent, DeliveryEvent, DlqRecord, Message, encode
 
 log = structlog.get_logger(__name__)
 
@@ -49,7 +49,7 @@ class OutgoingRecord:
 
 def record_for(
     topic: str,
-    record: Message | DeliveryEvent | DlqRecord | ConversationEvent,
+    record: Message | DeliveryEvent | DlqRecord | ConversationEvent | AuditRecord,
     *,
     traceparent: str,
     key: str | None = None,

@@ -58,4 +58,8 @@ def create_app(runtime: Runtime) -> web.Application:
         routes.extend(channel.routes())
     for route in routes:
         app.router.add_route(route.method, route.path, route.handler)
+    if runtime.config.console.enabled:
+        from gateway.console.app import create_console_app  # the console's modules load only when it is on
+
+        app.add_subapp("/console/", create_console_app(runtime))
     return app

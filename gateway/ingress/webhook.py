@@ -125,6 +125,7 @@ class WebhookHandler:
             response = await self._handle(request, channel)
         except IngestError as exc:
             runtime.metrics.rejected.labels(*labels, exc.reason).inc()
+            runtime.metrics.last_rejection[name] = (time.time(), exc.status, f"{exc.reason}: {exc.detail}"[:300])
             log.info("webhook_rejected", instance=name, status=exc.status, reason=exc.reason, detail=exc.detail)
             response = error_response(exc.status, exc.detail, exc.retry_after)
         except Exception as exc:  # the last net: a bug of ours, past every plugin guard below
@@ -163,6 +164,7 @@ class WebhookHandler:
             raise _refusal(exc, default=401) from None
         except Exception as exc:
             raise await self._unverified_failure(channel, "verify", exc, incoming, traceparent) from None
+        self.runtime.metrics.last_verified[channel.name] = time.time()
         try:
             return await self._store(request, channel, incoming)
         except BaseException:  # not stored anywhere: give back what verify claimed (a replay token)

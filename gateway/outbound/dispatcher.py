@@ -187,6 +187,7 @@ class Dispatcher:
                 delay = max(delay, min(retry_after, self.max_retry_after_s))
             with contextlib.suppress(StoreUnavailable):  # not sending during the pause: a crash here may retry
                 await store.renew_send(message.id, self.owner, self.claim_ttl_s, state="claimed")
+            self.runtime.metrics.deliveries.labels(channel.type, channel.name, "retried").inc()
             log.info("send_retry", message_id=message.id, attempt=attempt, code=error.code, delay_s=round(delay, 3))
             await asyncio.sleep(delay)
 
@@ -271,6 +272,8 @@ class Dispatcher:
             # Still recorded as sent: a redelivery publishes the same event again, sends nothing.
             log.warning("send_claim_settle_failed", message_id=message.id, error=str(exc))
         runtime.metrics.processed.labels("dispatch", "republished" if republished else "sent").inc()
+        if not republished:
+            runtime.metrics.deliveries.labels(message.channel, message.instance, "sent").inc()
         log.info("message_sent", message_id=message.id, instance=message.instance, attempts=event.attempt)
 
     async def _responded(self, message: Message, at: datetime) -> list[ConversationEvent]:
@@ -418,6 +421,7 @@ class Dispatcher:
             error_type=error.code,
         )
         runtime.metrics.processed.labels("dispatch", "failed").inc()
+        runtime.metrics.deliveries.labels(message.channel, message.instance, "failed").inc()
         log.info("message_failed", message_id=message.id, instance=message.instance, code=error.code)
 
     async def dead_letter(self, record: Record, exc: BaseException, attempts: int) -> None:

@@ -1,0 +1,1 @@
+"""The operator console served by `gateway serve` at /console/ (docs/console.md)."""
