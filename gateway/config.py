@@ -241,7 +241,7 @@ class ConsoleSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}", name):
                 raise ValueError(f"users.{name}: user names are 1-64 letters, digits, '.', '_', '@' or '-'")
         if self.enabled and not self.users and self.oidc is None:
-            raise ValueError("enabled: the console needs [console.users.<name>] or [console.oidc] to sign in")
+            raise ValueError("enabled, but no way to sign in: add [console.users.<name>] or [console.oidc]")
 
 
 class PluginsSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -140,7 +140,10 @@ class Console:
         """Sign the browser in: a new session, its cookie, and an audit entry (``location``: answer
         with a redirect there instead of the session's JSON)."""
         token, session = await self.auth.create_session(user, role, via)
-        response = web.json_response(session.to_json()) if location is None else web.HTTPSeeOther(location)
+        if location is None:
+            response = web.json_response(session.to_json())
+        else:
+            response = web.Response(status=303, headers={"Location": location})
         self.auth.set_cookie(response, request, token)
         await self.record(request, "one_time_login" if via == "one-time" else "login", session)
         return response
