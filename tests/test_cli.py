@@ -10,8 +10,10 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,6 +62,28 @@ def test_invalid_config_fails_at_start_naming_the_key(tmp_path: Path) -> None:
     assert "channels.shop.secret: environment variable SHOP_SECRET_NOT_SET is not set" in result.stderr
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def assert_console_link_signs_in_once(banner: str, port: int) -> None:
+    """The banner's console link: a 303 with a session cookie the first time, refused the second."""
+    link = re.search(r"(http://\S+/console/auth/one-time\?token=\S+)", banner)
+    assert link, banner
+    opener = urllib.request.build_opener(_NoRedirect)
+    with pytest.raises(urllib.error.HTTPError) as first:
+        opener.open(link.group(1), timeout=30)
+    assert first.value.code == 303 and first.value.headers["Location"] == "/console/"
+    cookie = first.value.headers["Set-Cookie"].split(";")[0]
+    session = urllib.request.Request(f"http://127.0.0.1:{port}/console/api/session", headers={"Cookie": cookie})
+    with urllib.request.urlopen(session, timeout=30) as response:  # noqa: S310
+        assert json.loads(response.read())["role"] == "admin"
+    with pytest.raises(urllib.error.HTTPError) as second:
+        opener.open(link.group(1), timeout=30)
+    assert "expired" in second.value.headers["Location"]
+
+
 def test_dev_runs_everything_and_the_banner_example_works(tmp_path: Path) -> None:
     """The README's first command: embedded broker and Redis, the example request, the tail command."""
     env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL")}
@@ -101,6 +125,9 @@ def test_dev_runs_everything_and_the_banner_example_works(tmp_path: Path) -> Non
         assert {"passthrough", "escalation", "routing"} <= set(processors)
         assert processors.index("escalation") < processors.index("routing")
         assert record["value"]["routing"]["rule"] == "default" and record["value"]["routing"]["queue"] == "general"
+        assert_console_link_signs_in_once(banner, port)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/chat/", timeout=30) as response:
+            assert b"widget.js" in response.read()  # the web chat demo instance's page
     finally:
         process.send_signal(signal.SIGINT)
         try:
