@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient
 from argon2 import PasswordHasher
 
 from gateway.config import Config, ConfigError, config_from_dict
-from gateway.console.app import CONSOLE, Console
+from gateway.console.core import CONSOLE, Console
 from gateway.console.stats import StatsWriter
 from gateway.ingress.app import create_app
 from gateway.model import AUDIT_SCHEMA, ConversationEvent, decode_message

@@ -20,7 +20,6 @@ from gateway.model import (
     EVENT_SCHEMA,
     ConversationEvent,
     Message,
-    decode_conversation_event,
 )
 
 MASK = "•"
@@ -220,13 +219,3 @@ def insights_series(
 
 
 _LABELS = ("positive", "neutral", "negative")
-
-
-def conversation_events(records: Iterable[StoredRecord]) -> list[ConversationEvent]:
-    events = []
-    for stored in records:
-        try:
-            events.append(decode_conversation_event(stored.value))
-        except (msgspec.ValidationError, msgspec.DecodeError):
-            continue
-    return events
