@@ -300,7 +300,7 @@ class OidcLogin:
             "redirect_uri": flow.redirect_uri,
             "code_verifier": flow.verifier,
         }
-        auth: aiohttp.BasicAuth | None = None
+        headers = {"Accept": "application/json"}
         secret = self.settings.client_secret
         methods = document.token_endpoint_auth_methods_supported
         if secret is None:
@@ -308,13 +308,13 @@ class OidcLogin:
         elif "client_secret_post" in methods and "client_secret_basic" not in methods:
             form |= {"client_id": self.settings.client_id, "client_secret": secret}
         else:  # RFC 6749 2.3.1: both parts form-encoded before the Basic encoding
-            auth = aiohttp.BasicAuth(quote(self.settings.client_id, safe=""), quote(secret, safe=""))
+            pair = f"{quote(self.settings.client_id, safe='')}:{quote(secret, safe='')}"
+            headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
         try:
             async with self._session().post(
                 document.token_endpoint,
                 data=form,
-                auth=auth,
-                headers={"Accept": "application/json"},
+                headers=headers,
                 allow_redirects=False,
             ) as response:
                 body = await _read_limited(response)
