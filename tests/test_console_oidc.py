@@ -54,6 +54,7 @@ class FakeProvider:
     overrides: dict[str, Any] = field(default_factory=dict)  # claims of the next ID tokens
     forge: str | None = None  # "payload", "hs256", "none", "unknown-key", "unpublished-kid"
     down: bool = False
+    token_status: int | None = None  # the token endpoint fails with this status
     discovery_issuer: str | None = None
     keys: list[tuple[str, rsa.RSAPrivateKey]] = field(default_factory=list)
     codes: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -127,6 +128,8 @@ class FakeProvider:
         form = {name: str(value) for name, value in (await request.post()).items()}
         authenticated, method = self._client_authenticated(request, form)
         self.token_requests.append({"method": method, "form": form})
+        if self.token_status is not None:
+            return web.Response(status=self.token_status)
         if not authenticated:
             return web.json_response({"error": "invalid_client"}, status=401)
         grant = self.codes.pop(str(form.get("code")), None)
@@ -420,6 +423,13 @@ async def test_provider_error_is_refused(client: Client, runtime: Runtime) -> No
 async def test_provider_down(client: Client, provider: FakeProvider) -> None:
     provider.down = True
     refused(await client.get("/console/auth/oidc/login", allow_redirects=False), "provider_unavailable")
+
+
+async def test_token_endpoint_down(client: Client, runtime: Runtime, provider: FakeProvider) -> None:
+    provider.token_status = 502
+    refused(await sign_in(client), "provider_unavailable")
+    entry = (await audit(runtime))[0]
+    assert (entry.action, entry.outcome) == ("login_failed", "failed")
 
 
 async def test_discovery_naming_another_issuer_is_not_used(client: Client, provider: FakeProvider) -> None:
