@@ -127,6 +127,7 @@ class OidcLogin:
         self._lock = asyncio.Lock()
 
     async def close(self) -> None:
+        """Release the provider connection pool (the console app's cleanup calls this)."""
         if self._http is not None:
             await self._http.close()
             self._http = None
