@@ -122,6 +122,8 @@ def create_console_app(runtime: Runtime) -> web.Application:
 
     async def close(_: web.Application) -> None:
         await console.feed.close()
+        if console.oidc is not None:
+            await console.oidc.close()
 
     app.on_cleanup.append(close)
     return app
