@@ -33,7 +33,7 @@ from gateway.config import ConsoleOidc, ConsoleRole
 from gateway.console.auth import highest_role
 
 if TYPE_CHECKING:
-    from gateway.console.app import Console
+    from gateway.console.core import Console
 
 log = structlog.get_logger(__name__)
 
