@@ -34,7 +34,7 @@ export function getLang() {
   return lang;
 }
 
-/* t(KEY, {n: 3}) -> the string of KEY in the current language, {n} filled in. */
+/* The string of a key in the current language, its {name} placeholders filled in from vars. */
 export function t(key, vars) {
   let text = STRINGS[lang][key];
   if (text === undefined) text = STRINGS.en[key];
