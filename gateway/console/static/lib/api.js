@@ -3,7 +3,7 @@
 
 /* This module is /console/static/lib/api.js: the API is /console/api/, wherever the console is mounted. */
 export const API_BASE = new URL("../../api/", import.meta.url);
-export const OIDC_LOGIN_URL = new URL("../../auth/oidc/login", import.meta.url).href;
+export const OIDC_LOGIN_URL = new URL("../../auth/oidc/login", import.meta.url).pathname;
 
 export class ApiError extends Error {
   constructor(status, message) {

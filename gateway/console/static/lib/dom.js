@@ -34,6 +34,11 @@ export function clear(el) {
   return el;
 }
 
+/* Replaces an element's children (null and false skipped, arrays flattened: never "null" text). */
+export function fill(el, ...children) {
+  return append(clear(el), children);
+}
+
 /* Screen readers hear this (the page's polite live region). */
 export function announce(text) {
   const region = document.getElementById("announcer");

@@ -1,6 +1,20 @@
 /* Audit (permission `audit`): every operator action, newest first (GET audit). */
 import { get } from "../lib/api.js";
-import { badge, clear, dataTable, emptyRow, errorBox, field, fmtNum, h, mono, selectEl, td, timeEl } from "../lib/dom.js";
+import {
+  badge,
+  clear,
+  dataTable,
+  emptyRow,
+  errorBox,
+  field,
+  fill,
+  fmtNum,
+  h,
+  mono,
+  selectEl,
+  td,
+  timeEl,
+} from "../lib/dom.js";
 import { t } from "../lib/i18n.js";
 import { outcomeTone, roleLabel, viaLabel } from "../lib/labels.js";
 
@@ -64,7 +78,7 @@ export function render(root) {
 
   function load() {
     clear(status);
-    clear(table.tbody).append(emptyRow(columns.length, t("app.loading")));
+    fill(table.tbody, emptyRow(columns.length, t("app.loading")));
     get("audit", { limit: limit.value }).then(
       (data) => {
         if (!alive) return;

@@ -9,6 +9,7 @@ import {
   errorBox,
   errorText,
   field,
+  fill,
   fmtNum,
   fmtPct,
   h,
@@ -122,7 +123,7 @@ function testForm(channel) {
       });
       result.className = "form-status text-ok";
       result.dataset.outcome = "ok";
-      clear(result).append(
+      fill(result, 
         t("channels.test_queued"),
         " ",
         mono(answer && answer.message_id),
@@ -245,7 +246,7 @@ export function render(root) {
       (error) => {
         if (!alive) return;
         refresh.disabled = false;
-        if (error.status !== 401) clear(body).append(errorBox(error, load));
+        if (error.status !== 401) fill(body, errorBox(error, load));
       },
     );
   }

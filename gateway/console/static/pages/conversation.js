@@ -2,7 +2,7 @@
  * its reason), outbound (auto-replies marked), delivery events and conversation events, oldest
  * first, each with its time, a summary and the record as expandable JSON. */
 import { get, segment } from "../lib/api.js";
-import { badge, clear, errorBox, fmtDuration, fmtNum, h, jsonDetails, mono, timeEl } from "../lib/dom.js";
+import { badge, errorBox, fill, fmtDuration, fmtNum, h, jsonDetails, mono, timeEl } from "../lib/dom.js";
 import { t } from "../lib/i18n.js";
 import {
   authorLabel,
@@ -158,7 +158,7 @@ export function render(root, { id }) {
   root.append(body);
 
   function load() {
-    clear(body).append(h("p", { class: "loading" }, t("app.loading")));
+    fill(body, h("p", { class: "loading" }, t("app.loading")));
     get("conversations/" + segment(id), { unmask: unmaskWanted() }).then(
       (data) => {
         if (!alive) return;
@@ -166,7 +166,7 @@ export function render(root, { id }) {
       },
       (error) => {
         if (!alive || error.status === 401) return;
-        clear(body).append(error.status === 404
+        fill(body, error.status === 404
           ? h("p", { class: "empty-state", "data-testid": "conversation-missing" }, t("conversation.not_found"))
           : errorBox(error, load));
       },
@@ -198,7 +198,7 @@ export function render(root, { id }) {
       for (const li of list.children) li.hidden = hidden.has(li.dataset.kind);
     }
     applyFilter();
-    clear(body).append(
+    fill(body, 
       h(
         "section",
         { class: "panel conversation-summary", "data-testid": "conversation-summary" },

@@ -11,6 +11,7 @@ import {
   errorBox,
   errorText,
   field,
+  fill,
   fmtNum,
   h,
   mono,
@@ -191,7 +192,7 @@ export function render(root, { query }) {
     rows.clear();
     clear(status);
     clear(summary);
-    clear(table.tbody).append(emptyRow(columns.length, t("app.loading")));
+    fill(table.tbody, emptyRow(columns.length, t("app.loading")));
     get("dlq", { ...filters, limit: 200 }).then(
       (data) => {
         if (!alive) return;
@@ -220,7 +221,7 @@ export function render(root, { query }) {
       const entry = rows.get(id);
       if (entry) {
         entry.outcome.dataset.outcome = "pending";
-        clear(entry.outcome).append(h("span", { class: "muted" }, t("dlq.replaying")));
+        fill(entry.outcome, h("span", { class: "muted" }, t("dlq.replaying")));
       }
     }
     summary.className = "form-status";
@@ -237,10 +238,10 @@ export function render(root, { query }) {
         const entry = rows.get(result.dlq_id);
         if (!entry) continue;
         entry.outcome.dataset.outcome = result.outcome;
-        clear(entry.outcome).append(outcomeContent(result));
+        fill(entry.outcome, outcomeContent(result));
         if (result.outcome === "replayed" || result.outcome === "duplicate") {
           entry.state.dataset.replayed = "true";
-          clear(entry.state).append(badge(t("dlq.replayed"), "ok"));
+          fill(entry.state, badge(t("dlq.replayed"), "ok"));
         }
         if (entry.box) entry.box.checked = false;
       }
@@ -248,7 +249,7 @@ export function render(root, { query }) {
         const entry = rows.get(id);
         if (entry && !answered.has(id)) {
           entry.outcome.dataset.outcome = "missing";
-          clear(entry.outcome).append(badge(t("dlq.no_result"), "bad"));
+          fill(entry.outcome, badge(t("dlq.no_result"), "bad"));
         }
       }
       const words = [...tally.entries()].map(([outcome, n]) => outcomeLabel(outcome) + ": " + fmtNum(n)).join(", ");
@@ -261,7 +262,7 @@ export function render(root, { query }) {
         const entry = rows.get(id);
         if (entry) {
           entry.outcome.dataset.outcome = "error";
-          clear(entry.outcome).append(badge(t("dlq.replay_failed"), "bad"), h("div", { class: "small muted" }, text));
+          fill(entry.outcome, badge(t("dlq.replay_failed"), "bad"), h("div", { class: "small muted" }, text));
         }
       }
       summary.className = "form-status text-bad";
@@ -276,7 +277,7 @@ export function render(root, { query }) {
   function openDetail(id, from) {
     opener = from;
     dialogTitle.textContent = t("dlq.inspect_title");
-    clear(dialogBody).append(h("p", { class: "loading" }, t("app.loading")));
+    fill(dialogBody, h("p", { class: "loading" }, t("app.loading")));
     if (!dialog.open) dialog.showModal();
     get("dlq/" + segment(id)).then(
       (record) => {
@@ -285,7 +286,7 @@ export function render(root, { query }) {
       },
       (error) => {
         if (!alive || error.status === 401) return;
-        clear(dialogBody).append(errorBox(error, () => openDetail(id, from)));
+        fill(dialogBody, errorBox(error, () => openDetail(id, from)));
       },
     );
   }
@@ -350,7 +351,7 @@ export function render(root, { query }) {
         pre,
       );
     }
-    clear(dialogBody).append(
+    fill(dialogBody, 
       h("dl", { class: "kv kv-compact" }, facts.map(([label, value]) =>
         h("div", { class: "kv-row" }, h("dt", null, label), h("dd", null, value)))),
       h("h3", null, t("col.reason")),

@@ -2,7 +2,7 @@
  * period, per hour or day, per instance and queue; the period's totals from `report`. */
 import { get } from "../lib/api.js";
 import { createChart } from "../lib/chart.js";
-import { clear, errorBox, field, fmtDuration, fmtNum, fmtPct, h, selectEl, setHashQuery } from "../lib/dom.js";
+import { errorBox, field, fill, fmtDuration, fmtNum, fmtPct, h, selectEl, setHashQuery } from "../lib/dom.js";
 import { getLang, t } from "../lib/i18n.js";
 
 const PERIODS = ["24h", "7d", "30d"];
@@ -72,7 +72,7 @@ export function render(root, { query }) {
 
   function fillSelect(select, values, current) {
     const list = [...new Set([...(Array.isArray(values) ? values : []).filter(Boolean).map(String), ...(current ? [current] : [])])].sort();
-    clear(select).append(h("option", { value: "" }, t("common.all")));
+    fill(select, h("option", { value: "" }, t("common.all")));
     for (const value of list) select.append(h("option", { value, selected: value === current }, value));
   }
 
@@ -121,7 +121,7 @@ export function render(root, { query }) {
     const x = series.map((row) => Math.floor(new Date(row.start).getTime() / 1000));
     const col = (pick) => series.map((row) => num(pick(obj(row))));
     const grid = h("div", { class: "chart-grid" });
-    clear(body).append(Object.keys(report).length ? cards : null, grid);
+    fill(body, Object.keys(report).length ? cards : null, grid);
     if (!series.length) {
       grid.append(h("p", { class: "empty-state", "data-testid": "insights-empty" }, t("insights.empty")));
       return;
@@ -197,13 +197,13 @@ export function render(root, { query }) {
   function load() {
     setHashQuery("/insights", params);
     destroyCharts();
-    clear(body).append(h("p", { class: "loading" }, t("app.loading")));
+    fill(body, h("p", { class: "loading" }, t("app.loading")));
     get("insights", params).then(
       (data) => {
         if (alive) show(data || {});
       },
       (error) => {
-        if (alive && error.status !== 401) clear(body).append(errorBox(error, load));
+        if (alive && error.status !== 401) fill(body, errorBox(error, load));
       },
     );
   }

@@ -1,6 +1,6 @@
 /* Sign-in: username and password (POST login), and single sign-on when login-options offers it. */
 import { get, OIDC_LOGIN_URL, post } from "../lib/api.js";
-import { errorText, field, h } from "../lib/dom.js";
+import { append, errorText, field, h } from "../lib/dom.js";
 import { t } from "../lib/i18n.js";
 
 export function render(root, { notice, onSuccess }) {
@@ -87,14 +87,14 @@ export function render(root, { notice, onSuccess }) {
       if (options.password === false) form.hidden = true;
       if (options.oidc) {
         sso.hidden = false;
-        sso.append(
+        append(sso, [
           form.hidden ? null : h("p", { class: "divider" }, h("span", null, t("login.or"))),
           h(
             "a",
             { class: "btn btn-secondary btn-block", href: OIDC_LOGIN_URL, "data-testid": "login-oidc" },
             options.oidc.label || t("login.sso"),
           ),
-        );
+        ]);
       }
     },
     () => {

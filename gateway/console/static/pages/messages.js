@@ -9,6 +9,7 @@ import {
   emptyRow,
   errorBox,
   field,
+  fill,
   fmtNum,
   h,
   mono,
@@ -252,7 +253,7 @@ export function render(root, { query }) {
     fresh = 0;
     buffer = [];
     sayNew();
-    clear(table.tbody).append(emptyRow(columns.length, t("app.loading")));
+    fill(table.tbody, emptyRow(columns.length, t("app.loading")));
     clear(status);
     const params = { ...filters, limit: 50, unmask: unmaskWanted() };
     get("messages", params).then(

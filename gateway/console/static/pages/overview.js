@@ -2,7 +2,7 @@
  * dispatch failures; GET overview once, then the `overview` events of GET stream?overview=1. */
 import { get, openStream } from "../lib/api.js";
 import { createChart } from "../lib/chart.js";
-import { clear, dataTable, emptyRow, errorBox, fmtMs, fmtNum, fmtPct, h, mono, td, timeEl } from "../lib/dom.js";
+import { dataTable, emptyRow, errorBox, fill, fmtMs, fmtNum, fmtPct, h, mono, td, timeEl } from "../lib/dom.js";
 import { t } from "../lib/i18n.js";
 import { componentLabel, streamIndicator } from "../lib/labels.js";
 
@@ -60,7 +60,7 @@ export function render(root) {
     const rate = totals.webhook_error_rate;
     const workerLag = lagOf(data, "worker");
     const dispatchLag = lagOf(data, "dispatch");
-    clear(cards).append(
+    fill(cards, 
       card("messages", t("overview.messages_hour"), fmtNum(totals.messages_last_hour),
         t("overview.last_minute", { n: fmtNum(totals.messages_last_minute) })),
       card("webhook_requests", t("overview.webhook_requests"), fmtNum(totals.webhook_requests),
@@ -74,7 +74,7 @@ export function render(root) {
       card("dispatch_lag", t("overview.dispatch_lag"), fmtNum(dispatchLag), t("overview.records_behind"),
         dispatchLag > 1000 ? "warn" : "neutral"),
     );
-    clear(updated).append(t("overview.updated"), " ", timeEl(data.generated_at));
+    fill(updated, t("overview.updated"), " ", timeEl(data.generated_at));
     showChart(data);
     showWebhooks(data);
     showLag(data);
@@ -149,7 +149,7 @@ export function render(root) {
         ),
       );
     }
-    clear(webhookTable).append(table.wrap);
+    fill(webhookTable, table.wrap);
   }
 
   function showLag(data) {
@@ -174,22 +174,22 @@ export function render(root) {
         ),
       );
     }
-    clear(lagTable).append(table.wrap);
+    fill(lagTable, table.wrap);
   }
 
   function load() {
-    clear(body).append(h("p", { class: "loading" }, t("app.loading")));
+    fill(body, h("p", { class: "loading" }, t("app.loading")));
     get("overview").then(
       (data) => {
         if (!alive) return;
-        clear(body).append(cards, chartBox, webhookBox, lagBox);
+        fill(body, cards, chartBox, webhookBox, lagBox);
         show(data);
         if (!stop) {
           stop = openStream({ overview: 1 }, { overview: show, state: live.set });
         }
       },
       (error) => {
-        if (alive && error.status !== 401) clear(body).append(errorBox(error, load));
+        if (alive && error.status !== 401) fill(body, errorBox(error, load));
       },
     );
   }
