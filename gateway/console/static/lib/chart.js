@@ -86,7 +86,7 @@ export function createChart(container, spec) {
       legend: { live: true },
       cursor: { points: { size: 6 }, drag: { x: false, y: false } },
       series: [
-        { value: (u, v) => (v === null || v === undefined ? "—" : fmtDateTime(v * 1000)) },
+        { label: t("chart.time"), value: (u, v) => (v === null || v === undefined ? "—" : fmtDateTime(v * 1000)) },
         ...spec.series.map((s, i) => {
           const color = s.color || PALETTE[i % PALETTE.length];
           const fmt = s.scale === "y2" ? spec.y2Format || spec.format : spec.format;
