@@ -21,7 +21,7 @@ VENDOR = STATIC / "vendor"
 LANGUAGES = ("en", "zh-CN")
 
 ENTRY = re.compile(r'^\s*"(?P<key>[^"\\]+)":\s*"(?P<value>(?:[^"\\]|\\.)*)",?\s*$')
-BLOCK_START = re.compile(r'^\s*"(?P<lang>[A-Za-z-]+)":\s*\{\s*$')
+BLOCK_START = re.compile(r'^\s*"?(?P<lang>[A-Za-z-]+)"?:\s*\{\s*$')
 BLOCK_END = re.compile(r"^\s*\},?\s*$")
 URL = re.compile(r"\b(?:https?:)?//[a-z0-9.-]+\.[a-z]{2,}", re.IGNORECASE)
 T_CALL = re.compile(r"(?<![\w.$])t\(")

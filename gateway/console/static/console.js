@@ -98,7 +98,9 @@ function route() {
   main.append(root);
   document.title = t(page.title) + " · " + t("app.title");
   if (page.permission && !can(page.permission)) {
-    root.append(h("div", { class: "alert alert-info", role: "status", "data-testid": "page-forbidden" }, t("error.admins_only")));
+    root.append(
+      h("div", { class: "alert alert-info", role: "status", "data-testid": "page-forbidden" }, t("error.admins_only")),
+    );
   } else {
     try {
       cleanup = page.module.render(root, { id: target.id, query: target.query, title }) || null;

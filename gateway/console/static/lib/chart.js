@@ -77,7 +77,7 @@ export function createChart(container, spec) {
       { stroke: muted, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid, width: 1 }, values: timeAxisValues },
       axis("y", spec.format, 3, spec.incrs),
     ];
-    if (hasY2) axes.push(axis("y2", (spec.y2Format || spec.format), 1));
+    if (hasY2) axes.push(axis("y2", spec.y2Format || spec.format, 1));
     return {
       width,
       height,

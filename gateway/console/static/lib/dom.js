@@ -196,7 +196,15 @@ export function dataTable({ caption, columns, testid, className = "" }) {
     "table",
     { class: "table " + className, "data-testid": testid },
     caption ? h("caption", { class: "visually-hidden" }, caption) : null,
-    h("thead", null, h("tr", null, columns.map((col) => h("th", { scope: "col", class: col.cls || null }, col.label)))),
+    h(
+      "thead",
+      null,
+      h(
+        "tr",
+        null,
+        columns.map((col) => h("th", { scope: "col", class: col.cls || null }, col.label)),
+      ),
+    ),
     tbody,
   );
   return { wrap: h("div", { class: "table-wrap" }, table), table, tbody, columns };

@@ -1,7 +1,7 @@
 /* Every string of the console, in English and Simplified Chinese: the same keys in both, one
  * "key": "value" per line (tests/test_console_assets.py reads them). {name} is filled in by t(). */
 export const STRINGS = {
-  "en": {
+  en: {
     "app.title": "Gateway console",
     "app.skip": "Skip to content",
     "app.language": "Language",
@@ -323,7 +323,7 @@ export const STRINGS = {
     "audit.target": "Target",
     "audit.outcome": "Outcome",
     "audit.detail": "Detail",
-    "audit.remote": "Address"
+    "audit.remote": "Address",
   },
   "zh-CN": {
     "app.title": "网关控制台",
@@ -647,6 +647,6 @@ export const STRINGS = {
     "audit.target": "对象",
     "audit.outcome": "结果",
     "audit.detail": "详情",
-    "audit.remote": "地址"
+    "audit.remote": "地址",
   },
 };

@@ -22,7 +22,15 @@ export function render(root) {
   let alive = true;
   let entries = [];
   const search = h("input", { type: "search", autocomplete: "off", "data-testid": "audit-search" });
-  const limit = selectEl({ "data-testid": "audit-limit" }, [["100", "100"], ["500", "500"], ["1000", "1000"]], "100");
+  const limit = selectEl(
+    { "data-testid": "audit-limit" },
+    [
+      ["100", "100"],
+      ["500", "500"],
+      ["1000", "1000"],
+    ],
+    "100",
+  );
   const count = h("p", { class: "muted", role: "status", "data-testid": "audit-count" });
   const form = h(
     "form",
@@ -41,7 +49,11 @@ export function render(root) {
   ];
   const table = dataTable({ caption: t("nav.audit"), columns, testid: "audit-table" });
   const status = h("div");
-  root.append(h("section", { class: "panel" }, form, count), status, h("section", { class: "panel panel-flush" }, table.wrap));
+  root.append(
+    h("section", { class: "panel" }, form, count),
+    status,
+    h("section", { class: "panel panel-flush" }, table.wrap),
+  );
 
   function text(entry) {
     return [entry.actor, entry.role, entry.via, entry.action, entry.target, entry.outcome, entry.detail, entry.remote]
@@ -56,15 +68,26 @@ export function render(root) {
     clear(table.tbody);
     if (!shown.length) table.tbody.append(emptyRow(columns.length, t("audit.empty")));
     for (const entry of shown) {
-      const detail = entry.detail === null || entry.detail === undefined || entry.detail === ""
-        ? "—" : typeof entry.detail === "string" ? entry.detail : JSON.stringify(entry.detail);
+      const detail =
+        entry.detail === null || entry.detail === undefined || entry.detail === ""
+          ? "—"
+          : typeof entry.detail === "string"
+            ? entry.detail
+            : JSON.stringify(entry.detail);
       table.tbody.append(
         h(
           "tr",
           { "data-testid": "audit-row", "data-id": entry.id, "data-action": entry.action },
           td(columns[0].label, timeEl(entry.at)),
-          td(columns[1].label, h("span", null, entry.actor || "—",
-            h("span", { class: "sub" }, [roleLabel(entry.role), viaLabel(entry.via)].filter(Boolean).join(" · ")))),
+          td(
+            columns[1].label,
+            h(
+              "span",
+              null,
+              entry.actor || "—",
+              h("span", { class: "sub" }, [roleLabel(entry.role), viaLabel(entry.via)].filter(Boolean).join(" · ")),
+            ),
+          ),
           td(columns[2].label, mono(entry.action)),
           td(columns[3].label, entry.target ? mono(entry.target) : "—"),
           td(columns[4].label, entry.outcome ? badge(String(entry.outcome), outcomeTone(entry.outcome)) : "—"),
@@ -82,7 +105,7 @@ export function render(root) {
     get("audit", { limit: limit.value }).then(
       (data) => {
         if (!alive) return;
-        entries = (data && Array.isArray(data.entries)) ? data.entries : [];
+        entries = data && Array.isArray(data.entries) ? data.entries : [];
         draw();
       },
       (error) => {

@@ -74,7 +74,11 @@ function webhookField(channel) {
     value: channel.webhook_url,
     "data-testid": "channel-webhook-url",
   });
-  const button = h("button", { type: "button", class: "btn btn-small", "data-testid": "copy-webhook" }, t("channels.copy"));
+  const button = h(
+    "button",
+    { type: "button", class: "btn btn-small", "data-testid": "copy-webhook" },
+    t("channels.copy"),
+  );
   button.addEventListener("click", async () => {
     const ok = await copyText(channel.webhook_url);
     if (!ok) input.select();
@@ -96,8 +100,17 @@ function testForm(channel) {
   const recipient = h("input", { type: "text", required: true, autocomplete: "off", "data-testid": "test-recipient" });
   const text = h("textarea", { rows: 3, required: true, "data-testid": "test-text" });
   text.value = t("channels.test_default_text");
-  const submit = h("button", { type: "submit", class: "btn btn-primary", "data-testid": "test-submit" }, t("channels.test_send"));
-  const result = h("div", { class: "form-status", role: "status", "aria-live": "polite", "data-testid": "test-result" });
+  const submit = h(
+    "button",
+    { type: "submit", class: "btn btn-primary", "data-testid": "test-submit" },
+    t("channels.test_send"),
+  );
+  const result = h("div", {
+    class: "form-status",
+    role: "status",
+    "aria-live": "polite",
+    "data-testid": "test-result",
+  });
   const form = h(
     "form",
     { class: "test-form", "data-testid": "test-form", "data-channel": channel.name, novalidate: true },
@@ -123,7 +136,8 @@ function testForm(channel) {
       });
       result.className = "form-status text-ok";
       result.dataset.outcome = "ok";
-      fill(result, 
+      fill(
+        result,
         t("channels.test_queued"),
         " ",
         mono(answer && answer.message_id),
@@ -134,8 +148,10 @@ function testForm(channel) {
       if (error.status === 401) return;
       result.className = "form-status text-bad";
       result.dataset.outcome = "error";
-      result.textContent = error.status === 409 ? t("channels.test_cannot_send") + (error.serverMessage
-        ? ": " + error.serverMessage : "") : errorText(error);
+      result.textContent =
+        error.status === 409
+          ? t("channels.test_cannot_send") + (error.serverMessage ? ": " + error.serverMessage : "")
+          : errorText(error);
     } finally {
       submit.disabled = false;
     }
@@ -171,9 +187,12 @@ function channelCard(channel) {
     h(
       "dl",
       { class: "kv" },
-      row(t("channels.last_verified"), channel.last_verified_at
-        ? h("span", { "data-testid": "channel-last-verified" }, timeEl(channel.last_verified_at))
-        : h("span", { class: "muted", "data-testid": "channel-last-verified" }, t("channels.never"))),
+      row(
+        t("channels.last_verified"),
+        channel.last_verified_at
+          ? h("span", { "data-testid": "channel-last-verified" }, timeEl(channel.last_verified_at))
+          : h("span", { class: "muted", "data-testid": "channel-last-verified" }, t("channels.never")),
+      ),
       row(
         t("channels.last_rejection"),
         rejection
@@ -192,12 +211,19 @@ function channelCard(channel) {
       row(
         t("channels.rejected_hour"),
         rejectedByReason.length
-          ? h("ul", { class: "inline-list" }, rejectedByReason.map(([reason, n]) =>
-              h("li", null, h("span", { class: "reason" }, reason), ": ", fmtNum(n))))
+          ? h(
+              "ul",
+              { class: "inline-list" },
+              rejectedByReason.map(([reason, n]) =>
+                h("li", null, h("span", { class: "reason" }, reason), ": ", fmtNum(n)),
+              ),
+            )
           : "0",
       ),
-      row(t("channels.rate_limited"), h("span", { "data-testid": "channel-rate-limited" },
-        fmtNum(channel.rate_limited_last_hour))),
+      row(
+        t("channels.rate_limited"),
+        h("span", { "data-testid": "channel-rate-limited" }, fmtNum(channel.rate_limited_last_hour)),
+      ),
       row(
         t("channels.send_health"),
         h(
@@ -219,7 +245,11 @@ function channelCard(channel) {
 export function render(root) {
   let alive = true;
   const summary = h("p", { class: "muted", "data-testid": "channels-summary" });
-  const refresh = h("button", { type: "button", class: "btn btn-small", "data-testid": "channels-refresh" }, t("common.refresh"));
+  const refresh = h(
+    "button",
+    { type: "button", class: "btn btn-small", "data-testid": "channels-refresh" },
+    t("common.refresh"),
+  );
   root.querySelector(".page-head").append(h("div", { class: "page-tools" }, summary, refresh));
   const body = h("div", { class: "page-body" });
   root.append(body);
@@ -241,7 +271,8 @@ export function render(root) {
         });
         clear(body);
         if (!instances.length) body.append(h("p", { class: "empty-state" }, t("channels.empty")));
-        else body.append(h("div", { class: "channel-grid", "data-testid": "channel-list" }, instances.map(channelCard)));
+        else
+          body.append(h("div", { class: "channel-grid", "data-testid": "channel-list" }, instances.map(channelCard)));
       },
       (error) => {
         if (!alive) return;

@@ -32,7 +32,15 @@ function outcomeContent(result) {
     badge(outcomeLabel(result.outcome), outcomeTone(result.outcome)),
     result.target ? h("span", { class: "small" }, " → ", mono(result.target)) : null,
     result.detail ? h("div", { class: "small muted outcome-detail" }, result.detail) : null,
-    ids.length ? h("div", { class: "small" }, t("dlq.message_ids"), " ", ids.map((id, i) => [i ? ", " : "", mono(id)])) : null,
+    ids.length
+      ? h(
+          "div",
+          { class: "small" },
+          t("dlq.message_ids"),
+          " ",
+          ids.map((id, i) => [i ? ", " : "", mono(id)]),
+        )
+      : null,
   ];
 }
 
@@ -62,10 +70,27 @@ export function render(root, { query }) {
         filters.stage,
       ),
     ),
-    field(t("col.instance"), h("input", { type: "search", name: "instance", value: filters.instance, list: instances.id,
-      autocomplete: "off", "data-testid": "filter-instance" })),
-    field(t("dlq.reason_contains"), h("input", { type: "search", name: "reason", value: filters.reason,
-      autocomplete: "off", "data-testid": "filter-reason" })),
+    field(
+      t("col.instance"),
+      h("input", {
+        type: "search",
+        name: "instance",
+        value: filters.instance,
+        list: instances.id,
+        autocomplete: "off",
+        "data-testid": "filter-instance",
+      }),
+    ),
+    field(
+      t("dlq.reason_contains"),
+      h("input", {
+        type: "search",
+        name: "reason",
+        value: filters.reason,
+        autocomplete: "off",
+        "data-testid": "filter-reason",
+      }),
+    ),
     instances,
     h(
       "div",
@@ -77,13 +102,25 @@ export function render(root, { query }) {
 
   /* ---- toolbar ---- */
   const size = h("span", { class: "muted", "data-testid": "dlq-size" });
-  const refresh = h("button", { type: "button", class: "btn btn-small", "data-testid": "dlq-refresh" }, t("common.refresh"));
+  const refresh = h(
+    "button",
+    { type: "button", class: "btn btn-small", "data-testid": "dlq-refresh" },
+    t("common.refresh"),
+  );
   root.querySelector(".page-head").append(h("div", { class: "page-tools" }, size, refresh));
 
-  const replaySelected = h("button", { type: "button", class: "btn btn-primary", disabled: true, "data-testid": "dlq-replay" },
-    t("dlq.replay_selected", { n: 0 }));
+  const replaySelected = h(
+    "button",
+    { type: "button", class: "btn btn-primary", disabled: true, "data-testid": "dlq-replay" },
+    t("dlq.replay_selected", { n: 0 }),
+  );
   const force = h("input", { type: "checkbox", "data-testid": "dlq-force" });
-  const summary = h("div", { class: "form-status", role: "status", "aria-live": "polite", "data-testid": "dlq-replay-summary" });
+  const summary = h("div", {
+    class: "form-status",
+    role: "status",
+    "aria-live": "polite",
+    "data-testid": "dlq-replay-summary",
+  });
   const toolbar = mayReplay
     ? h(
         "div",
@@ -110,12 +147,20 @@ export function render(root, { query }) {
   const table = dataTable({ caption: t("nav.dlq"), columns, testid: "dlq-table", className: "dlq" });
   if (selectAll) table.table.querySelector("thead th").append(selectAll);
   const status = h("div");
-  root.append(h("section", { class: "panel" }, form), status, h("section", { class: "panel panel-flush" }, toolbar, table.wrap));
+  root.append(
+    h("section", { class: "panel" }, form),
+    status,
+    h("section", { class: "panel panel-flush" }, toolbar, table.wrap),
+  );
 
   /* ---- the inspect dialog ---- */
   const dialogBody = h("div", { class: "dialog-body" });
   const dialogTitle = h("h2", { id: "dlq-dialog-title", class: "dialog-title" }, t("dlq.inspect_title"));
-  const closeButton = h("button", { type: "button", class: "btn btn-ghost", "data-testid": "dlq-detail-close" }, t("common.close"));
+  const closeButton = h(
+    "button",
+    { type: "button", class: "btn btn-ghost", "data-testid": "dlq-detail-close" },
+    t("common.close"),
+  );
   const dialog = h(
     "dialog",
     { class: "dialog", "aria-labelledby": "dlq-dialog-title", "data-testid": "dlq-detail" },
@@ -155,32 +200,65 @@ export function render(root, { query }) {
     const entry = { record };
     const cells = [];
     if (mayReplay) {
-      entry.box = h("input", { type: "checkbox", "aria-label": t("dlq.select_one", { id: record.id }), "data-testid": "dlq-select" });
+      entry.box = h("input", {
+        type: "checkbox",
+        "aria-label": t("dlq.select_one", { id: record.id }),
+        "data-testid": "dlq-select",
+      });
       entry.box.addEventListener("change", updateSelection);
       cells.push(td("", entry.box, { class: "col-check" }));
     }
-    const inspect = h("button", { type: "button", class: "btn btn-small", "data-testid": "dlq-inspect" }, t("dlq.inspect"));
+    const inspect = h(
+      "button",
+      { type: "button", class: "btn btn-small", "data-testid": "dlq-inspect" },
+      t("dlq.inspect"),
+    );
     inspect.addEventListener("click", () => openDetail(record.id, inspect));
     let replayOne = null;
     if (mayReplay) {
-      replayOne = h("button", { type: "button", class: "btn btn-small", "data-testid": "dlq-replay-one" }, t("dlq.replay"));
+      replayOne = h(
+        "button",
+        { type: "button", class: "btn btn-small", "data-testid": "dlq-replay-one" },
+        t("dlq.replay"),
+      );
       replayOne.addEventListener("click", () => replay([record.id]));
     }
-    entry.state = h("span", { class: "sub", "data-testid": "dlq-state", "data-replayed": record.replayed ? "true" : "false" },
-      record.replayed ? badge(t("dlq.replayed"), "ok") : null);
+    entry.state = h(
+      "span",
+      { class: "sub", "data-testid": "dlq-state", "data-replayed": record.replayed ? "true" : "false" },
+      record.replayed ? badge(t("dlq.replayed"), "ok") : null,
+    );
     entry.outcome = h("div", { class: "outcome", "data-testid": "dlq-outcome" });
     cells.push(
       td(t("col.time"), timeEl(record.at)),
       td(t("col.stage"), h("span", null, badge(stageLabel(record.stage), "stage"), entry.state)),
-      td(t("col.instance"), h("span", null, mono(record.instance), record.channel && record.channel !== record.instance
-        ? h("span", { class: "muted small" }, " " + record.channel) : null)),
-      td(t("col.component"), h("span", null, record.component || "—", record.error_type
-        ? h("div", { class: "muted small" }, mono(record.error_type)) : null)),
-      td(t("col.reason"), h("span", { class: "reason clamp", title: record.reason || "" }, record.reason || "—"),
-        { class: "col-text" }),
+      td(
+        t("col.instance"),
+        h(
+          "span",
+          null,
+          mono(record.instance),
+          record.channel && record.channel !== record.instance
+            ? h("span", { class: "muted small" }, " " + record.channel)
+            : null,
+        ),
+      ),
+      td(
+        t("col.component"),
+        h(
+          "span",
+          null,
+          record.component || "—",
+          record.error_type ? h("div", { class: "muted small" }, mono(record.error_type)) : null,
+        ),
+      ),
+      td(t("col.reason"), h("span", { class: "reason clamp", title: record.reason || "" }, record.reason || "—"), {
+        class: "col-text",
+      }),
       td(t("col.message_id"), mono(record.message_id)),
-      td(t("dlq.actions_outcome"), h("div", null, h("span", { class: "actions" }, inspect, replayOne), entry.outcome),
-        { class: "col-outcome" }),
+      td(t("dlq.actions_outcome"), h("div", null, h("span", { class: "actions" }, inspect, replayOne), entry.outcome), {
+        class: "col-outcome",
+      }),
     );
     entry.row = h("tr", { "data-testid": "dlq-row", "data-id": record.id, "data-stage": record.stage }, cells);
     rows.set(record.id, entry);
@@ -286,7 +364,10 @@ export function render(root, { query }) {
       },
       (error) => {
         if (!alive || error.status === 401) return;
-        fill(dialogBody, errorBox(error, () => openDetail(id, from)));
+        fill(
+          dialogBody,
+          errorBox(error, () => openDetail(id, from)),
+        );
       },
     );
   }
@@ -313,13 +394,22 @@ export function render(root, { query }) {
     });
     if (!headers.length) headerTable.tbody.append(emptyRow(2, t("dlq.no_headers")));
     for (const [name, value] of headers) {
-      headerTable.tbody.append(h("tr", null, td(t("dlq.header_name"), mono(name)),
-        td(t("dlq.header_value"), h("span", { class: "mono break" }, String(value)))));
+      headerTable.tbody.append(
+        h(
+          "tr",
+          null,
+          td(t("dlq.header_name"), mono(name)),
+          td(t("dlq.header_value"), h("span", { class: "mono break" }, String(value))),
+        ),
+      );
     }
     let payloadBox;
     if (record.payload_hidden || record.payload === null || record.payload === undefined) {
-      payloadBox = h("p", { class: "alert alert-info", "data-testid": "dlq-payload-hidden" },
-        record.payload_hidden ? t("dlq.payload_hidden") : t("dlq.payload_none"));
+      payloadBox = h(
+        "p",
+        { class: "alert alert-info", "data-testid": "dlq-payload-hidden" },
+        record.payload_hidden ? t("dlq.payload_hidden") : t("dlq.payload_none"),
+      );
     } else {
       const raw = String(record.payload);
       let formatted = null;
@@ -332,13 +422,27 @@ export function render(root, { query }) {
       }
       const pre = h("pre", { class: "mono code-block payload", "data-testid": "dlq-payload" }, formatted ?? raw);
       const asSent = formatted
-        ? h("label", { class: "check small" }, h("input", {
-            type: "checkbox",
-            "data-testid": "dlq-payload-raw",
-            on: { change: (event) => { pre.textContent = event.target.checked ? raw : formatted; } },
-          }), " ", t("dlq.payload_as_sent"))
+        ? h(
+            "label",
+            { class: "check small" },
+            h("input", {
+              type: "checkbox",
+              "data-testid": "dlq-payload-raw",
+              on: {
+                change: (event) => {
+                  pre.textContent = event.target.checked ? raw : formatted;
+                },
+              },
+            }),
+            " ",
+            t("dlq.payload_as_sent"),
+          )
         : null;
-      const copy = h("button", { type: "button", class: "btn btn-small", "data-testid": "dlq-payload-copy" }, t("dlq.copy_payload"));
+      const copy = h(
+        "button",
+        { type: "button", class: "btn btn-small", "data-testid": "dlq-payload-copy" },
+        t("dlq.copy_payload"),
+      );
       copy.addEventListener("click", async () => {
         const ok = await copyText(raw);
         announce(ok ? t("dlq.payload_copied") : t("channels.copy_failed"));
@@ -346,14 +450,23 @@ export function render(root, { query }) {
       payloadBox = h(
         "div",
         null,
-        h("div", { class: "toolbar" }, badge(record.payload_encoding || "utf-8", "neutral", { "data-testid": "dlq-payload-encoding" }),
-          asSent, copy),
+        h(
+          "div",
+          { class: "toolbar" },
+          badge(record.payload_encoding || "utf-8", "neutral", { "data-testid": "dlq-payload-encoding" }),
+          asSent,
+          copy,
+        ),
         pre,
       );
     }
-    fill(dialogBody, 
-      h("dl", { class: "kv kv-compact" }, facts.map(([label, value]) =>
-        h("div", { class: "kv-row" }, h("dt", null, label), h("dd", null, value)))),
+    fill(
+      dialogBody,
+      h(
+        "dl",
+        { class: "kv kv-compact" },
+        facts.map(([label, value]) => h("div", { class: "kv-row" }, h("dt", null, label), h("dd", null, value))),
+      ),
       h("h3", null, t("col.reason")),
       h("pre", { class: "code-block reason-block", "data-testid": "dlq-reason" }, record.reason || "—"),
       h("h3", null, t("dlq.headers")),

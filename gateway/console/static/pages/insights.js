@@ -8,7 +8,9 @@ import { getLang, t } from "../lib/i18n.js";
 const PERIODS = ["24h", "7d", "30d"];
 const BUCKETS = ["hour", "day"];
 /* y-axis steps of duration charts, in seconds: ticks at round minutes and hours */
-const DURATION_STEPS = [1, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 172800, 604800];
+const DURATION_STEPS = [
+  1, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 172800, 604800,
+];
 
 function obj(value) {
   return value && typeof value === "object" && !Array.isArray(value) ? value : {};
@@ -52,11 +54,24 @@ export function render(root, { query }) {
   };
   if (!params.bucket) params.bucket = params.since === "24h" ? "hour" : "day";
 
-  const period = selectEl({ name: "since", "data-testid": "insights-period" }, PERIODS.map((p) => [p, periodLabel(p)]),
-    params.since);
-  const bucket = selectEl({ name: "bucket", "data-testid": "insights-bucket" },
-    [["hour", t("insights.bucket_hour")], ["day", t("insights.bucket_day")]], params.bucket);
-  const instance = selectEl({ name: "instance", "data-testid": "insights-instance" }, [["", t("common.all")]], params.instance);
+  const period = selectEl(
+    { name: "since", "data-testid": "insights-period" },
+    PERIODS.map((p) => [p, periodLabel(p)]),
+    params.since,
+  );
+  const bucket = selectEl(
+    { name: "bucket", "data-testid": "insights-bucket" },
+    [
+      ["hour", t("insights.bucket_hour")],
+      ["day", t("insights.bucket_day")],
+    ],
+    params.bucket,
+  );
+  const instance = selectEl(
+    { name: "instance", "data-testid": "insights-instance" },
+    [["", t("common.all")]],
+    params.instance,
+  );
   const queue = selectEl({ name: "queue", "data-testid": "insights-queue" }, [["", t("common.all")]], params.queue);
   const form = h(
     "form",
@@ -71,7 +86,9 @@ export function render(root, { query }) {
   root.append(h("section", { class: "panel" }, form, range), body);
 
   function fillSelect(select, values, current) {
-    const list = [...new Set([...(Array.isArray(values) ? values : []).filter(Boolean).map(String), ...(current ? [current] : [])])].sort();
+    const list = [
+      ...new Set([...(Array.isArray(values) ? values : []).filter(Boolean).map(String), ...(current ? [current] : [])]),
+    ].sort();
     fill(select, h("option", { value: "" }, t("common.all")));
     for (const value of list) select.append(h("option", { value, selected: value === current }, value));
   }
@@ -85,12 +102,17 @@ export function render(root, { query }) {
     destroyCharts();
     fillSelect(instance, data.instances, params.instance);
     fillSelect(queue, data.queues, params.queue);
-    range.textContent = data.since && data.until
-      ? t("insights.range", {
-          since: new Intl.DateTimeFormat(getLang(), { dateStyle: "medium", timeStyle: "short" }).format(new Date(data.since)),
-          until: new Intl.DateTimeFormat(getLang(), { dateStyle: "medium", timeStyle: "short" }).format(new Date(data.until)),
-        })
-      : "";
+    range.textContent =
+      data.since && data.until
+        ? t("insights.range", {
+            since: new Intl.DateTimeFormat(getLang(), { dateStyle: "medium", timeStyle: "short" }).format(
+              new Date(data.since),
+            ),
+            until: new Intl.DateTimeFormat(getLang(), { dateStyle: "medium", timeStyle: "short" }).format(
+              new Date(data.until),
+            ),
+          })
+        : "";
     const report = obj(data.report);
     const volumes = obj(obj(report.volumes).total);
     const first = obj(obj(obj(report.response_times).all).first_response);
@@ -101,21 +123,43 @@ export function render(root, { query }) {
     const cards = h(
       "ul",
       { class: "cards", "data-testid": "insights-cards", "aria-label": t("insights.totals") },
-      stat("opened", t("insights.opened"), fmtNum(volumes.opened), t("insights.resolved_n", { n: fmtNum(volumes.resolved) })),
-      stat("first_response", t("insights.first_response_p50"), fmtDuration(first.p50_s),
-        t("insights.p90_is", { value: fmtDuration(first.p90_s) })),
-      stat("sla", t("insights.sla_breach_rate"), fmtPct(sla.breach_rate),
+      stat(
+        "opened",
+        t("insights.opened"),
+        fmtNum(volumes.opened),
+        t("insights.resolved_n", { n: fmtNum(volumes.resolved) }),
+      ),
+      stat(
+        "first_response",
+        t("insights.first_response_p50"),
+        fmtDuration(first.p50_s),
+        t("insights.p90_is", { value: fmtDuration(first.p90_s) }),
+      ),
+      stat(
+        "sla",
+        t("insights.sla_breach_rate"),
+        fmtPct(sla.breach_rate),
         t("insights.breached_cycles", { n: fmtNum(sla.breached_cycles), total: fmtNum(sla.cycles) }),
-        num(sla.breach_rate) > 0.1 ? "bad" : num(sla.breach_rate) > 0 ? "warn" : "neutral"),
-      stat("csat", t("insights.csat_average"), csat.average_rating === null || csat.average_rating === undefined
-        ? "—" : fmtNum(csat.average_rating, 2) + " / 5",
-        t("insights.csat_responses_rate", { n: fmtNum(csat.responses), rate: fmtPct(csat.response_rate) })),
-      stat("sentiment", t("insights.negative_share"), cycles ? fmtPct((num(sentiment.negative) || 0) / cycles) : "—",
+        num(sla.breach_rate) > 0.1 ? "bad" : num(sla.breach_rate) > 0 ? "warn" : "neutral",
+      ),
+      stat(
+        "csat",
+        t("insights.csat_average"),
+        csat.average_rating === null || csat.average_rating === undefined
+          ? "—"
+          : fmtNum(csat.average_rating, 2) + " / 5",
+        t("insights.csat_responses_rate", { n: fmtNum(csat.responses), rate: fmtPct(csat.response_rate) }),
+      ),
+      stat(
+        "sentiment",
+        t("insights.negative_share"),
+        cycles ? fmtPct((num(sentiment.negative) || 0) / cycles) : "—",
         t("insights.sentiment_split", {
           positive: fmtNum(sentiment.positive),
           neutral: fmtNum(sentiment.neutral),
           negative: fmtNum(sentiment.negative),
-        })),
+        }),
+      ),
     );
     const series = Array.isArray(data.series) ? data.series : [];
     const x = series.map((row) => Math.floor(new Date(row.start).getTime() / 1000));
@@ -142,23 +186,41 @@ export function render(root, { query }) {
     const frt = createChart(panel(), {
       testid: "chart-first-response",
       title: t("insights.chart_first_response"),
-      series: [{ label: "p50", points: true }, { label: "p90", points: true }],
+      series: [
+        { label: "p50", points: true },
+        { label: "p90", points: true },
+      ],
       format: (v) => fmtDuration(v),
       incrs: DURATION_STEPS,
     });
-    frt.update({ x, ys: [p50, p90], summary: t("insights.summary_first_response", {
-      p50: fmtDuration(lastOf(p50)), p90: fmtDuration(lastOf(p90)) }) });
+    frt.update({
+      x,
+      ys: [p50, p90],
+      summary: t("insights.summary_first_response", {
+        p50: fmtDuration(lastOf(p50)),
+        p90: fmtDuration(lastOf(p90)),
+      }),
+    });
 
     const breaches = col((r) => r.sla_breaches);
     const opened = col((r) => r.opened);
     const slaChart = createChart(panel(), {
       testid: "chart-sla",
       title: t("insights.chart_sla"),
-      series: [{ label: t("insights.sla_breaches"), bars: true, color: "#dc2626" }, { label: t("insights.opened"), color: "#2563eb" }],
+      series: [
+        { label: t("insights.sla_breaches"), bars: true, color: "#dc2626" },
+        { label: t("insights.opened"), color: "#2563eb" },
+      ],
       format: (v) => fmtNum(v),
     });
-    slaChart.update({ x, ys: [breaches, opened], summary: t("insights.summary_sla", {
-      breaches: fmtNum(total(breaches)), opened: fmtNum(total(opened)) }) });
+    slaChart.update({
+      x,
+      ys: [breaches, opened],
+      summary: t("insights.summary_sla", {
+        breaches: fmtNum(total(breaches)),
+        opened: fmtNum(total(opened)),
+      }),
+    });
 
     const average = col((r) => r.csat_average);
     const responses = col((r) => r.csat_responses);
@@ -173,8 +235,14 @@ export function render(root, { query }) {
       minMax: 5,
       y2Format: (v) => fmtNum(v),
     });
-    csatChart.update({ x, ys: [average, responses], summary: t("insights.summary_csat", {
-      average: lastOf(average) === null ? "—" : fmtNum(lastOf(average), 2), responses: fmtNum(total(responses)) }) });
+    csatChart.update({
+      x,
+      ys: [average, responses],
+      summary: t("insights.summary_csat", {
+        average: lastOf(average) === null ? "—" : fmtNum(lastOf(average), 2),
+        responses: fmtNum(total(responses)),
+      }),
+    });
 
     const positive = col((r) => obj(r.sentiment).positive);
     const neutral = col((r) => obj(r.sentiment).neutral);
@@ -189,8 +257,15 @@ export function render(root, { query }) {
       ],
       format: (v) => fmtNum(v),
     });
-    sentimentChart.update({ x, ys: [positive, neutral, negative], summary: t("insights.summary_sentiment", {
-      positive: fmtNum(total(positive)), neutral: fmtNum(total(neutral)), negative: fmtNum(total(negative)) }) });
+    sentimentChart.update({
+      x,
+      ys: [positive, neutral, negative],
+      summary: t("insights.summary_sentiment", {
+        positive: fmtNum(total(positive)),
+        neutral: fmtNum(total(neutral)),
+        negative: fmtNum(total(negative)),
+      }),
+    });
     charts = [frt, slaChart, csatChart, sentimentChart];
   }
 

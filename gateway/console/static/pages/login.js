@@ -6,7 +6,9 @@ import { t } from "../lib/i18n.js";
 export function render(root, { notice, onSuccess }) {
   let alive = true;
   const status = h("div", { class: "form-status", role: "alert", "data-testid": "login-error", hidden: true });
-  const info = notice ? h("p", { class: "alert alert-info", role: "status", "data-testid": "login-notice" }, notice) : null;
+  const info = notice
+    ? h("p", { class: "alert alert-info", role: "status", "data-testid": "login-notice" }, notice)
+    : null;
   const username = h("input", {
     type: "text",
     name: "username",
@@ -23,8 +25,11 @@ export function render(root, { notice, onSuccess }) {
     required: true,
     "data-testid": "login-password",
   });
-  const submit = h("button", { type: "submit", class: "btn btn-primary btn-block", "data-testid": "login-submit" },
-    t("login.submit"));
+  const submit = h(
+    "button",
+    { type: "submit", class: "btn btn-primary btn-block", "data-testid": "login-submit" },
+    t("login.submit"),
+  );
   const form = h(
     "form",
     { class: "login-form", "data-testid": "login-form", novalidate: true },
@@ -62,9 +67,13 @@ export function render(root, { notice, onSuccess }) {
     submit.disabled = true;
     submit.textContent = t("login.signing_in");
     try {
-      const session = await post("login", { username: username.value.trim(), password: password.value }, {
-        quiet401: true,
-      });
+      const session = await post(
+        "login",
+        { username: username.value.trim(), password: password.value },
+        {
+          quiet401: true,
+        },
+      );
       if (!alive) return;
       password.value = "";
       onSuccess(session);

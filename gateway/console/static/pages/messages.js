@@ -36,7 +36,12 @@ export function setUnmask(value) {
 /* The unmask switch (a checkbox with role=switch), only for users with `unmask`. */
 export function unmaskSwitch(onChange) {
   if (!can("unmask")) return null;
-  const input = h("input", { type: "checkbox", role: "switch", checked: unmaskWanted(), "data-testid": "unmask-toggle" });
+  const input = h("input", {
+    type: "checkbox",
+    role: "switch",
+    checked: unmaskWanted(),
+    "data-testid": "unmask-toggle",
+  });
   input.addEventListener("change", () => {
     setUnmask(input.checked);
     announce(input.checked ? t("messages.unmasked_on") : t("messages.unmasked_off"));
@@ -123,8 +128,11 @@ export function render(root, { query }) {
   /* ---- toolbar ---- */
   const live = streamIndicator("messages-live");
   const newCount = h("span", { class: "muted", "aria-live": "polite", "data-testid": "messages-new-count" });
-  const pause = h("button", { type: "button", class: "btn btn-small", "aria-pressed": "false", "data-testid": "pause-toggle" },
-    t("messages.pause"));
+  const pause = h(
+    "button",
+    { type: "button", class: "btn btn-small", "aria-pressed": "false", "data-testid": "pause-toggle" },
+    t("messages.pause"),
+  );
   const unmask = unmaskSwitch(() => reload());
   root.querySelector(".page-head").append(h("div", { class: "page-tools" }, live.el, newCount, pause, unmask));
 
@@ -169,10 +177,19 @@ export function render(root, { query }) {
         "data-masked": message.masked ? "true" : "false",
       },
       td(columns[0].label, timeEl(message.received_at)),
-      td(columns[1].label, h("span", null, mono(message.instance), message.channel && message.channel !== message.instance
-        ? h("span", { class: "sub" }, message.channel) : null)),
-      td(columns[2].label, h("span", { class: "sender" }, sender.name || "",
-        h("span", { class: "sub" }, mono(sender.id)))),
+      td(
+        columns[1].label,
+        h(
+          "span",
+          null,
+          mono(message.instance),
+          message.channel && message.channel !== message.instance ? h("span", { class: "sub" }, message.channel) : null,
+        ),
+      ),
+      td(
+        columns[2].label,
+        h("span", { class: "sender" }, sender.name || "", h("span", { class: "sub" }, mono(sender.id))),
+      ),
       td(
         columns[3].label,
         h(
@@ -184,9 +201,22 @@ export function render(root, { query }) {
       ),
       td(columns[4].label, message.language ? mono(message.language) : "—"),
       td(columns[5].label, sentimentBadge(message.sentiment)),
-      td(columns[6].label, h("span", null, message.queue || "—", message.priority && message.priority !== "normal"
-        ? h("span", null, " ", badge(priorityLabel(message.priority), message.priority === "urgent" ? "bad" : "warn"))
-        : null)),
+      td(
+        columns[6].label,
+        h(
+          "span",
+          null,
+          message.queue || "—",
+          message.priority && message.priority !== "normal"
+            ? h(
+                "span",
+                null,
+                " ",
+                badge(priorityLabel(message.priority), message.priority === "urgent" ? "bad" : "warn"),
+              )
+            : null,
+        ),
+      ),
       td(columns[7].label, tagList(message.tags)),
     );
     row.addEventListener("click", (event) => {

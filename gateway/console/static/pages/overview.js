@@ -41,12 +41,21 @@ export function render(root) {
   const body = h("div", { class: "page-body" });
   root.append(body);
   const cards = h("ul", { class: "cards", "data-testid": "overview-cards", "aria-label": t("overview.key_figures") });
-  const chartBox = h("section", { class: "panel", "aria-labelledby": "ov-chart" },
-    h("h2", { id: "ov-chart", class: "panel-title" }, t("overview.traffic")));
-  const webhookBox = h("section", { class: "panel", "aria-labelledby": "ov-webhooks" },
-    h("h2", { id: "ov-webhooks", class: "panel-title" }, t("overview.webhooks")));
-  const lagBox = h("section", { class: "panel", "aria-labelledby": "ov-lag" },
-    h("h2", { id: "ov-lag", class: "panel-title" }, t("overview.lag")));
+  const chartBox = h(
+    "section",
+    { class: "panel", "aria-labelledby": "ov-chart" },
+    h("h2", { id: "ov-chart", class: "panel-title" }, t("overview.traffic")),
+  );
+  const webhookBox = h(
+    "section",
+    { class: "panel", "aria-labelledby": "ov-webhooks" },
+    h("h2", { id: "ov-webhooks", class: "panel-title" }, t("overview.webhooks")),
+  );
+  const lagBox = h(
+    "section",
+    { class: "panel", "aria-labelledby": "ov-lag" },
+    h("h2", { id: "ov-lag", class: "panel-title" }, t("overview.lag")),
+  );
   const webhookTable = h("div");
   const lagTable = h("div");
   webhookBox.append(webhookTable);
@@ -60,19 +69,50 @@ export function render(root) {
     const rate = totals.webhook_error_rate;
     const workerLag = lagOf(data, "worker");
     const dispatchLag = lagOf(data, "dispatch");
-    fill(cards, 
-      card("messages", t("overview.messages_hour"), fmtNum(totals.messages_last_hour),
-        t("overview.last_minute", { n: fmtNum(totals.messages_last_minute) })),
-      card("webhook_requests", t("overview.webhook_requests"), fmtNum(totals.webhook_requests),
-        t("overview.error_rate_is", { rate: fmtPct(rate) }), rate > 0.05 ? "bad" : rate > 0 ? "warn" : "neutral"),
-      card("dispatch_failed", t("overview.dispatch_failures"), fmtNum(failed),
-        t("overview.of_sent", { n: fmtNum(totals.dispatch_sent) }), failed > 0 ? "bad" : "neutral"),
-      card("dlq", t("overview.dlq_size"), fmtNum(dlq.size), t("overview.dlq_last_hour", { n: fmtNum(dlq.last_hour) }),
-        dlq.last_hour > 0 ? "warn" : "neutral", "#/dlq"),
-      card("worker_lag", t("overview.worker_lag"), fmtNum(workerLag), t("overview.records_behind"),
-        workerLag > 1000 ? "warn" : "neutral"),
-      card("dispatch_lag", t("overview.dispatch_lag"), fmtNum(dispatchLag), t("overview.records_behind"),
-        dispatchLag > 1000 ? "warn" : "neutral"),
+    fill(
+      cards,
+      card(
+        "messages",
+        t("overview.messages_hour"),
+        fmtNum(totals.messages_last_hour),
+        t("overview.last_minute", { n: fmtNum(totals.messages_last_minute) }),
+      ),
+      card(
+        "webhook_requests",
+        t("overview.webhook_requests"),
+        fmtNum(totals.webhook_requests),
+        t("overview.error_rate_is", { rate: fmtPct(rate) }),
+        rate > 0.05 ? "bad" : rate > 0 ? "warn" : "neutral",
+      ),
+      card(
+        "dispatch_failed",
+        t("overview.dispatch_failures"),
+        fmtNum(failed),
+        t("overview.of_sent", { n: fmtNum(totals.dispatch_sent) }),
+        failed > 0 ? "bad" : "neutral",
+      ),
+      card(
+        "dlq",
+        t("overview.dlq_size"),
+        fmtNum(dlq.size),
+        t("overview.dlq_last_hour", { n: fmtNum(dlq.last_hour) }),
+        dlq.last_hour > 0 ? "warn" : "neutral",
+        "#/dlq",
+      ),
+      card(
+        "worker_lag",
+        t("overview.worker_lag"),
+        fmtNum(workerLag),
+        t("overview.records_behind"),
+        workerLag > 1000 ? "warn" : "neutral",
+      ),
+      card(
+        "dispatch_lag",
+        t("overview.dispatch_lag"),
+        fmtNum(dispatchLag),
+        t("overview.records_behind"),
+        dispatchLag > 1000 ? "warn" : "neutral",
+      ),
     );
     fill(updated, t("overview.updated"), " ", timeEl(data.generated_at));
     showChart(data);
