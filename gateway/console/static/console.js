@@ -125,24 +125,33 @@ function showUser(session) {
   }
 }
 
-function signedIn(session) {
+/* At expiry the session check answers 401, and that brings the login view; a session that was
+ * extended meanwhile answers with its new expiry. */
+function watchExpiry(session) {
+  clearTimeout(expiryTimer);
+  const expires = session.expires_at ? new Date(session.expires_at).getTime() : NaN;
+  if (Number.isNaN(expires)) return;
+  const wait = Math.min(Math.max(expires - Date.now() + 1000, 30000), 2147483000);
+  expiryTimer = setTimeout(() => {
+    get("session").then(
+      (fresh) => {
+        setSession(fresh);
+        showUser(fresh);
+        watchExpiry(fresh);
+      },
+      () => {},
+    );
+  }, wait);
+}
+
+/* fromLogin: the login form was just replaced, so the page's heading takes the focus. */
+function signedIn(session, fromLogin = false) {
   setSession(session);
   app.dataset.state = "ready";
   showUser(session);
-  clearTimeout(expiryTimer);
-  const expires = session.expires_at ? new Date(session.expires_at).getTime() : NaN;
-  if (!Number.isNaN(expires)) {
-    /* At expiry the session check answers 401, and that brings the login view. */
-    const wait = Math.min(Math.max(expires - Date.now() + 1000, 1000), 2147483000);
-    expiryTimer = setTimeout(() => get("session").then(signedInQuietly, () => {}), wait);
-  }
-  firstRender = true;
+  watchExpiry(session);
+  firstRender = !fromLogin;
   route();
-}
-
-function signedInQuietly(session) {
-  setSession(session);
-  showUser(session);
 }
 
 function showLogin(notice) {
@@ -155,7 +164,8 @@ function showLogin(notice) {
   document.title = t("login.title") + " · " + t("app.title");
   const root = h("section", { class: "page page-login", "data-testid": "page-login", "aria-labelledby": "page-title" });
   main.append(root);
-  cleanup = login.render(root, { notice, onSuccess: signedIn }) || null;
+  messages.setUnmask(false); /* the next user starts with texts masked */
+  cleanup = login.render(root, { notice, onSuccess: (session) => signedIn(session, true) }) || null;
 }
 
 function renderCurrent() {
