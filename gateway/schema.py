@@ -18,12 +18,17 @@ SCHEMA_FILES = {
 }
 
 
+def schema_urn(schema_id: str) -> str:
+    """The ``$id`` of a record's JSON Schema (also its CloudEvents ``dataschema``)."""
+    return f"urn:message-gateway:schema:{SCHEMA_FILES[schema_id].removesuffix('.json')}"
+
+
 def schema_for(schema_id: str) -> dict[str, Any]:
     record_type = RECORD_TYPES[schema_id]
     schema: dict[str, Any] = msgspec.json.schema(record_type)
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": f"urn:message-gateway:schema:{SCHEMA_FILES[schema_id].removesuffix('.json')}",
+        "$id": schema_urn(schema_id),
         "title": schema_id,
         **schema,
     }
