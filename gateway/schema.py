@@ -1,4 +1,5 @@
-"""JSON Schemas of the topic records, generated from the msgspec models (the single source)."""
+"""JSON Schemas of the topic records, generated from the msgspec models (the single source), and
+the AsyncAPI document of the topics (gateway/asyncapi/) that embeds them."""
 
 from __future__ import annotations
 
@@ -45,4 +46,26 @@ def export(directory: Path) -> list[Path]:
         path = directory / filename
         path.write_text(render(schema_id), encoding="utf-8")
         written.append(path)
+    return written
+
+
+ASYNCAPI_FILE = "asyncapi.yaml"
+
+
+def export_asyncapi(directory: Path, markdown: Path | None = None) -> list[Path]:
+    """Write the AsyncAPI document of the default configuration (no file, no environment: the
+    same everywhere), and its Markdown view when ``markdown`` names a file."""
+    from gateway.asyncapi import build, render
+    from gateway.asyncapi.markdown import render as render_markdown
+    from gateway.config import config_from_dict
+
+    config = config_from_dict({}, {})
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / ASYNCAPI_FILE
+    path.write_text(render(config), encoding="utf-8")
+    written = [path]
+    if markdown is not None:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(render_markdown(build(config)), encoding="utf-8")
+        written.append(markdown)
     return written

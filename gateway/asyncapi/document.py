@@ -99,8 +99,8 @@ def topics_of(config: Config) -> list[Topic]:
                 Flow(
                     "operators",
                     "send",
-                    "`gateway dlq replay`: raw payloads through their channel again, records of stage `process` as they "
-                    "were (same ids).",
+                    "`gateway dlq replay`: raw payloads through their channel again, records of stage `process` as "
+                    "they were (same ids).",
                 ),
                 Flow("worker", "receive", "Runs the processor chain on every message.", worker_group),
             ),
