@@ -8,7 +8,14 @@ The guide, with a complete example service, is docs/consumers.md.
 """
 
 from gateway.client.consumer import FailureHandler, GatewayConsumer, Handler, HandlerFailed
-from gateway.client.records import GatewayRecord, Received, UndecodableRecord, decode_record, decode_value
+from gateway.client.records import (
+    GatewayRecord,
+    Received,
+    UndecodableRecord,
+    decode_record,
+    decode_value,
+    received_from,
+)
 from gateway.client.reply import HttpReplier, KafkaReplier, ReplyFailed, outbound_message
 from gateway.client.window import MemoryWindow, RedisWindow, Window
 from gateway.model import (
@@ -45,4 +52,5 @@ __all__ = [
     "decode_record",
     "decode_value",
     "outbound_message",
+    "received_from",
 ]

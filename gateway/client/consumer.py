@@ -49,7 +49,11 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.consumer._revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        log.info("partitions_assigned", group=self.consumer.group_id, partitions=sorted(map(str, assigned)))
+        log.info(
+            "partitions_assigned",
+            group=self.consumer.group_id,
+            partitions=sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned),
+        )
 
 
 class GatewayConsumer:
