@@ -146,6 +146,7 @@ def topics_of(config: Config) -> list[Topic]:
                     "Providers' status webhooks: `delivered`, `read`, `failed`; messages agents "
                     "sent from the provider's own app.",
                 ),
+                Flow("worker", "send", "Events a processor reports (`ProcessorContext.emit_event`)."),
                 Flow("downstream", "receive", "Downstream services follow their replies."),
             ),
         ),
