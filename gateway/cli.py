@@ -351,7 +351,7 @@ def plugins(config_path: Path | None, as_json: bool) -> None:
 
 @cli.group()
 def schema() -> None:
-    """JSON Schemas of the topic records."""
+    """JSON Schemas of the topic records and the AsyncAPI document of the topics."""
 
 
 @schema.command("print")
@@ -367,12 +367,38 @@ def schema_print(schema_id: str) -> None:
 
 @schema.command("export")
 @click.argument("directory", default="schemas", type=click.Path(file_okay=False, path_type=Path))
-def schema_export(directory: Path) -> None:
-    """Write every schema to DIRECTORY (default: schemas/)."""
-    from gateway.schema import export
+@click.option(
+    "--markdown",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the AsyncAPI document's Markdown view here (the repository's is docs/asyncapi.md).",
+)
+def schema_export(directory: Path, markdown: Path | None) -> None:
+    """Write every schema and the AsyncAPI document of the default configuration to DIRECTORY
+    (default: schemas/); the environment is ignored, so the files are the same everywhere."""
+    from gateway.schema import export, export_asyncapi
 
-    for path in export(directory):
+    for path in [*export(directory), *export_asyncapi(directory, markdown)]:
         click.echo(str(path))
+
+
+@schema.command("asyncapi")
+@CONFIG_OPTION
+@click.option("--format", "output", type=click.Choice(["yaml", "json", "markdown"]), default="yaml", show_default=True)
+def schema_asyncapi(config_path: Path | None, output: str) -> None:
+    """Print the AsyncAPI 3.0 document of the topics: records, keys, headers, Kafka bindings, who
+    publishes and who reads. With --config, that deployment's topic prefix, partitions, groups and
+    the topics its routing rules name (docs/consumers.md)."""
+    from gateway.asyncapi import build, render
+    from gateway.asyncapi.markdown import render as render_markdown
+
+    config = _load(config_path)
+    if output == "yaml":
+        click.echo(render(config), nl=False)
+    elif output == "json":
+        click.echo(json.dumps(build(config), indent=2, ensure_ascii=False))
+    else:
+        click.echo(render_markdown(build(config)), nl=False)
 
 
 @cli.command()

@@ -40,6 +40,9 @@ class GatewaySection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # The event loop of serve/worker/dispatch: uvloop (a dependency except on Windows, where the
     # standard loop is used) handles ~20% more webhooks per core; "asyncio" opts out.
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    # Every record also carries the CloudEvents Kafka binding's binary-mode headers (ce_id, ce_type,
+    # ce_source, ce_time...), so CloudEvents SDKs and event routers read it natively (docs/consumers.md).
+    cloudevents: bool = False
 
 
 class KafkaSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

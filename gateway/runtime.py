@@ -11,6 +11,7 @@ import aiohttp
 import msgspec
 import structlog
 
+from gateway.bus.cloudevents import CloudEventsBinding
 from gateway.bus.consumer import Record
 from gateway.bus.producer import Publisher, header, record_for
 from gateway.bus.topics import Topics, ensure_topics
@@ -83,7 +84,10 @@ class Runtime:
         runtime = cls(
             config=config,
             registry=registry,
-            publisher=Publisher(config.kafka),
+            publisher=Publisher(
+                config.kafka,
+                CloudEventsBinding.for_prefix(config.gateway.topic_prefix) if config.gateway.cloudevents else None,
+            ),
             store=store,
             profiles=ProfileStore(store, config.profiles.retention_days),
             metrics=metrics or Metrics(),

@@ -49,6 +49,26 @@ def test_schema_print_and_export_match_committed(tmp_path: Path) -> None:
         assert (tmp_path / path.name).read_text() == path.read_text(), f"{path.name} drifted: run gateway schema export"
 
 
+def test_schema_export_writes_the_asyncapi_document_and_asyncapi_prints_a_deployments(tmp_path: Path) -> None:
+    exported = run("schema", "export", str(tmp_path), "--markdown", str(tmp_path / "asyncapi.md"))
+    assert exported.returncode == 0, exported.stderr
+    assert (tmp_path / "asyncapi.yaml").read_text() == (ROOT / "schemas" / "asyncapi.yaml").read_text()
+    assert (tmp_path / "asyncapi.md").read_text() == (ROOT / "docs" / "asyncapi.md").read_text()
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        '[gateway]\ntopic_prefix = "shop."\n'
+        '[[processors.routing.rules]]\nname = "vip"\nwhen = { tier = "gold" }\nthen = { topic = "shop.vip.v1" }\n'
+    )
+    printed = run("schema", "asyncapi", "--config", str(config))
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stdout.startswith("asyncapi: 3.0.0\n")
+    assert "address: shop.inbound.v1" in printed.stdout and "address: shop.vip.v1" in printed.stdout
+    as_json = json.loads(run("schema", "asyncapi", "--config", str(config), "--format", "json").stdout)
+    assert as_json["channels"]["routed_shop_vip_v1"]["address"] == "shop.vip.v1"
+    markdown = run("schema", "asyncapi", "--config", str(config), "--format", "markdown").stdout
+    assert "### shop.vip.v1" in markdown
+
+
 def test_invalid_config_fails_at_start_naming_the_key(tmp_path: Path) -> None:
     config = tmp_path / "gateway.toml"
     config.write_text('[kafka]\nlinger_ms = "soon"\n')

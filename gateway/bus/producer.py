@@ -21,10 +21,11 @@ from aiokafka.errors import (
     UnknownProducerId,
 )
 
+from gateway.bus.cloudevents import CloudEventsBinding, ModelRecord
 from gateway.bus.init_producer_id import negotiate_init_producer_id
 from gateway.bus.kafka import client_options
 from gateway.config import KafkaSection
-from gateway.model import AuditRecord, ConversationEvent, DeliveryEvent, DlqRecord, Message, encode
+from gateway.model import encode
 
 log = structlog.get_logger(__name__)
 
@@ -45,11 +46,14 @@ class OutgoingRecord:
     value: bytes
     key: bytes | None = None
     headers: Headers = field(default_factory=list)
+    # The model record the value encodes: the CloudEvents headers are derived from it at hand-over,
+    # only when the binding is on (gateway/bus/cloudevents.py).
+    record: ModelRecord | None = None
 
 
 def record_for(
     topic: str,
-    record: Message | DeliveryEvent | DlqRecord | ConversationEvent | AuditRecord,
+    record: ModelRecord,
     *,
     traceparent: str,
     key: str | None = None,
@@ -73,6 +77,7 @@ def record_for(
         value=value if value is not None else encode(record),
         key=key.encode() if key is not None else None,
         headers=headers,
+        record=record,
     )
 
 
@@ -102,9 +107,22 @@ async def discard(producer: AIOKafkaProducer) -> None:
     await producer.stop()  # nothing left to flush: only closes the connections
 
 
-async def _hand_over(producer: AIOKafkaProducer, records: Sequence[OutgoingRecord]) -> list[asyncio.Future[Any]]:
-    """Give records to the client in order; returns the futures of their broker acknowledgements."""
-    return [await producer.send(r.topic, r.value, key=r.key, headers=r.headers) for r in records]
+async def _hand_over(
+    producer: AIOKafkaProducer, records: Sequence[OutgoingRecord], cloudevents: CloudEventsBinding | None = None
+) -> list[asyncio.Future[Any]]:
+    """Give records to the client in order; returns the futures of their broker acknowledgements.
+    With ``cloudevents``, records built from a model record also get the binding's headers."""
+    if cloudevents is None:
+        return [await producer.send(r.topic, r.value, key=r.key, headers=r.headers) for r in records]
+    return [
+        await producer.send(
+            r.topic,
+            r.value,
+            key=r.key,
+            headers=r.headers if r.record is None else [*r.headers, *cloudevents.headers(r.record)],
+        )
+        for r in records
+    ]
 
 
 async def _acknowledged(futures: list[asyncio.Future[Any]]) -> None:
@@ -196,8 +214,10 @@ class _Watchdog:
 
 
 class Publisher:
-    def __init__(self, kafka: KafkaSection) -> None:
+    def __init__(self, kafka: KafkaSection, cloudevents: CloudEventsBinding | None = None) -> None:
+        """``cloudevents``: add the CloudEvents binding's headers to every record (``[gateway] cloudevents``)."""
         self._kafka = kafka
+        self._cloudevents = cloudevents
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
         self._reconnect: asyncio.Task[None] | None = None
@@ -264,7 +284,7 @@ class Publisher:
         producer = self._connected_producer()
         try:
             async with asyncio.timeout(self._timeout_s()):
-                await _acknowledged(await _hand_over(producer, records))
+                await _acknowledged(await _hand_over(producer, records, self._cloudevents))
         except TimeoutError as exc:  # whatever was handed over may still be queued in the client
             raise self._unavailable(producer, exc, queued=True) from exc
         except KafkaError as exc:
@@ -286,7 +306,7 @@ class Publisher:
         if watchdog.active or task is None:
             try:
                 async with asyncio.timeout(timeout_s):
-                    futures = await _hand_over(producer, records)
+                    futures = await _hand_over(producer, records, self._cloudevents)
             except TimeoutError as exc:  # the records handed over so far are queued in the client
                 raise self._unavailable(producer, exc, queued=True) from exc
             except KafkaError as exc:
@@ -295,7 +315,7 @@ class Publisher:
         cancelling = task.cancelling()
         watchdog.start(task, timeout_s)
         try:
-            futures = await _hand_over(producer, records)
+            futures = await _hand_over(producer, records, self._cloudevents)
         except asyncio.CancelledError:
             if watchdog.expired and task.uncancel() <= cancelling:  # ours, not a shutdown's
                 timeout = TimeoutError(f"records not handed over within {timeout_s} s")
