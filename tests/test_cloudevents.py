@@ -17,7 +17,8 @@ from cloudevents.v1.kafka import KafkaMessage as LegacyKafkaMessage
 from cloudevents.v1.kafka import from_binary as legacy_from_binary
 
 from gateway.bus.cloudevents import CloudEventsBinding, event_time, event_type, rfc3339
-from gateway.model import AuditRecord, (
+from gateway.model import (
+    AuditRecord,
     ConversationEvent,
     DeliveryEvent,
     DlqRecord,
