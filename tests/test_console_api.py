@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -132,6 +133,20 @@ async def test_pages_and_assets_carry_a_strict_content_security_policy(client: A
     csp = response.headers["Content-Security-Policy"]
     assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
     assert (await client.get("/console/static/../auth.py")).status == 404
+    assert (await client.get("/console/static/vendor/..%2F..%2Fauth.py")).status == 404
+    page = await client.get("/console/")
+    assert page.headers["Content-Security-Policy"] == csp
+    # Every asset the page names is served, with a type the browser accepts under nosniff.
+    html = await page.text()
+    assets = re.findall(r'(?:src|href)="(static/[^"]+)"', html)
+    assert len(assets) >= 4
+    for asset in assets:
+        response = await client.get(f"/console/{asset}")
+        assert response.status == 200, asset
+        assert response.content_type in ("text/javascript", "text/css"), asset
+    bare = await client.get("/console", allow_redirects=False)
+    assert bare.status == 308, bare.status
+    assert bare.headers["Location"] == "/console/"
 
 
 async def test_a_viewer_sees_masked_texts_and_cannot_unmask_replay_or_read_the_audit(

@@ -189,7 +189,7 @@ async def test_an_operator_watches_a_chat_arrive_inspects_it_and_replays_the_dlq
         await page.goto(f"{base}/console/#/overview")
         messages_card = page.locator('[data-testid=overview-card][data-metric="messages"]')
         await expect(messages_card.get_by_test_id("overview-value")).to_have_text("2", timeout=30_000)
-        await expect(page.get_by_test_id("chart-overview-messages")).to_be_visible()
+        await expect(page.get_by_test_id("chart-overview-messages").locator("canvas").first).to_be_visible()
         await expect(page.get_by_test_id("overview-webhooks")).to_contain_text("api")
         await shot(page, "overview")
 
@@ -211,10 +211,11 @@ async def test_an_operator_watches_a_chat_arrive_inspects_it_and_replays_the_dlq
         await page.get_by_test_id("dlq-detail-close").click()
         await dlq_row.get_by_test_id("dlq-replay-one").click()
         await expect(dlq_row.get_by_test_id("dlq-outcome")).to_contain_text("eplayed", timeout=20_000)
+        await shot(page, "dlq-replayed")
 
         # Insights: the conversations just opened are on the charts.
         await page.goto(f"{base}/console/#/insights")
-        await expect(page.get_by_test_id("chart-sentiment")).to_be_visible(timeout=20_000)
+        await expect(page.get_by_test_id("chart-sentiment").locator("canvas").first).to_be_visible(timeout=20_000)
         opened = page.locator('[data-testid=insights-card][data-metric="opened"]')
         await expect(opened).to_contain_text("3", timeout=20_000)
         await shot(page, "insights")

@@ -25,7 +25,8 @@ from gateway.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 
-_STATIC_NAME = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*\.[a-z0-9]+$")
+# Path segments of letters, digits, "_", "-" and inner dots ("vendor/uPlot.iife.min.js"); no "..".
+_STATIC_NAME = re.compile(r"^[A-Za-z0-9_-]+(?:[./][A-Za-z0-9_-]+)*\.[a-z0-9]+$")
 
 
 @web.middleware
@@ -63,6 +64,10 @@ async def index(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type="text/html", charset="utf-8", headers={"Cache-Control": "no-cache"})
 
 
+async def to_index(request: web.Request) -> web.Response:
+    raise web.HTTPPermanentRedirect("/console/")
+
+
 async def static(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     body = _asset(name)
@@ -98,6 +103,7 @@ def create_console_app(runtime: Runtime) -> web.Application:
     app[CONSOLE] = console
     app[RUNTIME] = runtime
     get, post = app.router.add_get, app.router.add_post
+    get("", to_index)  # /console: the pages load their assets relative to /console/
     get("/", index)
     get("/static/{name:.+}", static)
     get("/auth/one-time", _guard(signin.one_time))

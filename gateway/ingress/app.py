@@ -62,9 +62,4 @@ def create_app(runtime: Runtime) -> web.Application:
         from gateway.console.app import create_console_app  # the console's modules load only when it is on
 
         app.add_subapp("/console/", create_console_app(runtime))
-
-        async def to_console(request: web.Request) -> web.Response:
-            raise web.HTTPPermanentRedirect("/console/")  # the pages load their assets relative to /console/
-
-        app.router.add_get("/console", to_console)
     return app

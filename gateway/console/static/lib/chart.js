@@ -22,6 +22,9 @@ function timeAxisValues(u, splits) {
  *        height?, minMax? (the y axis reaches at least this), incrs? (y tick steps),
  *        y2Format? (a second axis on the right for series with scale "y2")}
  * data: {x: [unix seconds], ys: [[values] per series], summary: text} */
+/* Whole-number tick steps for counts (uPlot would otherwise label 0.2, 0.4... rounded to 0, 0, 1). */
+export const COUNT_STEPS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1e3, 2e3, 5e3, 1e4, 2e4, 5e4, 1e5, 2e5, 5e5, 1e6, 1e7];
+
 export function createChart(container, spec) {
   const plot = h("div", { class: "chart-plot", role: "img", "data-testid": spec.testid });
   const tableHolder = h("div", { class: "chart-table" });
@@ -77,7 +80,7 @@ export function createChart(container, spec) {
       { stroke: muted, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid, width: 1 }, values: timeAxisValues },
       axis("y", spec.format, 3, spec.incrs),
     ];
-    if (hasY2) axes.push(axis("y2", spec.y2Format || spec.format, 1));
+    if (hasY2) axes.push(axis("y2", spec.y2Format || spec.format, 1, spec.y2Incrs));
     return {
       width,
       height,

@@ -1,7 +1,7 @@
 /* Insights (GET insights): first-response time, SLA breaches, CSAT and sentiment over time, for a
  * period, per hour or day, per instance and queue; the period's totals from `report`. */
 import { get } from "../lib/api.js";
-import { createChart } from "../lib/chart.js";
+import { COUNT_STEPS, createChart } from "../lib/chart.js";
 import { errorBox, field, fill, fmtDuration, fmtNum, fmtPct, h, selectEl, setHashQuery } from "../lib/dom.js";
 import { getLang, t } from "../lib/i18n.js";
 
@@ -212,6 +212,7 @@ export function render(root, { query }) {
         { label: t("insights.opened"), color: "#2563eb" },
       ],
       format: (v) => fmtNum(v),
+      incrs: COUNT_STEPS,
     });
     slaChart.update({
       x,
@@ -256,6 +257,7 @@ export function render(root, { query }) {
         { label: t("sentiment.negative"), color: "#dc2626" },
       ],
       format: (v) => fmtNum(v),
+      incrs: COUNT_STEPS,
     });
     sentimentChart.update({
       x,

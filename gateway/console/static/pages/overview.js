@@ -1,7 +1,7 @@
 /* Overview: traffic per instance over the last hour, webhook answer times and errors, lag, DLQ and
  * dispatch failures; GET overview once, then the `overview` events of GET stream?overview=1. */
 import { get, openStream } from "../lib/api.js";
-import { createChart } from "../lib/chart.js";
+import { COUNT_STEPS, createChart } from "../lib/chart.js";
 import { dataTable, emptyRow, errorBox, fill, fmtMs, fmtNum, fmtPct, h, mono, td, timeEl } from "../lib/dom.js";
 import { t } from "../lib/i18n.js";
 import { componentLabel, streamIndicator } from "../lib/labels.js";
@@ -145,6 +145,7 @@ export function render(root) {
         title: t("overview.chart_title"),
         series,
         format: (v) => fmtNum(v),
+        incrs: COUNT_STEPS,
       });
       chartNames = names;
     } else if (names !== chartNames) {
