@@ -95,6 +95,33 @@ async def test_cookies_are_secure_behind_a_trusted_tls_proxy(
         await runtime.close()
 
 
+async def test_behind_a_trusted_proxy_failed_sign_ins_count_per_client_not_per_proxy(
+    kafka_bootstrap: str, redis_url: str, registry: Any, aiohttp_client: Any
+) -> None:
+    config = make_config(kafka_bootstrap, redis_url, console=console_section(), http={"trust_forwarded_headers": True})
+    runtime = Runtime.create(config, registry)
+    try:
+        client = await aiohttp_client(create_app(runtime))
+        attacker = {"X-Forwarded-For": "203.0.113.9"}
+        for name in ("x1", "x2", "x3"):  # three names, so only the address limit can trip
+            response = await client.post(
+                "/console/api/login", json={"username": name, "password": "no"}, headers=attacker
+            )
+            assert response.status == 401
+        blocked = await client.post("/console/api/login", json={"username": "x4", "password": "no"}, headers=attacker)
+        assert blocked.status == 429
+        colleague = await client.post(
+            "/console/api/login",
+            json={"username": "vera", "password": PASSWORDS["vera"]},
+            headers={"X-Forwarded-For": "198.51.100.7"},
+        )
+        assert colleague.status == 200  # same proxy, another client: not locked out
+        [entry, *_] = await console_of(client).audit.latest(1)
+        assert entry.action == "login" and entry.remote == "198.51.100.7"
+    finally:
+        await runtime.close()
+
+
 async def test_wrong_passwords_are_refused_then_limited_and_audited(client: Any) -> None:
     for _ in range(3):
         response = await client.post("/console/api/login", json={"username": "ada", "password": "wrong"})

@@ -33,6 +33,14 @@ SECURITY_HEADERS = {
 
 
 def remote(request: web.Request) -> str:
+    """The client's address: behind a trusted proxy (``http.trust_forwarded_headers``) the last
+    X-Forwarded-For entry, the one that proxy added; otherwise the TCP peer. Sign-in limits count
+    per address, so behind a proxy the proxy's own address must not stand for everyone."""
+    runtime: Runtime = request.app[CONSOLE].runtime
+    if runtime.config.http.trust_forwarded_headers:
+        forwarded = request.headers.get("X-Forwarded-For", "").split(",")[-1].strip()
+        if forwarded:
+            return forwarded
     return request.remote or "?"
 
 

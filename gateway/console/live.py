@@ -24,6 +24,7 @@ from gateway.model import Message, decode_message
 log = structlog.get_logger(__name__)
 
 IDLE_STOP_S = 60.0
+RETRY_S = 5.0
 KEEP = 500
 
 
@@ -62,6 +63,19 @@ class MessageFeed:
                 await self._task
 
     async def _run(self) -> None:
+        """Tail the topic while anyone listens; after a broker failure, start again from the end."""
+        while self._subscribers:
+            try:
+                if await self._tail():
+                    return
+            except KafkaError as exc:
+                log.warning("console_feed_failed", topic=self.topic, error=str(exc), retry_in_s=RETRY_S)
+            finally:
+                self._ready.set()  # nobody waits forever on a feed that failed
+            await asyncio.sleep(RETRY_S)
+
+    async def _tail(self) -> bool:
+        """Read new records until nobody has listened for IDLE_STOP_S (True) or the broker fails."""
         consumer = AIOKafkaConsumer(**client_options(self.kafka), enable_auto_commit=False, fetch_max_wait_ms=200)
         idle_since: float | None = None
         loop = asyncio.get_running_loop()
@@ -83,11 +97,8 @@ class MessageFeed:
                 elif idle_since is None:
                     idle_since = loop.time()
                 elif loop.time() - idle_since > IDLE_STOP_S:
-                    return
-        except KafkaError as exc:
-            log.warning("console_feed_failed", topic=self.topic, error=str(exc))
+                    return True
         finally:
-            self._ready.set()  # nobody waits forever on a feed that failed
             await consumer.stop()
 
     def _publish(self, value: bytes) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from gateway.console import reading, views
 from gateway.console.core import SECURITY_HEADERS, console_of, unmasked
@@ -90,8 +91,12 @@ async def stream(request: web.Request) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
         while True:
             if want_overview and loop.time() >= next_overview:
-                data = await overview_data(console)
-                await response.write(sse("overview", msgspec.json.encode(data)))
+                try:
+                    data = await overview_data(console)
+                except (RedisError, OSError):  # the page keeps its last figures and says so
+                    await response.write(sse("unavailable", b'{"error": "Redis is unavailable"}'))
+                else:
+                    await response.write(sse("overview", msgspec.json.encode(data)))
                 next_overview = loop.time() + OVERVIEW_EVERY_S
             wait = max(0.1, next_overview - loop.time()) if want_overview else 15.0
             if queue is None:
