@@ -29,7 +29,7 @@ from tests.conftest import api_body, make_config, messages_of, sign, topic_size
 from tests.test_webchat_browser import CHROMIUM, LAUNCH_ARGS, pytestmark  # noqa: F401 - the same skip/fail rule
 
 SHOTS = os.environ.get("GATEWAY_CONSOLE_SCREENSHOTS")
-PASSWORDS = {"vera": "viewer-password-1", "otto": "operator-password-1"}
+PASSWORDS = {"vera": "viewer-password-1", "otto": "operator-password-1", "ada": "admin-password-001"}
 _hasher = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1)
 
 
@@ -65,6 +65,7 @@ async def gateway(kafka_bootstrap: str, redis_url: str, registry: PluginRegistry
             "users": {
                 "vera": {"password_hash": _hasher.hash(PASSWORDS["vera"]), "role": "viewer"},
                 "otto": {"password_hash": _hasher.hash(PASSWORDS["otto"]), "role": "operator"},
+                "ada": {"password_hash": _hasher.hash(PASSWORDS["ada"]), "role": "admin"},
             },
         },
     )
@@ -272,11 +273,11 @@ async def test_a_viewer_cannot_replay_and_the_server_refuses_it_too(gateway: Gat
     assert await runtime.store.client.get(runtime.store.key("dlq", "replayed", gateway.dlq_id)) is None
 
 
-async def test_chinese_ui_phone_layout_and_keyboard(gateway: Gateway) -> None:
+async def test_an_admin_reads_the_audit_log_in_chinese_on_a_phone_with_the_keyboard(gateway: Gateway) -> None:
     from playwright.async_api import expect
 
     async with browser_page(390, 844) as page:
-        await sign_in(page, gateway.base, "otto")
+        await sign_in(page, gateway.base, "ada")
         await page.get_by_test_id("lang-select").select_option("zh-CN")
         await expect(page.locator("html")).to_have_attribute("lang", "zh-CN")
         toggle = page.get_by_test_id("nav-toggle")
@@ -293,5 +294,9 @@ async def test_chinese_ui_phone_layout_and_keyboard(gateway: Gateway) -> None:
         # The choice is remembered.
         await page.reload()
         await expect(page.locator("html")).to_have_attribute("lang", "zh-CN")
+        # The audit page (admins only) lists this sign-in.
+        await page.goto(f"{gateway.base}/console/#/audit")
+        login = page.locator('[data-testid=audit-row][data-action="login"]')
+        await expect(login.first).to_contain_text("ada", timeout=20_000)
         state = await page.evaluate("JSON.stringify(Object.keys(localStorage))")
         assert json.loads(state)
