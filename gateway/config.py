@@ -40,6 +40,9 @@ class GatewaySection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # The event loop of serve/worker/dispatch: uvloop (a dependency except on Windows, where the
     # standard loop is used) handles ~20% more webhooks per core; "asyncio" opts out.
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    # OpenTelemetry traces (docs/tracing.md): "otel" needs the otel extra; the OTEL_TRACES_EXPORTER
+    # and OTEL_SDK_DISABLED environment variables win over this setting.
+    tracing: Literal["off", "otel"] = "off"
 
 
 class KafkaSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
