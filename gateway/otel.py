@@ -37,7 +37,7 @@ from gateway.bus.consumer import Record
 from gateway.bus.producer import OutgoingRecord, header
 from gateway.channel import Channel
 from gateway.config import ConfigError
-from gateway.tracing import child_traceparent, parse_traceparent
+from gateway.tracing import NO_SPAN, SpanHandle, child_traceparent, parse_traceparent
 
 Attributes = dict[str, str | int | bool]
 
@@ -111,7 +111,6 @@ class Scope:
     def __init__(self, tracer: trace.Tracer) -> None:
         self.tracer = tracer
 
-    @contextlib.contextmanager
     def span(
         self,
         name: str,
@@ -119,12 +118,19 @@ class Scope:
         kind: SpanKind = SpanKind.INTERNAL,
         attributes: Attributes | None = None,
         parent: Handle | None = None,
-        context: Context | None = None,
-    ) -> Iterator[Handle]:
-        """A span current while the block runs: a child of ``parent``, else of ``context``, else of
-        the current span. An exception leaving the block marks it failed, by type only."""
-        if parent is not None:
-            context = trace.set_span_in_context(parent.span, _ROOT)
+    ) -> contextlib.AbstractContextManager[SpanHandle]:
+        """A child of ``parent`` (else of the current span), current while the block runs; an
+        exception leaving the block marks it failed, by type only. None (``NO_SPAN``) under a span
+        that is not recorded (sampled out, or no span at all): its children would not be either,
+        and a sampled-out message should cost little."""
+        parent_span = parent.span if parent is not None else trace.get_current_span()
+        if not parent_span.is_recording():
+            return NO_SPAN
+        return self._started(name, kind, attributes, trace.set_span_in_context(parent_span, _ROOT))
+
+    @contextlib.contextmanager
+    def _started(self, name: str, kind: SpanKind, attributes: Attributes | None, context: Context) -> Iterator[Handle]:
+        """A span of ``context``, current while the block runs (see ``span``)."""
         with self.tracer.start_as_current_span(
             name,
             context=context,
@@ -141,9 +147,13 @@ class Scope:
 
     def publish(
         self, records: Sequence[OutgoingRecord], parent: Handle | None = None
-    ) -> contextlib.AbstractContextManager[Handle]:
+    ) -> contextlib.AbstractContextManager[SpanHandle]:
         """PRODUCER span of handing ``records`` to the broker, named after the first record's topic
-        (the message itself; events and conversation records travel in the same call)."""
+        (the message itself; events and conversation records travel in the same call). None
+        under a span that is not recorded, as for ``span``."""
+        parent_span = parent.span if parent is not None else trace.get_current_span()
+        if not parent_span.is_recording():
+            return NO_SPAN
         topic = records[0].topic if records else ""
         attributes: Attributes = {
             "messaging.system": "kafka",
@@ -156,7 +166,8 @@ class Scope:
         elif records:
             attributes["messaging.batch.message_count"] = len(records)
             _ids(records[0].headers, attributes).pop("messaging.message.id", None)
-        return self.span(f"send {topic}", kind=SpanKind.PRODUCER, attributes=attributes, parent=parent)
+        context = trace.set_span_in_context(parent_span, _ROOT)
+        return self._started(f"send {topic}", SpanKind.PRODUCER, attributes, context)
 
     def _consumer_attributes(self, record: Record, group: str) -> Attributes:
         attributes: Attributes = {
@@ -185,11 +196,11 @@ class Scope:
 
     def consuming(self, record: Record, group: str) -> contextlib.AbstractContextManager[Handle]:
         """``consume`` as the current span of a block (the dispatcher handles one record per task)."""
-        return self.span(
+        return self._started(
             f"process {record.topic}",
-            kind=SpanKind.CONSUMER,
-            context=parent_context(header(record.headers, "traceparent")),
-            attributes=self._consumer_attributes(record, group),
+            SpanKind.CONSUMER,
+            self._consumer_attributes(record, group),
+            parent_context(header(record.headers, "traceparent")),
         )
 
     def processor(
@@ -205,6 +216,8 @@ class Scope:
     ) -> None:
         """The span of one processor run on one message, recorded once it is over. In a batch it
         spans the whole ``process_batch`` call (``gateway.batch.size`` messages)."""
+        if not parent.span.is_recording():  # sampled out: its children would be too
+            return
         span = self.tracer.start_span(
             f"processor {name}",
             context=trace.set_span_in_context(parent.span, _ROOT),
@@ -225,8 +238,7 @@ class Scope:
             yield format_traceparent(current)
             return
         attributes: Attributes = {"gateway.channel": channel.type, "gateway.instance": channel.name}
-        context = parent_context(traceparent)
-        with self.span("ingest", kind=SpanKind.SERVER, context=context, attributes=attributes) as span:
+        with self._started("ingest", SpanKind.SERVER, attributes, parent_context(traceparent)) as span:
             yield span.traceparent
 
     def current(self) -> Handle:
@@ -330,13 +342,16 @@ class OtelTracing:
         return server_span
 
     def client_trace_config(self) -> aiohttp.TraceConfig:
-        """CLIENT spans for the requests of the shared HTTP session (provider APIs): method,
-        host, port and status. Not the URL: some providers put the bot token in its path."""
+        """CLIENT spans for the requests of the shared HTTP session (provider APIs) made under a
+        recorded span: method, host, port and status. Not the URL: some providers put the bot
+        token in its path."""
         tracer = self._client
 
         async def on_start(
             session: aiohttp.ClientSession, context: SimpleNamespace, params: aiohttp.TraceRequestStartParams
         ) -> None:
+            if not trace.get_current_span().is_recording():  # outside a recorded message: no span
+                return
             url = params.url
             attributes: Attributes = {"http.request.method": params.method, "url.scheme": url.scheme}
             if url.host:

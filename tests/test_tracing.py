@@ -455,3 +455,28 @@ except ConfigError as exc:
     result = _python(code, OTEL_TRACES_EXPORTER="otlp")
     assert result.returncode == 0, result.stderr
     assert "pip install 'message-gateway[otel]'" in result.stdout
+
+
+async def test_a_sampled_out_message_records_no_span_but_keeps_its_trace(
+    kafka_bootstrap: str, redis_url: str, registry: PluginRegistry, otlp: Receiver
+) -> None:
+    """The caller decided not to sample (flags 00): with the default parent-based sampler nothing
+    is recorded, in serve or in the worker, and the records still carry the caller's trace."""
+    async with running_gateway(
+        kafka_bootstrap,
+        redis_url,
+        channels={"api": {"type": "api", "secret": API_SECRET}},
+        registry=registry,
+        gateway={"tracing": "otel"},
+        worker={"processors": ["passthrough"]},
+    ) as running:
+        body = api_body("m-2", CUSTOMER_TEXT)
+        caller = f"00-{CALLER_TRACE}-{CALLER_SPAN}-00"
+        response = await running.client.post("/webhooks/api", data=body, headers={**sign(body), "traceparent": caller})
+        assert response.status == 200, await response.text()
+        async with running.worker():
+            [processed] = await running.records(running.topics.processed, 1)
+        await flush(running.runtime)
+    assert otlp.spans == []
+    version, trace, _, flags = (header(processed.headers, "traceparent") or "").split("-")
+    assert (version, trace, flags) == ("00", CALLER_TRACE, "00")
