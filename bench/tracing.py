@@ -1,7 +1,7 @@
 """What OpenTelemetry tracing costs: `gateway serve` and `gateway worker` with the otel extra
 absent, installed but off (the default), and on.
 
-Usage: .venv/bin/python -m bench.tracing [--requests 3000] [--concurrency 64] [--messages 6000] [--rounds 5]
+Usage: .venv/bin/python -m bench.tracing [--requests 1500] [--concurrency 64] [--messages 3000] [--rounds 9]
 
 Five variants of each process run side by side on one embedded Tansu broker and one redis-server:
 - **absent**: the extra as if not installed (``opentelemetry`` made unimportable before the
@@ -43,7 +43,7 @@ from aiokafka import AIOKafkaProducer
 
 from bench.common import GATEWAY, base_config, header, processes, services, summary, wait_listening
 from bench.ingress import SECRET, throughput
-from bench.pipeline import Outputs, inbound
+from bench.pipeline import Outputs, inbound, rss_mib
 from gateway.embedded import free_port
 from gateway.model import encode
 from gateway.tracing import child_traceparent
@@ -154,10 +154,12 @@ class Results:
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--requests", type=int, default=3000, help="webhooks per ingress round")
+    parser.add_argument("--requests", type=int, default=1500, help="webhooks per ingress round")
     parser.add_argument("--concurrency", type=int, default=64, help="closed-loop senders (64: serve is CPU-bound)")
-    parser.add_argument("--messages", type=int, default=6000, help="records per worker round")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--messages", type=int, default=3000, help="records per worker round")
+    # Many short rounds rather than a few long ones: each variant's turn lands close to the others'
+    # in time, so they share the machine's load of the moment.
+    parser.add_argument("--rounds", type=int, default=9)
     args = parser.parse_args()
 
     base_env = {name: value for name, value in os.environ.items() if not name.startswith("OTEL_")}
@@ -228,14 +230,17 @@ async def main() -> None:
                 await producer.stop()
             async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{sink_port}/stats") as r:
                 sink = await r.json()
+            memory = {key: rss_mib(pid) for key, pid in pids.items()}
 
     rounds = f"{args.rounds} rounds"
     print(header())
     print(f"ingress (gateway serve), closed loop at {args.concurrency}, {args.requests} webhooks x {rounds}:")
     report(ingress, "req/s", "webhook")
     print(f"  non-2xx answers: {refused}")
+    print("  RSS at the end: " + ", ".join(f"{v} {memory[v, 'serve']:.0f} MiB" for v in VARIANTS))
     print(f"bare worker (passthrough), {args.messages} records x {rounds}:")
     report(worker, "msg/s", "record")
+    print("  RSS at the end: " + ", ".join(f"{v} {memory[v, 'worker']:.0f} MiB" for v in VARIANTS))
     # Spans per webhook: server, verify, parse, dedup, send; per record: process, processor, send.
     expected = 5 * (300 + args.requests * args.rounds) + 3 * (500 + args.messages * args.rounds)
     print(
