@@ -14,7 +14,9 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY gateway/ gateway/
 COPY plugins/ plugins/
-RUN /opt/gateway/bin/pip install --no-cache-dir .
+# Optional extras, e.g. --build-arg GATEWAY_EXTRAS=[otel] for OpenTelemetry traces (docs/tracing.md).
+ARG GATEWAY_EXTRAS=""
+RUN /opt/gateway/bin/pip install --no-cache-dir ".${GATEWAY_EXTRAS}"
 
 # --- runtime: the virtualenv only, no sources, no build tools, non-root ------------------------------
 FROM ${PYTHON_IMAGE}

@@ -51,12 +51,19 @@ def services() -> Iterator[Services]:
 
 
 @contextlib.contextmanager
-def processes(*commands: Sequence[str], env: dict[str, str] | None = None) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Start gateway processes (or any command) and terminate them on exit."""
+def processes(
+    *commands: Sequence[str], env: dict[str, str] | None = None, envs: Sequence[dict[str, str]] | None = None
+) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Start gateway processes (or any command) and terminate them on exit; ``envs``: extra
+    variables per command (same order), on top of ``env``."""
     environment = {**os.environ, **(env or {})}
     environment.pop("KAFKA_BOOTSTRAP_SERVERS", None)
     environment.pop("REDIS_URL", None)
-    started = [subprocess.Popen(list(command), env=environment) for command in commands]  # noqa: S603
+    extra = list(envs) if envs is not None else [{} for _ in commands]
+    started = [
+        subprocess.Popen(list(command), env={**environment, **more})  # noqa: S603
+        for command, more in zip(commands, extra, strict=True)
+    ]
     try:
         yield started
     finally:

@@ -105,6 +105,8 @@ def _run(config: Config, roles: Roles, on_ready: Any = None, admin: str | None =
         runtime = Runtime.create(config, registry)
     except ConfigError as exc:
         _fail(f"invalid configuration: {exc}")
+    if runtime.tracing is not None:  # plugins using the OpenTelemetry API join the same traces
+        runtime.tracing.install_global()
     server = None
     if admin is not None:
         section: WorkerSection | DispatchSection = config.worker if admin == "worker" else config.dispatch

@@ -43,6 +43,9 @@ class GatewaySection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Every record also carries the CloudEvents Kafka binding's binary-mode headers (ce_id, ce_type,
     # ce_source, ce_time...), so CloudEvents SDKs and event routers read it natively (docs/consumers.md).
     cloudevents: bool = False
+    # OpenTelemetry traces (docs/tracing.md): "otel" needs the otel extra; the OTEL_TRACES_EXPORTER
+    # and OTEL_SDK_DISABLED environment variables win over this setting.
+    tracing: Literal["off", "otel"] = "off"
 
 
 class KafkaSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import msgspec
@@ -25,7 +26,10 @@ from gateway.model import DlqRecord, DlqStage, Message, decode_message, raw_payl
 from gateway.plugins import PluginRegistry
 from gateway.profiles import ProfileStore
 from gateway.store.redis import RedisStore
-from gateway.tracing import child_traceparent
+from gateway.tracing import child_traceparent, start_tracing
+
+if TYPE_CHECKING:
+    from gateway.otel import OtelTracing
 
 log = structlog.get_logger(__name__)
 
@@ -77,6 +81,8 @@ class Runtime:
     channels: dict[str, Channel] = field(default_factory=dict)
     http: aiohttp.ClientSession | None = None
     ingestor: Ingestor | None = None
+    # OpenTelemetry spans (docs/tracing.md); None, the default, when tracing is off.
+    tracing: OtelTracing | None = None
 
     @classmethod
     def create(cls, config: Config, registry: PluginRegistry, metrics: Metrics | None = None) -> Runtime:
@@ -99,12 +105,14 @@ class Runtime:
         fetcher = UrlFetcher.from_settings(config.fetch.allow, max_redirects=config.fetch.max_redirects)
         services = ChannelServices(store=store, ingest=runtime.ingestor, fetcher=fetcher)
         runtime.channels = build_channels(config, registry, services)
+        runtime.tracing = start_tracing(config)
         return runtime
 
     async def open_http(self) -> aiohttp.ClientSession:
         """One pooled client session for all outbound provider calls, with sane timeouts."""
         if self.http is None:
-            self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30, connect=5))
+            traced = [self.tracing.client_trace_config()] if self.tracing is not None else None
+            self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30, connect=5), trace_configs=traced)
             for channel in self.channels.values():
                 channel.services.http = self.http
         return self.http
@@ -119,6 +127,9 @@ class Runtime:
         if self.http is not None:
             await self.http.close()
             self.http = None
+        if self.tracing is not None:  # exports what is left: blocking network I/O, off the loop
+            await asyncio.to_thread(self.tracing.shutdown)
+            self.tracing = None
 
     async def quarantine(
         self,
@@ -142,9 +153,8 @@ class Runtime:
             payload_encoding=encoding,
             **fields,
         )
-        await self.publisher.send(
-            record_for(self.topics.dlq, record, traceparent=child_traceparent(traceparent), key=instance or channel)
-        )
+        traced = child_traceparent(traceparent) if self.tracing is None else self.tracing.traceparent(traceparent)
+        await self.publisher.send(record_for(self.topics.dlq, record, traceparent=traced, key=instance or channel))
         self.metrics.dlq.labels(channel or "", instance or "", stage).inc()
         log.warning("quarantined", stage=stage, channel=channel, instance=instance, reason=reason, dlq_id=record.id)
         return record

@@ -30,7 +30,7 @@ from gateway.model import Author, Content, Message, Party
 from gateway.runtime import Runtime
 from gateway.signing import constant_time_equals
 from gateway.store.redis import StoreUnavailable
-from gateway.tracing import child_traceparent
+from gateway.tracing import NO_SPAN, record_traceparent
 
 log = structlog.get_logger(__name__)
 
@@ -238,9 +238,11 @@ async def _publish(request: web.Request, topic: str, message: Message) -> web.Re
     """Publish under the conversation's key, continuing the caller's trace; None once the broker
     acknowledged, else the 503 that tells the caller to retry."""
     runtime = request.app[RUNTIME]
-    traceparent = child_traceparent(request.headers.get("traceparent"))
+    traceparent = record_traceparent(runtime.tracing, request.headers.get("traceparent"))
+    record = record_for(topic, message, traceparent=traceparent, key=message.conversation_id)
     try:
-        await runtime.publisher.send(record_for(topic, message, traceparent=traceparent, key=message.conversation_id))
+        with NO_SPAN if runtime.tracing is None else runtime.tracing.serve.publish([record]):
+            await runtime.publisher.send(record)
     except BrokerUnavailable:
         return error_response(503, "message store unavailable, retry later", runtime.config.http.retry_after_s)
     return None

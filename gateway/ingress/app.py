@@ -40,7 +40,9 @@ def create_app(runtime: Runtime) -> web.Application:
     """Build the app; the caller owns starting and stopping the runtime's connections."""
     http = runtime.config.http
     largest = max([http.max_body_bytes, *(c.settings.max_body_bytes or 0 for c in runtime.channels.values())])
-    app = web.Application(client_max_size=largest)
+    # The HTTP server spans exist only with tracing on: off, requests pass no middleware at all.
+    traced = [runtime.tracing.middleware(runtime.channels)] if runtime.tracing is not None else []
+    app = web.Application(client_max_size=largest, middlewares=traced)
     app[RUNTIME] = runtime
     app[CHANNELS] = runtime.channels
     assert runtime.ingestor is not None

@@ -8,7 +8,7 @@ retry raise ``IngestError`` with status 503; the transport maps that to its own 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -20,7 +20,7 @@ from gateway.channel import Accepted, Channel, IngestError, IngestOutcome, Parse
 from gateway.conversations.tracker import Facts
 from gateway.model import ConversationEvent, DeliveryEvent, DlqStage, Message, decode_message, encode, raw_payload
 from gateway.store.redis import DedupClaim, StoreUnavailable
-from gateway.tracing import child_traceparent
+from gateway.tracing import NO_SPAN, SpanHandle, child_traceparent
 
 if TYPE_CHECKING:
     from gateway.runtime import Runtime
@@ -140,8 +140,21 @@ class Ingestor:
         headers: Mapping[str, str] | None = None,
     ) -> IngestOutcome:
         """Publish the parsed messages and events; returns only once the broker acknowledged them."""
+        tracing = self.runtime.tracing
+        if tracing is None:
+            return await self._ingest(channel, result, raw, child_traceparent(traceparent), headers)
+        with tracing.serve.receiving(channel, traceparent) as current:  # the records name the current span
+            return await self._ingest(channel, result, raw, current, headers)
+
+    async def _ingest(
+        self,
+        channel: Channel,
+        result: ParseResult,
+        raw: bytes,
+        traceparent: str,
+        headers: Mapping[str, str] | None,
+    ) -> IngestOutcome:
         runtime = self.runtime
-        traceparent = child_traceparent(traceparent)
         outcome = IngestOutcome(events=len(result.events))
         claimed: list[_Claimed] = []
         try:
@@ -162,7 +175,9 @@ class Ingestor:
                 topic, key = runtime.topics.conversations, tracked_event.conversation_id
                 record = record_for(topic, tracked_event, traceparent=traceparent, key=key)
                 claimed.append(_Claimed(dedup_key=None, record_id=tracked_event.id, record=record))
-            await runtime.publisher.send_many([c.record for c in claimed])
+            records = [c.record for c in claimed]
+            with self._publish_span(records):
+                await runtime.publisher.send_many(records)
         except BrokerUnavailable as exc:
             await self._release(channel, claimed)
             log.warning("broker_unavailable", instance=channel.name, error=str(exc))
@@ -295,7 +310,9 @@ class Ingestor:
         """Claim a delivery; None when Redis is down and policy says publish without dedup."""
         runtime = self.runtime
         try:
-            claim = await runtime.store.claim_delivery(channel.name, dedup_key, record_id)
+            with self._dedup_span(channel, record_id) as span:
+                claim = await runtime.store.claim_delivery(channel.name, dedup_key, record_id)
+                span.set("gateway.dedup", claim.status)
         except StoreUnavailable as exc:
             if runtime.config.redis.on_failure == "reject":
                 raise self._unavailable("store_unavailable", "dedup store unavailable, retry later") from exc
@@ -306,6 +323,21 @@ class Ingestor:
         if claim.status == "in_flight":
             raise IngestError(503, "in_flight", "the same delivery is being stored right now, retry later", 1)
         return claim
+
+    def _dedup_span(self, channel: Channel, record_id: str) -> contextlib.AbstractContextManager[SpanHandle]:
+        tracing = self.runtime.tracing
+        if tracing is None:
+            return NO_SPAN
+        attributes: dict[str, str | int | bool] = {
+            "gateway.channel": channel.type,
+            "gateway.instance": channel.name,
+            "messaging.message.id": record_id,
+        }
+        return tracing.serve.span("dedup", attributes=attributes)
+
+    def _publish_span(self, records: Sequence[OutgoingRecord]) -> contextlib.AbstractContextManager[SpanHandle]:
+        tracing = self.runtime.tracing
+        return NO_SPAN if tracing is None else tracing.serve.publish(records)
 
     async def _confirm(self, channel: Channel, claimed: list[_Claimed]) -> None:
         for item in claimed:

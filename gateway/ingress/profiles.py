@@ -38,7 +38,7 @@ from gateway.profiles import (
 from gateway.profiles.identity import DEFAULT_SCOPES, EXTERNAL_ID, ID_TYPE, INSTANCE_SCOPE_PREFIX, SCOPE
 from gateway.runtime import Runtime
 from gateway.store.redis import StoreUnavailable
-from gateway.tracing import child_traceparent
+from gateway.tracing import record_traceparent
 
 log = structlog.get_logger(__name__)
 
@@ -219,7 +219,7 @@ async def link_profiles(request: web.Request) -> web.Response:
         return error_response(503, "profile store unavailable, retry later", retry_after)
     if profile is None:  # erased between the two calls
         return error_response(409, "the profile was erased while it was being linked; retry")
-    traceparent = child_traceparent(request.headers.get("traceparent"))
+    traceparent = record_traceparent(runtime.tracing, request.headers.get("traceparent"))
     try:
         for event in _events(outcome, request_id):
             await runtime.publisher.send(

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 import traceback
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import msgspec
@@ -40,6 +41,7 @@ from gateway.channel import (
 from gateway.ingress.ingest import Ingestor
 from gateway.model import DlqStage
 from gateway.runtime import Runtime
+from gateway.tracing import NO_SPAN, SpanHandle
 
 log = structlog.get_logger(__name__)
 
@@ -159,7 +161,8 @@ class WebhookHandler:
                 raise await self._unverified_failure(channel, "handshake", exc, incoming, traceparent) from None
 
         try:
-            await channel.verify(incoming)
+            with self._span("verify", channel):
+                await channel.verify(incoming)
         except ChannelError as exc:  # any ChannelError from verify is a refusal: nothing was authenticated
             raise _refusal(exc, default=401) from None
         except Exception as exc:
@@ -177,7 +180,8 @@ class WebhookHandler:
         traceparent = request.headers.get("traceparent")
         await self.ingestor.check_rate(channel)
         try:
-            result = channel.parse(incoming)
+            with self._span("parse", channel):
+                result = channel.parse(incoming)
         except PayloadError as exc:
             await self.ingestor.quarantine(
                 channel, body, str(exc), traceparent=traceparent, error_type=type(exc).__name__, headers=request.headers
@@ -215,6 +219,13 @@ class WebhookHandler:
             "events": outcome.events,
         }
         return web.Response(body=msgspec.json.encode(accepted), content_type="application/json")
+
+    def _span(self, name: str, channel: Channel) -> AbstractContextManager[SpanHandle]:
+        """A child span of the request's (tracing on), else the shared do-nothing one."""
+        tracing = self.runtime.tracing
+        if tracing is None:
+            return NO_SPAN
+        return tracing.serve.span(name, attributes={"gateway.channel": channel.type, "gateway.instance": channel.name})
 
     def _plugin_failed(self, channel: Channel, hook: str, exc: Exception, *, count: bool = True) -> None:
         """Log a plugin bug where operators look: type and source line, never the message (it may

@@ -22,8 +22,9 @@ import asyncio
 import contextlib
 import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import msgspec
 import structlog
@@ -37,7 +38,10 @@ from gateway.ids import new_id
 from gateway.model import ConversationEvent, DeliveryError, DeliveryEvent, Message, decode_message, utcnow
 from gateway.runtime import Runtime
 from gateway.store.redis import SendClaim, StoreUnavailable
-from gateway.tracing import child_traceparent
+from gateway.tracing import NO_SPAN, SpanHandle, record_traceparent
+
+if TYPE_CHECKING:
+    from gateway.otel import Scope
 
 log = structlog.get_logger(__name__)
 
@@ -79,6 +83,7 @@ class Dispatcher:
         )
         runtime.metrics.consumers["dispatch"] = self.runner  # membership and lag for the admin port
         self.tracker = runtime.conversations
+        self.tracing: Scope | None = runtime.tracing.dispatch if runtime.tracing is not None else None
 
     async def run(self) -> None:
         await self.runtime.open_http()
@@ -88,6 +93,15 @@ class Dispatcher:
         self.runner.stop()
 
     async def handle(self, record: Record) -> None:
+        """One outbound record; with tracing on, under its ``process`` span (the current span, so
+        the attempts, the provider calls and the records published are its children)."""
+        if self.tracing is None:
+            await self._handle(record)
+            return
+        with self.tracing.consuming(record, self.runner.group_id):
+            await self._handle(record)
+
+    async def _handle(self, record: Record) -> None:
         runtime = self.runtime
         message = await runtime.decode_record(record, "dispatch")
         if message is None:
@@ -118,6 +132,7 @@ class Dispatcher:
         if claim.status == "in_flight":
             raise BrokerUnavailable("another dispatcher is sending this message")  # retried later
         if claim.status == "done":
+            self._note("duplicate")
             log.info("outbound_duplicate_skipped", message_id=message.id)
             runtime.metrics.processed.labels("dispatch", "duplicate").inc()
             return
@@ -170,16 +185,19 @@ class Dispatcher:
                 raise BrokerUnavailable(f"redis unavailable before the send: {exc}") from exc
             if not owned:
                 raise BrokerUnavailable("the send claim lapsed before the send")  # retried later
-            try:
-                return await channel.send(message), attempt
-            except SendError as exc:
-                error = DeliveryError(code=exc.code, message=exc.message, retryable=exc.retryable)
-                retry_after = exc.retry_after_s
-            except Exception as exc:  # a bug in the channel: reported as a failure, never retried blindly
-                log.error(
-                    "send_crashed", message_id=message.id, instance=message.instance, error_type=type(exc).__name__
-                )
-                return DeliveryError(code="send_crashed", message=f"{type(exc).__name__}: {exc}"), attempt
+            with self._deliver_span(message, attempt) as span:
+                try:
+                    return await channel.send(message), attempt
+                except SendError as exc:
+                    span.fail(exc.code)
+                    error = DeliveryError(code=exc.code, message=exc.message, retryable=exc.retryable)
+                    retry_after = exc.retry_after_s
+                except Exception as exc:  # a bug in the channel: reported as a failure, never retried blindly
+                    span.fail("send_crashed")
+                    log.error(
+                        "send_crashed", message_id=message.id, instance=message.instance, error_type=type(exc).__name__
+                    )
+                    return DeliveryError(code="send_crashed", message=f"{type(exc).__name__}: {exc}"), attempt
             if not error.retryable or attempt >= self.max_attempts:
                 return error, attempt
             delay = random.uniform(0, self.backoff_s * 2 ** (attempt - 1))
@@ -251,7 +269,7 @@ class Dispatcher:
             attempt=max(sent.attempt, 1),
             occurred_at=_occurred(sent.occurred_at),
         )
-        traceparent = child_traceparent(header(record.headers, "traceparent"))
+        traceparent = self._traceparent(record)
         # With the sent event: the response clock's events, and the resolution the message asks for.
         conversation = await self._responded(message, event.occurred_at)
         outputs = [
@@ -263,7 +281,9 @@ class Dispatcher:
         ]
         if message.resolve:
             outputs.append(self._resolution(message, event.occurred_at, traceparent))
-        await runtime.publisher.send_many(outputs)
+        with self._publish_span(outputs):
+            await runtime.publisher.send_many(outputs)
+        self._note("republished" if republished else "sent")
         for item in conversation:
             runtime.metrics.observe_conversation(item)
         try:
@@ -359,7 +379,7 @@ class Dispatcher:
             occurred_at=failure.occurred_at,
         )
         if message.resolve:
-            traceparent = child_traceparent(header(record.headers, "traceparent"))
+            traceparent = self._traceparent(record)
             await self.runtime.publisher.send(self._resolution(message, _occurred(failure.occurred_at), traceparent))
         try:
             await self.runtime.store.settle_send(message.id, self.owner)
@@ -391,6 +411,7 @@ class Dispatcher:
     ) -> None:
         runtime = self.runtime
         traceparent = header(record.headers, "traceparent")
+        self._note("failed", error.code)
         event = DeliveryEvent(
             id=event_id or new_id(),
             status="failed",
@@ -403,11 +424,11 @@ class Dispatcher:
             attempt=max(attempts, 1),
             occurred_at=_occurred(occurred_at),
         )
-        await runtime.publisher.send(
-            record_for(
-                runtime.topics.events, event, traceparent=child_traceparent(traceparent), key=message.conversation_id
-            )
+        failed = record_for(
+            runtime.topics.events, event, traceparent=self._traceparent(record), key=message.conversation_id
         )
+        with self._publish_span([failed]):
+            await runtime.publisher.send(failed)
         await runtime.quarantine(
             stage="dispatch",
             reason=reason or f"delivery failed after {attempts} attempts: {error.code}: {error.message}",
@@ -423,6 +444,34 @@ class Dispatcher:
         runtime.metrics.processed.labels("dispatch", "failed").inc()
         runtime.metrics.deliveries.labels(message.channel, message.instance, "failed").inc()
         log.info("message_failed", message_id=message.id, instance=message.instance, code=error.code)
+
+    def _traceparent(self, record: Record) -> str:
+        """The traceparent of what this record's handling publishes: its ``process`` span's with
+        tracing on, else a child of the record's own."""
+        return record_traceparent(self.runtime.tracing, header(record.headers, "traceparent"))
+
+    def _note(self, status: str, code: str | None = None) -> None:
+        """The delivery outcome on the ``process`` span (tracing on; outside one, nothing)."""
+        if self.tracing is not None:
+            span = self.tracing.current()
+            span.set("gateway.delivery.status", status)
+            if code is not None:
+                span.fail(code)
+
+    def _deliver_span(self, message: Message, attempt: int) -> contextlib.AbstractContextManager[SpanHandle]:
+        """The span of one attempt (``channel.send``): the provider calls it makes are its children."""
+        if self.tracing is None:
+            return NO_SPAN
+        attributes: dict[str, str | int | bool] = {
+            "gateway.channel": message.channel,
+            "gateway.instance": message.instance,
+            "gateway.attempt": attempt,
+            "messaging.message.id": message.id,
+        }
+        return self.tracing.span("deliver", attributes=attributes)
+
+    def _publish_span(self, records: Sequence[OutgoingRecord]) -> contextlib.AbstractContextManager[SpanHandle]:
+        return NO_SPAN if self.tracing is None else self.tracing.publish(records)
 
     async def dead_letter(self, record: Record, exc: BaseException, attempts: int) -> None:
         """An unexpected exception in the dispatcher: report it like any failure (event + DLQ)."""

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -29,6 +30,9 @@ from gateway.processor import BatchResult, Drop, Processor, ProcessorContext
 from gateway.runtime import Runtime
 from gateway.store.redis import StoreUnavailable
 from gateway.tracing import child_traceparent
+
+if TYPE_CHECKING:
+    from gateway.otel import Handle, Scope
 
 log = structlog.get_logger(__name__)
 
@@ -43,12 +47,31 @@ class ProcessorFailed(Exception):
 class _Item:
     """One message on its way through the chain: its context and what it emitted so far."""
 
-    __slots__ = ("_metrics", "_topics", "ctx", "failed", "message", "outputs", "ran", "record", "result", "traceparent")
+    __slots__ = (
+        "_metrics",
+        "_topics",
+        "ctx",
+        "failed",
+        "message",
+        "outputs",
+        "ran",
+        "record",
+        "result",
+        "span",
+        "traceparent",
+    )
 
     def __init__(self, worker: Worker, record: Record, message: Message) -> None:
         self.record = record
         self.message = message
-        self.traceparent = child_traceparent(header(record.headers, "traceparent"))
+        scope = worker.tracing
+        # Tracing on: this message's ``process`` span, named by the traceparent of its outputs.
+        self.span: Handle | None = None
+        if scope is None:
+            self.traceparent = child_traceparent(header(record.headers, "traceparent"))
+        else:
+            self.span = scope.consume(record, worker.runner.group_id)
+            self.traceparent = self.span.traceparent
         self.outputs: list[OutgoingRecord] = []
         self.ran: list[str] = []
         self.result: Message | Drop = message
@@ -92,6 +115,17 @@ class _Item:
             record_for(self._topics.conversations, event, traceparent=self.traceparent, key=event.conversation_id)
         )
 
+    def end_span(self, outcome: str, error: BaseException | None = None) -> None:
+        """End the ``process`` span (tracing on) with the message's outcome."""
+        span = self.span
+        if span is not None and not span.ended:
+            span.set("gateway.outcome", outcome)
+            if error is not None:
+                span.fail(type(error).__qualname__)
+                if isinstance(error, ProcessorFailed):
+                    span.set("gateway.processor", error.processor)
+            span.end()
+
     def take(self, processor: str, result: Message | Drop) -> None:
         """Record a processor's result for this message."""
         self.ran.append(processor)
@@ -122,6 +156,7 @@ class Worker:
             name="worker",
         )
         runtime.metrics.consumers["worker"] = self.runner  # membership and lag for the admin port
+        self.tracing: Scope | None = runtime.tracing.worker if runtime.tracing is not None else None
         self.tracker = runtime.conversations
         self.sla = SlaScheduler(runtime, self.tracker) if self.tracker is not None else None
         processed = runtime.metrics.processed
@@ -152,20 +187,29 @@ class Worker:
             self._counted["quarantined"].inc()
             return None
         item = _Item(self, record, decoded)
-        for processor in self.chain:
-            message = item.message
-            if not processor.applies_to(message):
-                continue
-            try:
-                result = await processor.process(message, item.ctx)
-            except Exception as exc:
-                raise ProcessorFailed(processor.name, exc) from exc
-            item.take(processor.name, result)
-            if isinstance(result, Drop):
-                break
-        if not isinstance(item.result, Drop):
-            await self._track([item])
-        return await self._publish(item)
+        try:
+            for processor in self.chain:
+                message = item.message
+                if not processor.applies_to(message):
+                    continue
+                started = time.time_ns() if item.span is not None else 0
+                try:
+                    result = await processor.process(message, item.ctx)
+                except Exception as exc:
+                    if item.span is not None:
+                        self._trace_run(item, processor.name, started, time.time_ns(), 1, exc)
+                    raise ProcessorFailed(processor.name, exc) from exc
+                if item.span is not None:
+                    self._trace_run(item, processor.name, started, time.time_ns(), 1, result)
+                item.take(processor.name, result)
+                if isinstance(result, Drop):
+                    break
+            if not isinstance(item.result, Drop):
+                await self._track([item])
+            return await self._publish(item)
+        except BaseException as exc:
+            item.end_span("failed", exc)
+            raise
 
     async def handle_batch(self, records: list[Record]) -> list[Outcome]:
         """All records of one poll through the chain, one ``process_batch`` call per processor.
@@ -227,19 +271,25 @@ class Worker:
                         blocked.add(partition)
                 elif partition in blocked:
                     outcomes[i] = Deferred()
+                    entry.end_span("deferred")  # handled again, with a span of its own
                 elif entry.failed is not None:
                     outcomes[i] = entry.failed
                     blocked.add(partition)
+                    entry.end_span("failed", entry.failed)
                 else:
                     try:
                         outcomes[i] = await self._publish(entry, counts, logger)
                     except Exception as exc:  # BrokerUnavailable: the runner rewinds the partition to it
                         outcomes[i] = exc
                         blocked.add(partition)
+                        entry.end_span("failed", exc)
         finally:
             for outcome, count in counts.items():
                 if count:
                     self._counted[outcome].inc(count)
+            if self.tracing is not None:  # whatever went wrong above, no span stays open
+                for item in items.values():
+                    item.end_span("unfinished")
         return outcomes
 
     async def _track(self, items: list[_Item]) -> None:
@@ -261,12 +311,17 @@ class Worker:
     async def _run_batch(self, processor: Processor, batch: list[_Item]) -> int:
         """One ``process_batch`` call; returns how many of the messages failed."""
         name = processor.name
+        started = time.time_ns() if self.tracing is not None else 0
         try:
             results: Sequence[BatchResult] = await processor.process_batch([(item.message, item.ctx) for item in batch])
             if len(results) != len(batch):
                 raise RuntimeError(f"process_batch returned {len(results)} results for {len(batch)} messages")
         except Exception as exc:  # the whole call failed: each message is retried alone
             results = [exc] * len(batch)
+        if self.tracing is not None:
+            ended = time.time_ns()
+            for item, result in zip(batch, results, strict=True):
+                self._trace_run(item, name, started, ended, len(batch), result)
         failures = 0
         for item, result in zip(batch, results, strict=True):
             if isinstance(result, Exception):
@@ -300,14 +355,40 @@ class Worker:
                 extra_headers=[("input-id", message.id)],
             )
             outputs = [processed, *item.outputs]
-        pending = await runtime.publisher.enqueue(outputs)  # acknowledged before the offset is committed
+        span = item.span
+        if span is None:
+            pending = await runtime.publisher.enqueue(outputs)  # acknowledged before the offset is committed
+        else:
+            assert self.tracing is not None
+            with self.tracing.publish(outputs, parent=span):
+                pending = await runtime.publisher.enqueue(outputs)
         outcome = "dropped" if isinstance(result, Drop) else "ok"
+        if span is not None:
+            item.end_span(outcome)
         if counts is None:
             self._counted[outcome].inc()
         else:
             counts[outcome] += 1
         logger.debug("message_processed", message_id=message.id, outputs=len(outputs))
         return pending
+
+    def _trace_run(
+        self,
+        item: _Item,
+        name: str,
+        started_ns: int,
+        ended_ns: int,
+        batch: int,
+        result: Message | Drop | BaseException,
+    ) -> None:
+        """Record a processor's run on one message as a span of the message's ``process`` span."""
+        if self.tracing is None or item.span is None:
+            return
+        if isinstance(result, BaseException):
+            outcome, error = "failed", type(result).__qualname__
+        else:
+            outcome, error = ("dropped" if isinstance(result, Drop) else "ok"), None
+        self.tracing.processor(item.span, name, started_ns, ended_ns, batch=batch, outcome=outcome, error_type=error)
 
     async def dead_letter(self, record: Record, exc: BaseException, attempts: int) -> None:
         failed = exc if isinstance(exc, ProcessorFailed) else None
