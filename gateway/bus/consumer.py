@@ -336,19 +336,29 @@ class ConsumerRunner:
             self._done.pop(tp, None)
 
     async def _commit(self, partitions: set[TopicPartition]) -> None:
-        consumer = self._consumer
-        if consumer is None:
-            return
-        owned = consumer.assignment()
-        offsets = {tp: self._done[tp] for tp in partitions if tp in self._done and tp in owned}
-        if not offsets:
-            return
-        try:
-            await consumer.commit(offsets)
-        except (CommitFailedError, KafkaError) as exc:
-            # The records will be delivered again to whoever owns the partition: at-least-once.
-            log.warning("commit_failed", consumer=self.name, error=str(exc))
-            return
-        for tp, offset in offsets.items():
-            if self._done.get(tp) == offset:
-                del self._done[tp]
+        await commit_done(self._consumer, self._done, partitions, {"consumer": self.name})
+
+
+async def commit_done(
+    consumer: AIOKafkaConsumer | None,
+    done: dict[TopicPartition, int],
+    partitions: set[TopicPartition],
+    context: dict[str, str],
+) -> None:
+    """Commit ``done`` (the next offset per partition) for the ``partitions`` this member still
+    owns, forgetting what was committed. A failed commit is only logged: the records are delivered
+    again to whoever owns the partition (at-least-once), never skipped."""
+    if consumer is None:
+        return
+    owned = consumer.assignment()
+    offsets: dict[TopicPartition, int] = {tp: done[tp] for tp in partitions if tp in done and tp in owned}
+    if not offsets:
+        return
+    try:
+        await consumer.commit(offsets)
+    except (CommitFailedError, KafkaError) as exc:
+        log.warning("commit_failed", error=str(exc), **context)  # context: who failed (consumer or group)
+        return
+    for tp, offset in offsets.items():
+        if done.get(tp) == offset:
+            del done[tp]

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
 
+from gateway.bus.consumer import commit_done
 from gateway.bus.kafka import client_options
 from gateway.client.records import Received, UndecodableRecord, received_from
 from gateway.client.window import MemoryWindow, Window
@@ -202,18 +201,5 @@ class GatewayConsumer:
             self._done.pop(tp, None)
 
     async def _commit(self, partitions: set[TopicPartition]) -> None:
-        consumer = self._consumer
-        if consumer is None:
-            return
-        owned = consumer.assignment()
-        offsets: dict[Any, int] = {tp: self._done[tp] for tp in partitions if tp in self._done and tp in owned}
-        if not offsets:
-            return
-        try:
-            await consumer.commit(offsets)
-        except (CommitFailedError, KafkaError) as exc:  # the records come again; the window drops them
-            log.warning("commit_failed", group=self.group_id, error=str(exc))
-            return
-        for tp, offset in offsets.items():
-            if self._done.get(tp) == offset:
-                del self._done[tp]
+        # A failed commit: the records come again, and the window drops those already handled.
+        await commit_done(self._consumer, self._done, partitions, {"group": self.group_id})
