@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-STATIC = Path(__file__).resolve().parent.parent / "gateway" / "console" / "static"
+ROOT = Path(__file__).resolve().parent.parent
+STATIC = ROOT / "gateway" / "console" / "static"
 STRINGS = STATIC / "lib" / "strings.js"
 INDEX = STATIC / "index.html"
 VENDOR = STATIC / "vendor"
@@ -218,3 +219,19 @@ def test_the_vendored_chart_library_is_described() -> None:
     assert (VENDOR / "uPlot.LICENSE").read_text(encoding="utf-8").startswith("The MIT License")
     banner = (VENDOR / "uPlot.iife.min.js").read_text(encoding="utf-8").split("*/", 1)[0]
     assert "uPlot (v1.6.32)" in banner
+
+
+def test_the_wheel_ships_every_console_asset() -> None:
+    """pyproject's package-data globs cover every file under static/ (the wheel holds what they match)."""
+    import fnmatch
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    globs = project["tool"]["setuptools"]["package-data"]["gateway"]
+    package = ROOT / "gateway"
+    for path in STATIC.rglob("*"):
+        if path.is_file():
+            name = path.relative_to(package).as_posix()
+            assert any(fnmatch.fnmatch(name, pattern) and name.count("/") == pattern.count("/") for pattern in globs), (
+                name
+            )
