@@ -313,6 +313,7 @@ class ConversationEvent(msgspec.Struct, kw_only=True):
         _require_utc(self, "occurred_at", "due_at")
 
 
+AuditOutcome = Literal["ok", "denied", "failed"]
 AuditAction = Literal[
     "login", "login_failed", "logout", "one_time_login", "unmask", "dlq_inspect", "dlq_replay", "test_message"
 ]
@@ -330,7 +331,7 @@ class AuditRecord(msgspec.Struct, kw_only=True):
     via: Literal["password", "oidc", "one-time"] | None = None
     action: AuditAction
     target: str | None = None  # a DLQ record id, a channel instance, a conversation id...
-    outcome: Literal["ok", "denied", "failed"] = "ok"
+    outcome: AuditOutcome = "ok"
     detail: str | None = None
     remote: str | None = None  # the client address as the console saw it
 

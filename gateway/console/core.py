@@ -14,7 +14,7 @@ from gateway.config import ConsoleRole
 from gateway.console.audit import AuditLog
 from gateway.console.auth import ConsoleAuth, Session, Via, problem
 from gateway.console.live import MessageFeed
-from gateway.model import AuditAction, AuditRecord
+from gateway.model import AuditAction, AuditOutcome, AuditRecord
 from gateway.runtime import Runtime
 
 if TYPE_CHECKING:
@@ -68,8 +68,9 @@ class Console:
             from gateway.console.oidc import OidcLogin
 
             self.oidc = OidcLogin(self, self.settings.oidc)
-        self._overview: tuple[float, dict[str, Any]] | None = None
-        self._overview_lock = asyncio.Lock()
+        # The Overview of this process, computed at most every few seconds however many pages listen.
+        self.overview_cache: tuple[float, dict[str, Any]] | None = None
+        self.overview_lock = asyncio.Lock()
 
     async def record(
         self,
@@ -79,7 +80,7 @@ class Console:
         *,
         actor: str | None = None,
         target: str | None = None,
-        outcome: str = "ok",
+        outcome: AuditOutcome = "ok",
         detail: str | None = None,
     ) -> None:
         await self.audit.record(
@@ -89,7 +90,7 @@ class Console:
                 via=session.via if session else None,
                 action=action,
                 target=target,
-                outcome=outcome,  # type: ignore[arg-type]
+                outcome=outcome,
                 detail=detail,
                 remote=remote(request),
             )

@@ -138,6 +138,8 @@ async def dlq_replay(request: web.Request) -> web.Response:
             continue
         result = await replayer.replay(record, force=body.force)
         results.append(result.to_dict())
-        outcome = "ok" if result.outcome in ("replayed", "duplicate") else "failed"
-        await console.record(request, "dlq_replay", session, target=dlq_id, outcome=outcome, detail=result.outcome)
+        done = result.outcome in ("replayed", "duplicate")
+        await console.record(
+            request, "dlq_replay", session, target=dlq_id, outcome="ok" if done else "failed", detail=result.outcome
+        )
     return web.json_response({"results": results})

@@ -33,13 +33,13 @@ class _TestMessage(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 async def overview_data(console: Console) -> dict[str, Any]:
     """The overview, computed at most every OVERVIEW_CACHE_S per process however many pages listen."""
-    async with console._overview_lock:
-        cached = console._overview
+    async with console.overview_lock:
+        cached = console.overview_cache
         now = time.time()
         if cached is not None and now - cached[0] < OVERVIEW_CACHE_S:
             return cached[1]
         data = await _overview(console.runtime, now)
-        console._overview = (now, data)
+        console.overview_cache = (now, data)
         return data
 
 
