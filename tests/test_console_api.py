@@ -457,3 +457,12 @@ def test_the_console_needs_a_way_to_sign_in_and_production_wants_hash_references
         {"X_HASH": HASHES["ada"]},
     )
     assert config.console.users["x"].role == "admin"
+
+
+def test_timeline_times_sort_as_times_not_as_strings() -> None:
+    from gateway.console.views import moment
+
+    stamps = ["2026-12-06T00:33:58Z", "2026-12-06T00:33:58.500000Z", "2026-12-06T00:33:57.900000+00:00"]
+    assert sorted(stamps) != sorted(stamps, key=moment)  # as strings "58.5Z" would come before "58Z"
+    assert sorted(stamps, key=moment) == [stamps[2], stamps[0], stamps[1]]
+    assert moment("not a time") == 0.0

@@ -63,7 +63,7 @@ async def conversation(request: web.Request) -> web.Response:
     )
     items = [views.timeline_item(r, kinds, unmask=unmask) for r in records]
     items = [item for item in items if item["kind"] != "audit"]
-    items.sort(key=lambda item: (item["at"], item["topic"], item["offset"]))
+    items.sort(key=lambda item: (views.moment(item["at"]), item["topic"], item["offset"]))
     return web.json_response(
         {"conversation_id": conversation_id, "items": items, "scanned": scanned, "unmasked": unmask}
     )

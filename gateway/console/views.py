@@ -38,6 +38,15 @@ def iso(moment: datetime | float) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+def moment(text: str) -> float:
+    """An RFC 3339 time as a number to sort by (the strings do not sort when only some have a
+    fraction of a second: "…:58Z" comes after "…:58.5Z"); unreadable ones first."""
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except (ValueError, AttributeError):
+        return 0.0
+
+
 def message_view(message: Message, *, unmask: bool) -> dict[str, Any]:
     sentiment = message.tags.sentiment
     routing = message.routing
