@@ -9,9 +9,11 @@ prefix, consumer group names and Redis key prefix, so tests never see each other
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from aiohttp import web
@@ -20,6 +22,8 @@ from aiohttp.test_utils import TestClient
 from gateway.config import Config
 from gateway.ingress.app import create_app
 from gateway.model import Message
+from gateway.outbound.dispatcher import Dispatcher
+from gateway.pipeline.worker import Worker
 from gateway.plugins import PluginRegistry, load_plugins
 from gateway.processor import Processor, ProcessorContext
 from gateway.runtime import Runtime
@@ -37,6 +41,7 @@ __all__ = [
     "produce_raw",
     "read_records",
     "run_offline",
+    "running",
     "sign",
     "topic_size",
 ]
@@ -94,6 +99,23 @@ def sign(body: bytes, secret: str = API_SECRET) -> dict[str, str]:
 def api_body(message_id: str = "m-1", text: str = "hello", **extra: Any) -> bytes:
     payload = {"id": message_id, "sender": {"id": "cust-1", "name": "Ada"}, "text": text, **extra}
     return json.dumps(payload, ensure_ascii=False).encode()
+
+
+Consuming = TypeVar("Consuming", Worker, Dispatcher)
+
+
+@contextlib.asynccontextmanager
+async def running(component: Consuming) -> AsyncIterator[Consuming]:
+    """Run a worker or a dispatcher while in the block, from the moment it joined its group."""
+    task = asyncio.create_task(component.run())
+    started = asyncio.create_task(component.runner.started.wait())
+    done, _ = await asyncio.wait([task, started], timeout=60, return_when=asyncio.FIRST_COMPLETED)
+    assert started in done, "never joined its group"
+    try:
+        yield component
+    finally:
+        component.stop()
+        await asyncio.wait_for(task, 30)
 
 
 async def run_offline(processor: Processor, message: Message) -> Message:

@@ -39,9 +39,8 @@ from plugins.autoreply import (
     OutOfHoursSettings,
     ticket_of,
 )
-from tests.conftest import api_body, messages_of, produce_raw, read_records, sign, topic_size
+from tests.conftest import api_body, messages_of, produce_raw, read_records, running, sign, topic_size
 from tests.test_dispatch import Provider, dispatching
-from tests.test_worker import running
 
 # Monday 2026-11-23 10:00 UTC
 MONDAY_10 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)

@@ -3,7 +3,6 @@ official CloudEvents Python SDK (Kafka protocol binding, binary content mode), o
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,7 +29,7 @@ from gateway.model import (
 )
 from gateway.outbound.dispatcher import Dispatcher
 from gateway.testing.harness import RunningGateway, running_gateway
-from tests.conftest import API_SECRET, api_body, sign
+from tests.conftest import API_SECRET, api_body, running, sign
 from tests.test_schema import full_message
 
 API_KEY = "ce-api-key-0123456789"
@@ -92,20 +91,6 @@ async def gateway_with_cloudevents(
         yield gw
 
 
-@asynccontextmanager
-async def dispatching(gw: RunningGateway) -> AsyncIterator[None]:
-    dispatcher = Dispatcher(gw.runtime)
-    task = asyncio.create_task(dispatcher.run())
-    started = asyncio.create_task(dispatcher.runner.started.wait())
-    done, _ = await asyncio.wait([task, started], timeout=60, return_when=asyncio.FIRST_COMPLETED)
-    assert started in done, "the dispatcher did not join its group"
-    try:
-        yield
-    finally:
-        dispatcher.stop()
-        await asyncio.wait_for(task, 30)
-
-
 def as_cloudevent(record: Any) -> Any:
     """What a CloudEvents consumer does with a Kafka record: the SDK's binary-mode reader."""
     message = KafkaMessage(headers=dict(record.headers), key=record.key, value=record.value)
@@ -133,7 +118,7 @@ async def test_every_publishers_records_read_back_as_cloudevents(
         }
         headers = {"Authorization": f"Bearer {API_KEY}", "Idempotency-Key": "ce-reply-1"}
         assert (await gw.client.post("/api/v1/messages", json=reply, headers=headers)).status == 202  # serve
-        async with dispatching(gw):  # dispatch: sent event, first response
+        async with running(Dispatcher(gw.runtime)):  # dispatch: sent event, first response
             [event_record] = await gw.records(topics.events, 1)
             conversation_records = await gw.records(topics.conversations, 2)
         [inbound_record] = await gw.records(topics.inbound, 1)

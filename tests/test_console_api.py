@@ -23,8 +23,7 @@ from gateway.processor import ProcessorSettings
 from gateway.runtime import Runtime
 from gateway.testing.records import read_records
 from plugins.passthrough import Passthrough
-from tests.conftest import api_body, headers_of, make_config, sign
-from tests.test_worker import running
+from tests.conftest import api_body, headers_of, make_config, running, sign
 
 PASSWORDS = {"vera": "viewer-password-1", "otto": "operator-password-1", "ada": "admin-password-01"}
 ROLES = {"vera": "viewer", "otto": "operator", "ada": "admin"}
@@ -322,57 +321,19 @@ async def test_insights_series_come_from_the_conversation_events(client: Any, ru
     from gateway.bus.producer import record_for
 
     now = datetime.now(UTC).replace(minute=30, second=0, microsecond=0) - timedelta(hours=1)
+
+    def event(kind: str, conversation: str, minutes: int, **fields: Any) -> ConversationEvent:
+        at = now + timedelta(minutes=minutes)
+        return ConversationEvent(
+            type=kind, conversation_id=conversation, instance="api", channel="api", occurred_at=at, cycle=1, **fields
+        )
+
     events = [
-        ConversationEvent(
-            type="opened",
-            conversation_id="c1",
-            instance="api",
-            channel="api",
-            occurred_at=now,
-            queue="billing",
-            sentiment="negative",
-            cycle=1,
-        ),
-        ConversationEvent(
-            type="first_response",
-            conversation_id="c1",
-            instance="api",
-            channel="api",
-            occurred_at=now + timedelta(minutes=2),
-            value_s=120.0,
-            queue="billing",
-            cycle=1,
-        ),
-        ConversationEvent(
-            type="sla_breached",
-            conversation_id="c1",
-            instance="api",
-            channel="api",
-            occurred_at=now + timedelta(minutes=3),
-            queue="billing",
-            cycle=1,
-        ),
-        ConversationEvent(
-            type="csat_received",
-            conversation_id="c1",
-            instance="api",
-            channel="api",
-            occurred_at=now + timedelta(minutes=9),
-            rating=4,
-            survey_id="s1",
-            queue="billing",
-            cycle=1,
-        ),
-        ConversationEvent(
-            type="opened",
-            conversation_id="c2",
-            instance="api",
-            channel="api",
-            occurred_at=now,
-            queue="sales",
-            sentiment="positive",
-            cycle=1,
-        ),
+        event("opened", "c1", 0, queue="billing", sentiment="negative"),
+        event("first_response", "c1", 2, value_s=120.0, queue="billing"),
+        event("sla_breached", "c1", 3, queue="billing"),
+        event("csat_received", "c1", 9, rating=4, survey_id="s1", queue="billing"),
+        event("opened", "c2", 0, queue="sales", sentiment="positive"),
     ]
     await runtime.publisher.send_many(
         [

@@ -12,8 +12,6 @@ import asyncio
 import re
 import types
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +21,8 @@ from aiokafka import AIOKafkaProducer
 
 from gateway.model import decode_event, decode_message
 from gateway.outbound.dispatcher import Dispatcher
-from gateway.testing.harness import RunningGateway, running_gateway
-from tests.conftest import API_SECRET, api_body, sign
+from gateway.testing.harness import running_gateway
+from tests.conftest import API_SECRET, api_body, running, sign
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "consumers.md"
 EXAMPLE = re.compile(r"^<!-- example: helpdesk_bridge\.py -->\n```python\n(?P<code>.*?)^```$", re.S | re.M)
@@ -56,20 +54,6 @@ class Customer:
     async def handle(self, request: web.Request) -> web.Response:
         self.texts.append((await request.json())["content"]["text"])
         return web.json_response({"id": f"delivered-{len(self.texts)}"})
-
-
-@asynccontextmanager
-async def dispatching(gw: RunningGateway) -> AsyncIterator[None]:
-    dispatcher = Dispatcher(gw.runtime)
-    task = asyncio.create_task(dispatcher.run())
-    started = asyncio.create_task(dispatcher.runner.started.wait())
-    done, _ = await asyncio.wait([task, started], timeout=60, return_when=asyncio.FIRST_COMPLETED)
-    assert started in done, "the dispatcher did not join its group"
-    try:
-        yield
-    finally:
-        dispatcher.stop()
-        await asyncio.wait_for(task, 30)
 
 
 async def republish(bootstrap: str, record: Any) -> None:
@@ -115,7 +99,7 @@ async def test_the_helpdesk_example_against_a_running_gateway(
         thanks = api_body("c-2", "Thanks, all good now", sender={"id": "cust-2", "name": "Bo"})
         for body in (complaint, thanks):
             assert (await gw.client.post("/webhooks/api", data=body, headers=sign(body))).status == 200
-        async with gw.worker(), dispatching(gw):
+        async with gw.worker(), running(Dispatcher(gw.runtime)):
             service = asyncio.create_task(module.main(env))
             try:
                 processed = await gw.records(gw.topics.processed, 2)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import time
@@ -22,7 +21,7 @@ from gateway.pipeline.worker import Worker
 from gateway.plugins import PluginRegistry
 from gateway.runtime import Runtime
 from gateway.testing.harness import RunningGateway, running_gateway
-from tests.conftest import API_SECRET, api_body, read_records, sign, topic_size
+from tests.conftest import API_SECRET, api_body, read_records, running, sign, topic_size
 from tests.faults import until
 
 API_KEY = "conversations-api-key-0123456789"
@@ -61,21 +60,8 @@ async def gateway(
         worker={"processors": list(processors)},
         processors={"routing": ROUTING},
         conversations={"sla_check_interval_s": 0.05},
-    ) as running:
-        yield running
-
-
-@contextlib.asynccontextmanager
-async def started(component: Worker | Dispatcher) -> AsyncIterator[None]:
-    task = asyncio.create_task(component.run())
-    joined = asyncio.create_task(component.runner.started.wait())
-    done, _ = await asyncio.wait([task, joined], timeout=60, return_when=asyncio.FIRST_COMPLETED)
-    assert joined in done, "never joined its group"
-    try:
-        yield
-    finally:
-        component.stop()
-        await asyncio.wait_for(task, 30)
+    ) as gw:
+        yield gw
 
 
 def worker(runtime: Runtime, clock: Clock | None = None) -> Worker:
@@ -101,8 +87,8 @@ async def callback_server(aiohttp_server: Any, received: list[dict[str, Any]]) -
     return str(server.make_url("/callback"))
 
 
-async def api(running: RunningGateway, path: str, payload: dict[str, Any], **headers: str) -> dict[str, Any]:
-    response = await running.client.post(path, json=payload, headers={"X-API-Key": API_KEY, **headers})
+async def api(gw: RunningGateway, path: str, payload: dict[str, Any], **headers: str) -> dict[str, Any]:
+    response = await gw.client.post(path, json=payload, headers={"X-API-Key": API_KEY, **headers})
     assert response.status == 202, await response.text()
     result: dict[str, Any] = await response.json()
     return result
@@ -113,28 +99,28 @@ async def test_a_conversation_opens_is_answered_and_resolved(
 ) -> None:
     received: list[dict[str, Any]] = []
     callback = await callback_server(aiohttp_server, received)
-    async with gateway(kafka_bootstrap, redis_url, registry, callback) as running:
-        runtime = running.runtime
+    async with gateway(kafka_bootstrap, redis_url, registry, callback) as gw:
+        runtime = gw.runtime
         body = api_body("m-1", "my invoice is wrong", conversation_id="c-1")
-        assert (await running.client.post("/webhooks/api", data=body, headers=sign(body))).status == 200
-        async with started(worker(runtime)), started(Dispatcher(runtime)):
+        assert (await gw.client.post("/webhooks/api", data=body, headers=sign(body))).status == 200
+        async with running(worker(runtime)), running(Dispatcher(runtime)):
             [opened] = await conversation_events(runtime, 1)
             assert (opened.type, opened.queue, opened.conversation_id) == ("opened", "support", "c-1")
             # An auto-reply-like message does not stop the clock; the agent's answer does.
             automatic = {"kind": "automatic", "id": "bot"}
             reply = {"instance": "api", "conversation_id": "c-1", "content": {"text": "On it"}}
-            await api(running, "/api/v1/messages", {**reply, "author": automatic})
+            await api(gw, "/api/v1/messages", {**reply, "author": automatic})
             agent = {"kind": "agent", "id": "ana", "name": "Ana"}
-            answer = await api(running, "/api/v1/messages", {**reply, "author": agent})
+            answer = await api(gw, "/api/v1/messages", {**reply, "author": agent})
             await until(lambda: len(received) == 2, "both replies delivered")
             resolution = await api(
-                running,
+                gw,
                 "/api/v1/conversations/resolve",
                 {"instance": "api", "conversation_id": "c-1", "author": agent},
                 **{"Idempotency-Key": "close-c-1"},
             )
             again = await api(
-                running,
+                gw,
                 "/api/v1/conversations/resolve",
                 {"instance": "api", "conversation_id": "c-1", "author": agent},
                 **{"Idempotency-Key": "close-c-1"},
@@ -163,14 +149,14 @@ async def test_a_reply_marked_resolve_resolves_after_it_is_sent(
     received: list[dict[str, Any]] = []
     callback = await callback_server(aiohttp_server, received)
     chain = ("language", "sentiment", "escalation", "routing", "autoreply")  # the built-in chain
-    async with gateway(kafka_bootstrap, redis_url, registry, callback, chain) as running:
-        runtime = running.runtime
+    async with gateway(kafka_bootstrap, redis_url, registry, callback, chain) as gw:
+        runtime = gw.runtime
         body = api_body("m-2", "where is my parcel", conversation_id="c-2")
-        assert (await running.client.post("/webhooks/api", data=body, headers=sign(body))).status == 200
-        async with started(worker(runtime)), started(Dispatcher(runtime)):
+        assert (await gw.client.post("/webhooks/api", data=body, headers=sign(body))).status == 200
+        async with running(worker(runtime)), running(Dispatcher(runtime)):
             await conversation_events(runtime, 1)
             closing = {"instance": "api", "conversation_id": "c-2", "content": {"text": "Delivered today"}}
-            await api(running, "/api/v1/messages", {**closing, "resolve": True})
+            await api(gw, "/api/v1/messages", {**closing, "resolve": True})
             events = await conversation_events(runtime, 3)
     assert [event.type for event in events] == ["opened", "first_response", "resolved"]
     assert events[0].language == "en" and events[0].sentiment is not None
@@ -183,18 +169,18 @@ async def test_one_breach_with_two_workers_and_a_restart_in_the_sla_window(
 ) -> None:
     callback = await callback_server(aiohttp_server, [])
     clock = Clock()
-    async with gateway(kafka_bootstrap, redis_url, registry, callback) as running:
-        runtime = running.runtime
+    async with gateway(kafka_bootstrap, redis_url, registry, callback) as gw:
+        runtime = gw.runtime
         first, second = worker(runtime, clock), worker(runtime, clock)
-        async with started(second):
-            async with started(first):
+        async with running(second):
+            async with running(first):
                 for n in range(4):  # four conversations, spread over the partitions
                     body = api_body(f"s-{n}", "please call me back", conversation_id=f"sla-{n}")
-                    assert (await running.client.post("/webhooks/api", data=body, headers=sign(body))).status == 200
+                    assert (await gw.client.post("/webhooks/api", data=body, headers=sign(body))).status == 200
                 assert {e.type for e in await conversation_events(runtime, 4)} == {"opened"}
             # `first` stopped in the middle of the SLA window; a new worker takes its place.
             restarted = worker(runtime, clock)
-            async with started(restarted):
+            async with running(restarted):
                 clock.offset = timedelta(hours=2)  # every due time has passed
                 await conversation_events(runtime, 8)
                 schedulers = [w.sla for w in (second, restarted) if w.sla is not None]
@@ -235,18 +221,16 @@ async def test_an_agent_answering_in_the_slack_thread_stops_the_clock(
     channels = {"slack": {"type": "slack", "signing_secret": SLACK_SECRET, "agent_users": ["U0AGENT001"]}}
     async with running_gateway(
         kafka_bootstrap, redis_url, channels=channels, registry=registry, worker={"processors": []}
-    ) as running:
-        runtime = running.runtime
+    ) as gw:
+        runtime = gw.runtime
         now = time.time()
         question = slack_post("U2147483697", now, "Ev1")
-        assert (
-            await running.client.post("/webhooks/slack", data=question, headers=slack_headers(question))
-        ).status == 200
-        async with started(worker(runtime)):
+        assert (await gw.client.post("/webhooks/slack", data=question, headers=slack_headers(question))).status == 200
+        async with running(worker(runtime)):
             [opened] = await conversation_events(runtime, 1)
         answer = slack_post("U0AGENT001", now + 90, "Ev2")
         for _ in range(2):  # Slack retries: measured once
-            response = await running.client.post("/webhooks/slack", data=answer, headers=slack_headers(answer))
+            response = await gw.client.post("/webhooks/slack", data=answer, headers=slack_headers(answer))
             assert response.status == 200
         events = await conversation_events(runtime, 2)
         assert await topic_size(kafka_bootstrap, runtime.topics.conversations) == 2

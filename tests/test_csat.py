@@ -37,8 +37,7 @@ from gateway.store.redis import RedisStore, StoreUnavailable
 from gateway.testing import isolated_store
 from gateway.tracing import child_traceparent
 from plugins.csat import Csat, CsatSettings
-from tests.conftest import messages_of, read_records, topic_size
-from tests.test_worker import running
+from tests.conftest import messages_of, read_records, running, topic_size
 
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)

@@ -23,8 +23,8 @@ from gateway.processor import Processor, ProcessorContext, ProcessorSettings
 from gateway.runtime import Runtime
 from gateway.sdk import Channel, ChannelSettings, ParseResult, PayloadError, WebhookRequest, hookimpl
 from gateway.testing.harness import load_test_plugins
-from tests.conftest import API_SECRET, api_body, headers_of, make_config, messages_of, read_records, topic_size
-from tests.test_worker import post_all, running
+from tests.conftest import API_SECRET, api_body, headers_of, make_config, messages_of, read_records, running, topic_size
+from tests.test_worker import post_all
 
 GATEWAY = str(Path(sys.executable).with_name("gateway"))
 

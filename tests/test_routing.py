@@ -26,8 +26,7 @@ from gateway.processor import ProcessorContext
 from gateway.runtime import Runtime
 from gateway.store.redis import RedisStore
 from plugins.routing import Router, RoutingSettings, parse_duration
-from tests.conftest import api_body, messages_of, read_records, sign
-from tests.test_worker import running
+from tests.conftest import api_body, messages_of, read_records, running, sign
 
 # Wednesday 2026-01-14 10:00 UTC = 11:00 in Berlin (open), Saturday 2026-01-17 10:00 UTC (closed).
 WEDNESDAY_10 = datetime(2026, 1, 14, 10, 0, tzinfo=UTC)

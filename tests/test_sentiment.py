@@ -36,8 +36,7 @@ from plugins.sentiment import (
 )
 from plugins.sentiment.model import FORMAT, MODELS_DIR, LinearModel
 from plugins.sentiment.ngrams import FeatureSpec, chunk_units, features, normalize, scan, split_runs
-from tests.conftest import api_body, messages_of, read_records, run_offline, sign
-from tests.test_worker import running
+from tests.conftest import api_body, messages_of, read_records, run_offline, running, sign
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,13 +9,11 @@ Spans are flushed (``force_flush``) once the roles stopped, never waited for.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gzip
 import os
 import subprocess
 import sys
 import zlib
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +37,7 @@ from gateway.plugins import PluginRegistry
 from gateway.runtime import Runtime
 from gateway.testing.harness import running_gateway
 from gateway.tracing import child_traceparent, exporters, start_tracing
-from tests.conftest import API_SECRET, api_body, make_config, read_records, sign
+from tests.conftest import API_SECRET, api_body, make_config, read_records, running, sign
 from tests.faults import until
 
 CUSTOMER_TEXT = "Meine Bestellung 4711 ist nicht angekommen, bitte prüfen"
@@ -144,19 +142,6 @@ async def flush(runtime: Runtime) -> None:
     assert await asyncio.to_thread(runtime.tracing.flush)
 
 
-@contextlib.asynccontextmanager
-async def started(component: Worker | Dispatcher) -> AsyncIterator[None]:
-    task = asyncio.create_task(component.run())
-    joined = asyncio.create_task(component.runner.started.wait())
-    done, _ = await asyncio.wait([task, joined], timeout=60, return_when=asyncio.FIRST_COMPLETED)
-    assert joined in done, "never joined its group"
-    try:
-        yield
-    finally:
-        component.stop()
-        await asyncio.wait_for(task, 30)
-
-
 async def provider_server(aiohttp_server: Any, received: list[dict[str, Any]], statuses: list[int]) -> str:
     """The api channel's callback: answers the scripted statuses, then 200."""
 
@@ -185,20 +170,20 @@ async def test_one_trace_from_the_webhook_to_the_provider_call(
         gateway={"tracing": "otel"},
         worker={"processors": ["language", "autoreply"]},
         processors={"autoreply": {"acknowledgement": {"templates": {"default": ACKNOWLEDGEMENT}}}},
-    ) as running:
-        runtime, topics = running.runtime, running.topics
+    ) as gw:
+        runtime, topics = gw.runtime, gw.topics
         body = api_body("m-1", CUSTOMER_TEXT, conversation_id="c-1")
         caller = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
-        response = await running.client.post("/webhooks/api", data=body, headers={**sign(body), "traceparent": caller})
+        response = await gw.client.post("/webhooks/api", data=body, headers={**sign(body), "traceparent": caller})
         assert response.status == 200, await response.text()
         message_id = (await response.json())["messages"][0]["id"]
         worker = Worker(runtime, build_chain(runtime.config, runtime.registry))
-        async with started(worker), started(Dispatcher(runtime)):
+        async with running(worker), running(Dispatcher(runtime)):
             await until(lambda: len(received) == 1, "the acknowledgement reached the provider")
-            [sent] = await running.events(1)
+            [sent] = await gw.events(1)
         await flush(runtime)
-        [inbound] = await running.records(topics.inbound, 1)
-        [outbound] = await running.records(topics.outbound, 1)
+        [inbound] = await gw.records(topics.inbound, 1)
+        [outbound] = await gw.records(topics.outbound, 1)
     reply_id = received[0]["id"]
     assert sent.status == "sent" and sent.message_id == reply_id
 
@@ -296,7 +281,7 @@ async def test_provider_calls_carry_their_status_and_failed_deliveries_fail_thei
             await runtime.publisher.send(
                 record_for(runtime.topics.outbound, reply, traceparent=traceparent, key=reply.conversation_id)
             )
-        async with started(Dispatcher(runtime)):
+        async with running(Dispatcher(runtime)):
             events = await read_records(kafka_bootstrap, runtime.topics.events, 2)
         await flush(runtime)
     finally:
@@ -469,14 +454,14 @@ async def test_a_sampled_out_message_records_no_span_but_keeps_its_trace(
         registry=registry,
         gateway={"tracing": "otel"},
         worker={"processors": ["passthrough"]},
-    ) as running:
+    ) as gw:
         body = api_body("m-2", CUSTOMER_TEXT)
         caller = f"00-{CALLER_TRACE}-{CALLER_SPAN}-00"
-        response = await running.client.post("/webhooks/api", data=body, headers={**sign(body), "traceparent": caller})
+        response = await gw.client.post("/webhooks/api", data=body, headers={**sign(body), "traceparent": caller})
         assert response.status == 200, await response.text()
-        async with running.worker():
-            [processed] = await running.records(running.topics.processed, 1)
-        await flush(running.runtime)
+        async with gw.worker():
+            [processed] = await gw.records(gw.topics.processed, 1)
+        await flush(gw.runtime)
     assert otlp.spans == []
     version, trace, _, flags = (header(processed.headers, "traceparent") or "").split("-")
     assert (version, trace, flags) == ("00", CALLER_TRACE, "00")

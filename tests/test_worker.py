@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 from gateway.config import Config
@@ -15,7 +13,7 @@ from gateway.plugins import PluginRegistry
 from gateway.processor import Drop, Processor, ProcessorContext, ProcessorSettings
 from gateway.runtime import Runtime
 from plugins.passthrough import Passthrough
-from tests.conftest import api_body, headers_of, messages_of, produce_raw, read_records, sign, topic_size
+from tests.conftest import api_body, headers_of, messages_of, produce_raw, read_records, running, sign, topic_size
 
 
 class Tagger(Processor):
@@ -44,19 +42,6 @@ class Dropper(Processor):
 
     async def process(self, message: Message, ctx: ProcessorContext) -> Message | Drop:
         return Drop("test traffic") if message.content.text == "drop me" else message
-
-
-@contextlib.asynccontextmanager
-async def running(worker: Worker) -> AsyncIterator[Worker]:
-    task = asyncio.create_task(worker.run())
-    started = asyncio.create_task(worker.runner.started.wait())
-    done, _ = await asyncio.wait([task, started], timeout=60, return_when=asyncio.FIRST_COMPLETED)
-    assert started in done, "worker never joined its group"
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        await asyncio.wait_for(task, 30)
 
 
 async def post_all(client: Any, bodies: list[bytes]) -> None:

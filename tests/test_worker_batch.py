@@ -17,8 +17,7 @@ from gateway.pipeline.worker import Worker
 from gateway.processor import BatchResult, Processor, ProcessorContext, ProcessorSettings
 from gateway.runtime import Runtime
 from gateway.tracing import child_traceparent
-from tests.conftest import messages_of, read_records, topic_size
-from tests.test_worker import running
+from tests.conftest import messages_of, read_records, running, topic_size
 
 
 def inbound(conversation: str, n: int) -> Message:
