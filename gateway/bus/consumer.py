@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
@@ -328,12 +328,7 @@ class ConsumerRunner:
         return None
 
     async def _drain_and_commit(self, partitions: set[TopicPartition]) -> None:
-        """Called on revoke: finish the batch in flight, then commit what we still own."""
-        if self._inflight is not None:
-            await asyncio.wait([self._inflight])
-        await self._commit(partitions)
-        for tp in partitions:
-            self._done.pop(tp, None)
+        await release_revoked(self._consumer, self._done, partitions, self._inflight, {"consumer": self.name})
 
     async def _commit(self, partitions: set[TopicPartition]) -> None:
         await commit_done(self._consumer, self._done, partitions, {"consumer": self.name})
@@ -362,3 +357,19 @@ async def commit_done(
     for tp, offset in offsets.items():
         if done.get(tp) == offset:
             del done[tp]
+
+
+async def release_revoked(
+    consumer: AIOKafkaConsumer | None,
+    done: dict[TopicPartition, int],
+    partitions: set[TopicPartition],
+    inflight: asyncio.Task[Any] | None,
+    context: dict[str, str],
+) -> None:
+    """Before ``partitions`` go to another member: finish the batch in flight, commit what is done,
+    and forget their offsets (the new owner continues from the commit)."""
+    if inflight is not None:
+        await asyncio.wait([inflight])
+    await commit_done(consumer, done, partitions, context)
+    for tp in partitions:
+        done.pop(tp, None)

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 
-from gateway.bus.consumer import commit_done
+from gateway.bus.consumer import commit_done, release_revoked
 from gateway.bus.kafka import client_options
 from gateway.client.records import Received, UndecodableRecord, received_from
 from gateway.client.window import MemoryWindow, Window
@@ -193,12 +193,8 @@ class GatewayConsumer:
             raise HandlerFailed(record, exc) from exc
 
     async def _revoked(self, partitions: set[TopicPartition]) -> None:
-        """Before partitions go to another member: finish the batch in hand, commit what is done."""
-        if self._inflight is not None:
-            await asyncio.wait([self._inflight])
-        await self._commit(partitions)
-        for tp in partitions:
-            self._done.pop(tp, None)
+        # A failed commit: the records come again, and the window drops those already handled.
+        await release_revoked(self._consumer, self._done, partitions, self._inflight, {"group": self.group_id})
 
     async def _commit(self, partitions: set[TopicPartition]) -> None:
         # A failed commit: the records come again, and the window drops those already handled.
