@@ -30,6 +30,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def rfc3339(moment: datetime) -> str:
+    """A time as the topics write it: UTC, ending in "Z" (CloudEvents headers, reports, the console)."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 def _require_utc(record: msgspec.Struct, *fields: str) -> None:
     """Timestamps need an offset; topics carry UTC only, whatever offset the provider used."""
     for field in fields:

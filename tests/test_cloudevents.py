@@ -15,7 +15,7 @@ from cloudevents.core.formats.json import JSONFormat
 from cloudevents.v1.kafka import KafkaMessage as LegacyKafkaMessage
 from cloudevents.v1.kafka import from_binary as legacy_from_binary
 
-from gateway.bus.cloudevents import CloudEventsBinding, event_time, event_type, rfc3339
+from gateway.bus.cloudevents import CloudEventsBinding, event_time, event_type
 from gateway.model import (
     AuditRecord,
     ConversationEvent,
@@ -26,6 +26,7 @@ from gateway.model import (
     decode_dlq,
     decode_event,
     decode_message,
+    rfc3339,
 )
 from gateway.outbound.dispatcher import Dispatcher
 from gateway.testing.harness import RunningGateway, running_gateway

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import quote
 
-from gateway.model import AuditRecord, ConversationEvent, DeliveryEvent, DlqRecord, Message
+from gateway.model import AuditRecord, ConversationEvent, DeliveryEvent, DlqRecord, Message, rfc3339
 from gateway.schema import schema_urn
 
 SPEC_VERSION = "1.0"
@@ -43,11 +43,6 @@ def event_type(record: ModelRecord) -> str:
 def event_time(record: ModelRecord) -> datetime:
     """When it happened: a message's ``received_at``, every other record's ``occurred_at``."""
     return record.received_at if isinstance(record, Message) else record.occurred_at
-
-
-def rfc3339(moment: datetime) -> str:
-    text = moment.isoformat()
-    return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
 @dataclass(frozen=True, slots=True)

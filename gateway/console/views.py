@@ -20,6 +20,7 @@ from gateway.model import (
     EVENT_SCHEMA,
     ConversationEvent,
     Message,
+    rfc3339,
 )
 
 MASK = "•"
@@ -33,9 +34,8 @@ def mask(text: str | None) -> str | None:
 
 
 def iso(moment: datetime | float) -> str:
-    if isinstance(moment, float | int):
-        moment = datetime.fromtimestamp(moment, UTC)
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    """A datetime or a Unix time as RFC 3339 UTC."""
+    return rfc3339(datetime.fromtimestamp(moment, UTC) if isinstance(moment, float | int) else moment)
 
 
 def moment(text: str) -> float:

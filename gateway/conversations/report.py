@@ -22,14 +22,14 @@ import math
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import get_args
 
 import msgspec
 
 from gateway.config import KafkaSection
 from gateway.conversations.reader import Undecodable, read_events
-from gateway.model import ConversationEvent, ConversationEventType, SentimentLabel
+from gateway.model import ConversationEvent, ConversationEventType, SentimentLabel, rfc3339
 
 FORMATS = ("table", "json", "csv")
 EVENT_TYPES: tuple[ConversationEventType, ...] = get_args(ConversationEventType)
@@ -154,10 +154,6 @@ def percentile(values: Sequence[float], p: float) -> float | None:
 
 def _ratio(numerator: int | float, denominator: int) -> float | None:
     return round(numerator / denominator, 4) if denominator else None
-
-
-def isoformat(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 @dataclass(slots=True)
@@ -324,7 +320,7 @@ def _aggregate(
 
     by_type = Counter(event.type for _, event, _ in events)
     return Report(
-        period=Period(since=isoformat(since), until=isoformat(until)),
+        period=Period(since=rfc3339(since), until=rfc3339(until)),
         filters=Filters(instances=sorted(instances), queues=sorted(queues)),
         events=EventCounts(
             read=reading.read,
