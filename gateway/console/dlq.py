@@ -15,7 +15,7 @@ from gateway.console import views
 from gateway.console.auth import problem
 from gateway.console.core import Console, console_of, json_body
 from gateway.dlq.replay import Replayer, payload_bytes
-from gateway.dlq.select import DlqEntry, DlqFilter, read_dlq
+from gateway.dlq.select import DlqEntry, DlqFilter, find, select
 from gateway.model import DlqStage
 
 DLQ_STAGES: tuple[DlqStage, ...] = typing.get_args(DlqStage)
@@ -62,8 +62,7 @@ def _dlq_view(entry: DlqEntry, replayed: bool) -> dict[str, Any]:
 
 
 async def _dlq_entries(console: Console, criteria: DlqFilter) -> list[DlqEntry]:
-    runtime = console.runtime
-    return [e async for e in read_dlq(runtime.config.kafka, runtime.topics.dlq) if criteria.matches(e)]
+    return await select(console.runtime.config.kafka, console.runtime.topics.dlq, criteria)
 
 
 async def dlq_list(request: web.Request) -> web.Response:
@@ -91,11 +90,11 @@ async def dlq_show(request: web.Request) -> web.Response:
     console = console_of(request)
     session = await console.auth.require(request, "read")
     wanted = request.match_info["id"]
-    entries = await _dlq_entries(console, DlqFilter(ids=frozenset([wanted])))
-    if not entries or entries[0].record is None:
+    entry = find(await _dlq_entries(console, DlqFilter(ids=frozenset([wanted]))), wanted)
+    if entry is None or entry.record is None:
         raise problem(404, f"no DLQ record {wanted!r}")
-    record = entries[0].record
-    view = _dlq_view(entries[0], (await _replayed(console, [record.id]))[0])
+    record = entry.record
+    view = _dlq_view(entry, (await _replayed(console, [record.id]))[0])
     if session.may("unmask"):
         await console.record(request, "dlq_inspect", session, target=record.id)
         payload = payload_bytes(record)
