@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
 
-from gateway.bus.kafka import client_options, topic_partitions
+from gateway.bus.kafka import client_options, read_ranges, topic_partitions
 from gateway.config import KafkaSection
 
 _partitioner = DefaultPartitioner()
@@ -44,36 +44,23 @@ def _consumer(kafka: KafkaSection) -> AIOKafkaConsumer:
     )
 
 
-async def _read_range(
+async def _read(
     consumer: AIOKafkaConsumer, ranges: dict[TopicPartition, tuple[int, int]], key: bytes | None
 ) -> list[StoredRecord]:
-    """Records of each partition from its start offset up to (not including) its end offset."""
-    found: list[StoredRecord] = []
-    pending = {tp for tp, (start, end) in ranges.items() if start < end}
-    consumer.assign(list(ranges))
-    for tp in pending:
-        consumer.seek(tp, ranges[tp][0])
-    while pending:
-        batch = await consumer.getmany(*pending, timeout_ms=1000)
-        for tp, records in batch.items():
-            end = ranges[tp][1]
-            for record in records:
-                if record.offset >= end or (key is not None and record.key != key):
-                    continue
-                found.append(
-                    StoredRecord(
-                        topic=tp.topic,
-                        partition=tp.partition,
-                        offset=record.offset,
-                        timestamp_ms=record.timestamp,
-                        key=record.key,
-                        headers=list(record.headers),
-                        value=record.value or b"",
-                    )
-                )
-        # Fetches return whole batches, so reaching the end offset means its batch was read.
-        pending = {tp for tp in pending if await consumer.position(tp) < ranges[tp][1]}
-    return found
+    """The records of ``ranges`` (all of them, or those keyed ``key``)."""
+    return [
+        StoredRecord(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            timestamp_ms=record.timestamp,
+            key=record.key,
+            headers=list(record.headers),
+            value=record.value or b"",
+        )
+        async for record in read_ranges(consumer, ranges)
+        if key is None or record.key == key
+    ]
 
 
 async def newest(kafka: KafkaSection, topic: str, per_partition: int) -> list[StoredRecord]:
@@ -87,7 +74,7 @@ async def newest(kafka: KafkaSection, topic: str, per_partition: int) -> list[St
         starts = await consumer.beginning_offsets(tps)
         ends = await consumer.end_offsets(tps)
         ranges = {tp: (max(starts[tp], ends[tp] - per_partition), ends[tp]) for tp in tps}
-        records = await _read_range(consumer, ranges, None)
+        records = await _read(consumer, ranges, None)
     finally:
         await consumer.stop()
     return sorted(records, key=lambda r: (r.timestamp_ms, r.partition, r.offset))
@@ -114,7 +101,7 @@ async def keyed(
         starts = await consumer.beginning_offsets(tps)
         ends = await consumer.end_offsets(tps)
         ranges = {tp: (max(starts[tp], ends[tp] - scan), ends[tp]) for tp in tps}
-        records = await _read_range(consumer, ranges, key_bytes)
+        records = await _read(consumer, ranges, key_bytes)
     finally:
         await consumer.stop()
     scanned = {tp.topic: end - start for tp, (start, end) in ranges.items()}

@@ -20,7 +20,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from gateway.bus.kafka import client_options, topic_partitions
+from gateway.bus.kafka import client_options, read_ranges, topic_partitions
 from gateway.config import KafkaSection
 from gateway.model import ConversationEvent, decode_conversation_event
 
@@ -89,27 +89,13 @@ async def read_events(
         tps = await topic_partitions(consumer, topic)
         if not tps:
             raise TopicMissing(topic)
-        consumer.assign(tps)
         ends: dict[TopicPartition, int] = await consumer.end_offsets(tps)
         found = await _offsets_at(consumer, tps, since) if since is not None else None
         starts = start_offsets(ends, found)
-        beginning = [tp for tp, start in starts.items() if start is None]
-        if beginning:
-            await consumer.seek_to_beginning(*beginning)
-        for tp, start in starts.items():
-            if start is not None:
-                consumer.seek(tp, start)
-        # Fetches return whole batches, so reaching the end offset means its batch was read (Tansu
-        # reports the end as its last batch's base offset + 1; see docs/architecture.md).
-        pending = {tp for tp in tps if await consumer.position(tp) < ends[tp]}
-        while pending:
-            batch = await consumer.getmany(*pending, timeout_ms=1000)
-            for tp, records in batch.items():
-                for record in records:
-                    try:
-                        yield decode_conversation_event(record.value or b"")
-                    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
-                        yield Undecodable(tp.partition, record.offset, f"{type(exc).__name__}: {exc}")
-            pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
+        async for record in read_ranges(consumer, {tp: (start, ends[tp]) for tp, start in starts.items()}):
+            try:
+                yield decode_conversation_event(record.value or b"")
+            except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
+                yield Undecodable(record.partition, record.offset, f"{type(exc).__name__}: {exc}")
     finally:
         await consumer.stop()

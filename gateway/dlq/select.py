@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 from aiokafka import AIOKafkaConsumer
 
-from gateway.bus.kafka import client_options, topic_partitions
+from gateway.bus.kafka import client_options, read_ranges, topic_partitions
 from gateway.config import KafkaSection
 from gateway.model import DlqRecord, DlqStage
 
@@ -100,16 +100,10 @@ async def read_dlq(kafka: KafkaSection, topic: str) -> AsyncIterator[DlqEntry]:
         tps = await topic_partitions(consumer, topic)
         if not tps:
             return
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
-        for tp in tps:
-            # Fetches return whole batches, so reaching the end offset means the last batch was read
-            # (Tansu reports the end as its last batch's base offset + 1; see docs/architecture.md).
-            while await consumer.position(tp) < ends[tp]:
-                batch = await consumer.getmany(tp, timeout_ms=1000)
-                for record in batch.get(tp, []):
-                    yield decode_entry(tp.partition, record.offset, record.value or b"")
+        for tp in tps:  # partition by partition, so a listing is in (partition, offset) order
+            async for record in read_ranges(consumer, {tp: (None, ends[tp])}):
+                yield decode_entry(tp.partition, record.offset, record.value or b"")
     finally:
         await consumer.stop()
 
