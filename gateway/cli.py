@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import click
 import msgspec
 
-from gateway import __version__
+from gateway import __version__, heap
 from gateway.config import Config, ConfigError, DispatchSection, WorkerSection, config_from_dict, load_config
 from gateway.logs import configure_logging
 from gateway.plugins import PluginError, PluginRegistry, load_plugins
@@ -71,14 +71,15 @@ async def _run_until_signal(
         await admin.start()
     try:
         main = asyncio.create_task(run_roles(runtime, roles, stop, ready))
-        if on_ready is not None:
-            ready_wait = asyncio.create_task(ready.wait())
-            await asyncio.wait([main, ready_wait], return_when=asyncio.FIRST_COMPLETED)
-            if ready.is_set():
+        ready_wait = asyncio.create_task(ready.wait())
+        await asyncio.wait([main, ready_wait], return_when=asyncio.FIRST_COMPLETED)
+        if ready.is_set():
+            heap.freeze(runtime.config.gateway)  # models and plugins are loaded, connections open
+            if on_ready is not None:
                 announced = on_ready(runtime)
                 if asyncio.iscoroutine(announced):
                     await announced
-            ready_wait.cancel()
+        ready_wait.cancel()
         await main
     finally:
         if admin is not None:
@@ -100,6 +101,7 @@ def _run(config: Config, roles: Roles, on_ready: Any = None, admin: str | None =
     admin port (``[<admin>] admin_port``, 0: none) serves /metrics, /healthz and /readyz."""
     from gateway.admin import AdminError, AdminServer
 
+    heap.configure(config.gateway)
     config, registry = _prepare(config)
     try:
         runtime = Runtime.create(config, registry)

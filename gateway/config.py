@@ -46,6 +46,15 @@ class GatewaySection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # OpenTelemetry traces (docs/tracing.md): "otel" needs the otel extra; the OTEL_TRACES_EXPORTER
     # and OTEL_SDK_DISABLED environment variables win over this setting.
     tracing: Literal["off", "otel"] = "off"
+    # Python's cyclic garbage collector in serve/worker/dispatch/dev (gateway/heap.py,
+    # docs/deployment.md "Garbage collection"): collect the youngest generation every
+    # gc_threshold[0] allocations instead of Python's 700, and move what exists once the process
+    # is ready (plugins, models, connections) out of every later collection. [700, 10, 10] and
+    # false are Python's own behaviour; gc_threshold[0] = 0 turns automatic collection off.
+    gc_threshold: Annotated[list[NonNegative], msgspec.Meta(min_length=3, max_length=3)] = msgspec.field(
+        default_factory=lambda: [50_000, 20, 100]
+    )
+    gc_freeze: bool = True
 
 
 class KafkaSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -160,6 +160,10 @@ def test_dev_runs_everything_and_the_banner_example_works(tmp_path: Path) -> Non
     output = Path(log.name).read_text()
     assert "stopped" in output
     assert "event_loop=uvloop" in output  # the default loop, everything above ran on it
+    # [gateway] gc_* defaults applied once the process was ready (gateway/heap.py).
+    settings = re.search(r"gc_settings\s.*frozen=(\d+).*", output)
+    assert settings and int(settings.group(1)) > 10_000, output
+    assert "threshold=[50000, 20, 100]" in settings.group(0)
     # The embedded broker is gone with it: nothing listens on its port any more.
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", int(bootstrap.group(1).split(":")[1])), timeout=5).close()
