@@ -262,6 +262,29 @@ def test_words_without_features_share_one_token() -> None:
     assert model._tokens["bad"] != model._tokens["zindlewop"] and model._tokens["not"] != model._tokens["zindlewop"]
 
 
+def test_the_model_words_are_tokens_from_the_start_and_outlive_a_full_table() -> None:
+    """The model's own words (plain and negated) are in the token table at load; a full table
+    forgets only what traffic added, and the token ids it gives out again (negated too) carry
+    their new words' features: the logits stay the reference ones."""
+    model = LinearModel.load(MODELS_DIR / "en.npz")
+
+    def reference(text: str) -> Any:
+        rows = [row for f in features(text, model.spec, model.lexicon) if (row := model.row(f)) is not None]
+        return model.bias + (model.weights[rows].sum(axis=0) / np.sqrt(len(rows)) if rows else 0.0)
+
+    base = len(model._token_values)
+    assert {"bad", "great", "not", "refund"} <= model._tokens.keys()  # before any text
+    first = ["it was not goood", "not baaad at all, never"]
+    second = ["not sooo terrible!!", "i am not happpy", "not worsttt"]
+    model.logits(first)
+    assert len(model._token_values) > base  # "goood", "baaad": tokens of their own, added by traffic
+    model._reset_tokens()
+    assert len(model._token_values) == base and "goood" not in model._tokens and "bad" in model._tokens
+    for text in second + first:
+        assert model.logits([text])[0] == pytest.approx(reference(text), abs=1e-4), text
+    assert np.allclose(model.logits(first + second), [reference(t) for t in first + second], atol=1e-4)
+
+
 def test_no_normalized_text_holds_the_batch_separator() -> None:
     """The runtime joins a batch's normalized texts with a separator piece (model._SEPARATOR): no
     character normalizes or case-folds into it (NFKC turns it into "fi"), so no text can fake it."""
