@@ -19,7 +19,8 @@ separator and cut at white space; each piece maps to the ids of its units with o
 a slot of a table; the model's own words have theirs from load on). Everything else is numpy
 over the batch's token ids: negation scopes from cumulative sums, word pairs as integer keys
 binary-searched in the model's sorted pair keys, lexicon counts by bincount, the character
-n-grams of Han runs as 63-bit keys, and the sums per text with ``np.add.reduceat``. scikit-learn is needed to train, not to run.
+n-grams of Han runs as 63-bit keys, and the sums per text with ``np.add.reduceat``.
+scikit-learn is needed to train, not to run.
 """
 
 from __future__ import annotations
