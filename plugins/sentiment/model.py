@@ -19,7 +19,8 @@ separator and cut at white space; each piece maps to the ids of its units with o
 a slot of a table; the model's own words have theirs from load on). Everything else is numpy
 over the batch's token ids: negation scopes from cumulative sums, word pairs as integer keys
 binary-searched in the model's sorted pair keys, lexicon counts by bincount, the character
-n-grams of Han runs as 63-bit keys, and the sums per text with ``np.add.reduceat``.
+n-grams of Han runs as 63-bit keys in a hash table (keytable.py), and the sums per text with
+``np.add.reduceat``.
 scikit-learn is needed to train, not to run.
 """
 
@@ -35,6 +36,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from plugins.sentiment.keytable import KeyTable
 from plugins.sentiment.ngrams import (
     FeatureSpec,
     Unit,
@@ -102,14 +104,15 @@ class LinearModel:
                 run_rows.append(row)
             else:
                 self.vocabulary[feature] = row
-        order = np.argsort(np.array(run_keys, dtype=np.uint64), kind="stable")
-        self._run_keys = np.array(run_keys, dtype=np.uint64)[order]
-        self._run_rows = np.array(run_rows, dtype=np.intp)[order]
-        # Single characters (keys below 2**21) are looked up straight by code point (-1: unknown).
-        single = self._run_keys < (1 << 21)
-        size = int(self._run_keys[single].max()) + 1 if single.any() else 0
+        keys = np.array(run_keys, dtype=np.uint64)
+        rows = np.array(run_rows, dtype=np.intp)
+        # Single characters (keys below 2**21) are looked up straight by code point (-1: unknown),
+        # bigrams and trigrams in a hash table.
+        single = keys < (1 << 21)
+        size = int(keys[single].max()) + 1 if single.any() else 0
         self._char_rows = np.full(size, -1, np.intp)
-        self._char_rows[self._run_keys[single].astype(np.intp)] = self._run_rows[single]
+        self._char_rows[keys[single].astype(np.intp)] = rows[single]
+        self._grams = KeyTable(keys[~single], rows[~single])
         # One extra zero row: every text gets it, so reduceat never sees an empty segment.
         self._padding = len(vocabulary)
         self.weights = np.vstack([weights.astype(np.float32), np.zeros((1, len(classes)), np.float32)])
@@ -195,7 +198,9 @@ class LinearModel:
         vocabulary = [""] * self.n_features
         for feature, row in self.vocabulary.items():
             vocabulary[row] = feature
-        for key, row in zip(self._run_keys.tolist(), self._run_rows.tolist(), strict=True):
+        for point in np.flatnonzero(self._char_rows >= 0).tolist():
+            vocabulary[int(self._char_rows[point])] = "h:" + chr(point)
+        for key, row in zip(*(part.tolist() for part in self._grams.items()), strict=True):
             vocabulary[row] = "h:" + "".join(chr((key >> shift) & 0x1FFFFF) for shift in (0, 21, 42) if key >> shift)
         if any("\n" in feature for feature in vocabulary):
             raise ValueError("a feature contains a newline")
@@ -224,10 +229,11 @@ class LinearModel:
         if feature.startswith("h:"):
             if not 1 <= len(feature) - 2 <= 3:
                 return None
-            key = gram_key(feature[2:])
-            i = int(np.searchsorted(self._run_keys, np.uint64(key)))
-            found = i < len(self._run_keys) and int(self._run_keys[i]) == key
-            return int(self._run_rows[i]) if found else None
+            if len(feature) == 3:
+                point = ord(feature[2])
+                found = int(self._char_rows[point]) if point < len(self._char_rows) else -1
+                return found if found >= 0 else None
+            return self._grams.get(gram_key(feature[2:]))
         return self.vocabulary.get(feature)
 
     # --- inference -----------------------------------------------------------------------------
@@ -487,8 +493,8 @@ class LinearModel:
     def _run_features(self, runs: list[str], owners: Any, sums: Any, known: Any) -> None:
         """Add the weights and counts of the character n-grams of runs to their texts, for all the
         runs of a batch at once: each n-gram of up to 3 characters is a 63-bit key (21 bits a code
-        point, :func:`gram_key`) binary-searched in the model's sorted keys."""
-        if not len(self._run_keys):
+        point, :func:`gram_key`) looked up in the model's hash table of them."""
+        if not len(self._grams) and not len(self._char_rows):
             return
         lengths = np.array([len(run) + 3 for run in runs], dtype=np.intp)  # " run " + the separator
         padded = " \0 ".join(runs)
@@ -522,23 +528,12 @@ class LinearModel:
             grams = points[:-2] | (points[1:-1] << np.uint64(21)) | (points[2:] << np.uint64(42))
             keys.append(grams[keep])
             texts.append(owner[:-2][keep])
-        rows, found = self._run_lookup(np.concatenate(keys)) if keys else (np.zeros(0, np.intp), np.zeros(0, bool))
+        rows, found = self._grams.lookup(np.concatenate(keys)) if keys else (np.zeros(0, np.intp), np.zeros(0, bool))
         if chars:  # the characters first, then the longer n-grams: the order the sums add them in
             rows = np.concatenate([chars[0], rows])
             found = np.concatenate([chars[0] >= 0, found])
             texts.insert(0, chars[1])
         self._add_rows(sums, known, rows[found], np.concatenate(texts)[found])
-
-    def _run_lookup(self, keys: Any) -> tuple[Any, Any]:
-        """(weight rows, found) of n-gram keys, binary-searched in the model's sorted keys (sorted
-        needles: each search starts where the last one ended)."""
-        order = np.argsort(keys)
-        at = np.minimum(np.searchsorted(self._run_keys, keys[order]), len(self._run_keys) - 1)
-        rows = np.empty(len(keys), np.intp)
-        found = np.empty(len(keys), bool)
-        rows[order] = self._run_rows[at]
-        found[order] = self._run_keys[at] == keys[order]
-        return rows, found
 
     def probabilities_batch(self, texts: Sequence[str]) -> npt.NDArray[np.float64]:
         logits = self.logits(texts).astype(np.float64)
