@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
 
 import msgspec
+import numpy as np
 import structlog
 
 from gateway.sdk import (
@@ -127,7 +128,8 @@ _WORD = re.compile(r"[^\W\d_]+")
 # At least five _WORD matches (calibration leaves those texts alone); one anchored pass, no backtracking
 # to speak of (the classes alternate).
 _FIVE_WORDS = re.compile(r"[\W\d_]*(?:[^\W\d_]+[\W\d_]+){4}[^\W\d_]")
-_LATIN_WORD = re.compile(r"[A-Za-z\u00c0-\u024f\u1e00-\u1eff]+")
+# Letters of the Latin script: a run of them is a word of another script than the ones below.
+_LATIN = "A-Za-z\u00c0-\u024f\u1e00-\u1eff"
 # fastText's cost grows with the text; 200 characters are as good as 500 for it (CLD2 gets all).
 FASTTEXT_CHARS = 200
 
@@ -193,15 +195,68 @@ SCRIPT_LANGUAGES: dict[str, frozenset[str]] = {
     "ethiopic": frozenset({"am"}),
     "thaana": frozenset({"dv"}),
 }  # fmt: skip
-# One alternation, one named group per script: a single finditer pass classifies the whole text.
-_SCRIPT_RUN = re.compile(
-    "|".join(f"(?P<{name}>[{chars}]+)" for name, chars in (_UNSPACED_SCRIPTS | _SPACED_SCRIPTS).items())
-)
-_UNSPACED = frozenset(_UNSPACED_SCRIPTS)
-_ALL_SCRIPT_CHARS = "".join((_UNSPACED_SCRIPTS | _SPACED_SCRIPTS).values())
-_NOT_SCRIPT = re.compile(f"[^{_ALL_SCRIPT_CHARS}]+")
-_HAN_ONLY = re.compile(f"[{_UNSPACED_SCRIPTS['han']}]+")
-_ASCII_LETTER = re.compile("[A-Za-z\u00c0-\u024f]")
+
+
+class _Scripts:
+    """Code points to scripts for a whole batch at once (numpy): column 0 is no script, 1 Latin,
+    then the unspaced scripts and the spaced ones, in the order of the dicts above. A regular
+    expression pass per text cost ~5 µs on a 30-character Chinese text (the engine tries a match
+    at every character); this costs well under 1 µs per text on a fetch."""
+
+    def __init__(self) -> None:
+        self.names = ["", "latin", *_UNSPACED_SCRIPTS, *_SPACED_SCRIPTS]
+        spans = sorted(
+            (ord(chars[i]), ord(chars[i + 2]), column)
+            for column, chars in enumerate([_LATIN, *_UNSPACED_SCRIPTS.values(), *_SPACED_SCRIPTS.values()], 1)
+            for i in range(0, len(chars), 3)  # the classes hold ranges only: "a-z", three characters each
+        )
+        edges, columns = [0], [0]  # column of the code points from each edge to the next
+        for first, last, column in spans:
+            if first < edges[-1]:
+                raise AssertionError(f"script ranges overlap at U+{first:04X}")
+            if first > edges[-1]:
+                edges.append(first)
+                columns.append(column)
+            else:
+                columns[-1] = column
+            edges.append(last + 1)
+            columns.append(0)
+        self.edges = np.array(edges, dtype=np.uint32)
+        self.columns = np.array(columns, dtype=np.intp)
+        # A character of an unspaced script is a unit; otherwise each run (word) of a script is one.
+        self.per_character = np.zeros(len(self.names), bool)
+        self.per_character[2 : 2 + len(_UNSPACED_SCRIPTS)] = True
+        self.kana, self.han = self.names.index("kana"), self.names.index("han")
+
+    def dominant(self, texts: Sequence[str]) -> list[str | None]:
+        """:func:`dominant_script` of each text."""
+        results: list[str | None] = [None] * len(texts)
+        todo = [i for i, text in enumerate(texts) if not text.isascii()]
+        if not todo:
+            return results
+        # Each text followed by a NUL (no script): runs never continue into the next text.
+        joined = "\0".join([texts[i] for i in todo]) + "\0"
+        points = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        column = self.columns[np.searchsorted(self.edges, points, side="right") - 1]
+        starts = column != np.concatenate([[0], column[:-1]])
+        units = (column != 0) & (starts | self.per_character[column])
+        owner = np.repeat(np.arange(len(todo)), [len(texts[i]) + 1 for i in todo])
+        width = len(self.names)
+        counts = np.bincount((owner * width + column)[units], minlength=len(todo) * width).reshape(len(todo), width)
+        both = (counts[:, self.kana] > 0) & (counts[:, self.han] > 0)  # kanji with kana: Japanese
+        counts[both, self.kana] += counts[both, self.han]
+        counts[both, self.han] = 0
+        scripts = counts[:, 2:]
+        best = scripts.argmax(axis=1)
+        top = scripts.max(axis=1)
+        share = SCRIPT_SHARE * (scripts.sum(axis=1) + counts[:, 1])  # the Latin words count against
+        for i, found, column_index in zip(todo, ((top > 0) & (top >= share)).tolist(), best.tolist(), strict=True):
+            if found:
+                results[i] = self.names[column_index + 2]
+        return results
+
+
+_SCRIPTS = _Scripts()
 
 
 class LanguageSettings(ProcessorSettings, kw_only=True, forbid_unknown_fields=True):
@@ -374,36 +429,16 @@ def detection_text(message: Message, max_chars: int) -> str:
 def dominant_script(text: str) -> str | None:
     """The non-Latin script that makes up SCRIPT_SHARE of the text's units, if any ("han" counts
     as "kana" when there is kana: kanji with kana is Japanese)."""
-    if text.isascii():
-        return None
-    # Fast path for the commonest non-Latin case, Chinese: every script character is Han.
-    scripted = _NOT_SCRIPT.sub("", text)
-    if scripted and _HAN_ONLY.fullmatch(scripted):
-        others = len(_LATIN_WORD.findall(text)) if _ASCII_LETTER.search(text) else 0
-        return "han" if len(scripted) >= SCRIPT_SHARE * (len(scripted) + others) else None
-    counts: dict[str, int] = {}
-    for match in _SCRIPT_RUN.finditer(scripted and text):
-        name = match.lastgroup
-        assert name is not None
-        if name in _UNSPACED:
-            counts[name] = counts.get(name, 0) + match.end() - match.start()
-        else:
-            counts[name] = counts.get(name, 0) + 1
-    if not counts:
-        return None
-    if "kana" in counts and "han" in counts:
-        counts["kana"] += counts.pop("han")
-    units = sum(counts.values())
-    others = len(_LATIN_WORD.findall(text))  # words of the other (Latin) script
-    best = max(counts, key=counts.__getitem__)
-    if counts[best] < SCRIPT_SHARE * (units + others):
-        return None
-    return best
+    return _SCRIPTS.dominant([text])[0]
 
 
 def script_candidates(text: str, languages: frozenset[str]) -> frozenset[str] | None:
     """The configured languages the dominant script allows (None: no dominant script)."""
-    script = dominant_script(text)
+    return languages_of_script(dominant_script(text), languages)
+
+
+def languages_of_script(script: str | None, languages: frozenset[str]) -> frozenset[str] | None:
+    """The configured languages a dominant script allows (None: no dominant script)."""
     if script is None:
         return None
     candidates = SCRIPT_LANGUAGES[script] & languages
@@ -446,11 +481,11 @@ class LanguageDetection(Processor):
         """One model call for all the texts that the script does not decide."""
         results: list[Detection | None] = []
         pending: list[tuple[int, str, frozenset[str] | None]] = []
-        for text in texts:
+        for text, script in zip(texts, _SCRIPTS.dominant(texts), strict=True):
             if not _WORD.search(text):  # emoji, digits, punctuation: no letters at all
                 results.append(Detection(None, 0.0, "text"))
                 continue
-            candidates = script_candidates(text, self.languages)
+            candidates = languages_of_script(script, self.languages)
             if candidates is not None and len(candidates) == 1:
                 results.append(Detection(next(iter(candidates)), 1.0, "script"))
                 continue

@@ -14,7 +14,7 @@ from gateway.model import Content, Message, Party
 from gateway.pipeline.chain import build_chain
 from gateway.plugins import PluginRegistry
 from gateway.sdk import ProcessorContext
-from plugins.language import LanguageDetection, LanguageSettings, script_language
+from plugins.language import _SCRIPTS, LanguageDetection, LanguageSettings, dominant_script, script_language
 from tests.conftest import run_offline
 
 
@@ -253,6 +253,26 @@ def test_script_shortcuts() -> None:
     assert script_language("Привет", ["en", "ru", "uk"]) is None  # two Cyrillic languages: the model decides
     assert script_language("Γειά σου", ["en", "el"]) == "el"
     assert script_language("שלום", ["he", "en"]) == "he"
+
+
+def test_dominant_script_counts_characters_of_unspaced_scripts_and_words_of_the_others() -> None:
+    """Han, kana, Hangul... count per character, Cyrillic, Latin... per word; the script wins with
+    60% of the units. A whole fetch is classified at once, with the same answers."""
+    cases = {
+        "我的iPhone坏了": "han",  # 4 Han characters against 1 Latin word
+        "退款 refund please now": None,  # 2 against 3
+        "漢字とかな": "kana",  # kanji with kana is Japanese
+        "Привет, как дела? ok": "cyrillic",  # 3 words against 1
+        "Привет hello world": None,  # 1 against 2
+        "Ḁḁ Ḁḁ 退款": None,  # letters of Latin Extended Additional are Latin words too
+        "𠀀𠀁 ok": "han",  # CJK extension B
+        "hello": None,
+        "😀👍": None,
+        "\ud800退款": "han",  # a lone surrogate (undecodable input) is no script
+        "": None,
+    }
+    assert [dominant_script(text) for text in cases] == list(cases.values())
+    assert _SCRIPTS.dominant(list(cases) * 3) == list(cases.values()) * 3
 
 
 @pytest.mark.parametrize(
