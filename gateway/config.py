@@ -26,6 +26,11 @@ Positive = Annotated[int, msgspec.Meta(gt=0)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 
+# The compression levels the producer applies (gateway/bus/compression.py), per codec: (lowest,
+# highest, default), the ranges and defaults of the Java clients (KIP-390, compression.<codec>.level).
+# snappy has no levels; "none" compresses nothing.
+COMPRESSION_LEVELS: dict[str, tuple[int, int, int]] = {"gzip": (1, 9, 6), "lz4": (1, 17, 9), "zstd": (-131072, 22, 3)}
+
 INSTANCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SECRET_REFERENCE_PREFIXES = ("env:", "file:")
 
@@ -69,6 +74,9 @@ class KafkaSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     linger_ms: NonNegative = 5
     max_batch_size: Positive = 262144
     compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "gzip"
+    # None: the codec's default (gzip 6, lz4 9, zstd 3, as in Java clients; aiokafka alone would
+    # run gzip at 9). Process-wide: every producer of the process uses it (gateway/bus/compression.py).
+    compression_level: int | None = None
     publish_timeout_ms: Positive = 10000
     session_timeout_ms: Positive = 10000
     heartbeat_interval_ms: Positive = 3000
@@ -373,9 +381,24 @@ def config_from_dict(raw: dict[str, Any], environ: Mapping[str, str] | None = No
             raise ConfigError(f"channels.{name}: instance names are 1-64 letters, digits, '.', '_' or '-'")
         if not isinstance(settings.get("type", name), str):
             raise ConfigError(f"channels.{name}.type: expected a string")
+    if problem := compression_level_problem(config.kafka.compression_type, config.kafka.compression_level):
+        raise ConfigError(f"kafka.compression_level: {problem}")
     if not config.gateway.topic_prefix or not re.fullmatch(r"[A-Za-z0-9._-]+", config.gateway.topic_prefix):
         raise ConfigError("gateway.topic_prefix: use letters, digits, '.', '_' or '-'")
     return config
+
+
+def compression_level_problem(compression_type: str, level: int | None) -> str | None:
+    """What is wrong with ``level`` for ``compression_type`` (None: nothing)."""
+    if level is None:
+        return None
+    if compression_type not in COMPRESSION_LEVELS:
+        codecs = ", ".join(f"{name} ({low} to {high})" for name, (low, high, _) in COMPRESSION_LEVELS.items())
+        return f"compression_type {compression_type!r} takes no level; levels apply to {codecs} only"
+    low, high, _ = COMPRESSION_LEVELS[compression_type]
+    if not low <= level <= high:
+        return f"{level} is out of range for {compression_type}: use {low} to {high}"
+    return None
 
 
 def _is_reference(value: Any) -> bool:

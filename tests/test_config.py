@@ -288,6 +288,7 @@ def test_production_file_with_an_inline_api_key_does_not_start(tmp_path: Path) -
         ({"kafka": {"linger_ms": "x"}}, "kafka.linger_ms"),
         ({"kafka": {"partitions": 0}}, "kafka.partitions"),
         ({"kafka": {"compression_type": "brotli"}}, "kafka.compression_type"),
+        ({"kafka": {"compression_level": 10}}, "kafka.compression_level"),  # gzip: 1-9 (tests/test_compression.py)
         ({"http": {"port": 70000}}, "http.port"),
         ({"redis": {"on_failure": "ignore"}}, "redis.on_failure"),
         ({"gateway": {"environment": "staging"}}, "gateway.environment"),

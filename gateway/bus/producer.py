@@ -22,6 +22,7 @@ from aiokafka.errors import (
 )
 
 from gateway.bus.cloudevents import CloudEventsBinding, ModelRecord
+from gateway.bus.compression import use_compression_level
 from gateway.bus.init_producer_id import negotiate_init_producer_id
 from gateway.bus.kafka import client_options
 from gateway.config import KafkaSection
@@ -235,6 +236,8 @@ class Publisher:
             kafka = self._kafka
             if kafka.enable_idempotence:
                 negotiate_init_producer_id()
+            # aiokafka has no level option: this sets it for every producer of the process.
+            compression_level = use_compression_level(kafka)
             producer = AIOKafkaProducer(
                 **client_options(kafka),
                 acks="all",
@@ -256,6 +259,8 @@ class Publisher:
                 "producer_connected",
                 bootstrap_servers=kafka.bootstrap_servers,
                 idempotence=kafka.enable_idempotence,
+                compression=kafka.compression_type,
+                compression_level=compression_level,
             )
 
     async def connect_forever(self, retry_s: float = 1.0) -> None:
