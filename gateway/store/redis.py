@@ -21,6 +21,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError
 
 from gateway.config import RedisSection
+from gateway.store.packing import with_hiredis_packing
 
 
 class StoreUnavailable(Exception):
@@ -223,6 +224,12 @@ return 0
 """
 
 
+def _hiredis_packing(pool: aioredis.BlockingConnectionPool) -> aioredis.BlockingConnectionPool:
+    """The pool's connections pack commands with hiredis (gateway/store/packing.py)."""
+    pool.connection_class = with_hiredis_packing(pool.connection_class)
+    return pool
+
+
 def _key_part(value: str) -> str:
     """Provider ids are opaque and may be long; keep keys short and free of separators."""
     if len(value) <= 128 and ":" not in value:
@@ -336,19 +343,21 @@ class RedisStore:
         self.settings = settings
         self.prefix = settings.key_prefix
         self.client: aioredis.Redis = client or aioredis.Redis.from_pool(
-            aioredis.BlockingConnectionPool.from_url(
-                settings.url,
-                max_connections=settings.max_connections,
-                timeout=settings.pool_timeout_s,
-                socket_timeout=settings.socket_timeout_s,
-                socket_connect_timeout=settings.socket_timeout_s,
-                health_check_interval=30,
-                # One immediate retry (on a fresh connection) for connection errors and timeouts:
-                # after a Redis restart every idle pooled connection is dead, and without it the
-                # first command on each would fail although Redis is back (a delivery published
-                # without dedup, an auto-reply skipped). In a real outage the retry fails too;
-                # StoreUnavailable as before.
-                retry=Retry(NoBackoff(), 1),
+            _hiredis_packing(
+                aioredis.BlockingConnectionPool.from_url(
+                    settings.url,
+                    max_connections=settings.max_connections,
+                    timeout=settings.pool_timeout_s,
+                    socket_timeout=settings.socket_timeout_s,
+                    socket_connect_timeout=settings.socket_timeout_s,
+                    health_check_interval=30,
+                    # One immediate retry (on a fresh connection) for connection errors and timeouts:
+                    # after a Redis restart every idle pooled connection is dead, and without it the
+                    # first command on each would fail although Redis is back (a delivery published
+                    # without dedup, an auto-reply skipped). In a real outage the retry fails too;
+                    # StoreUnavailable as before.
+                    retry=Retry(NoBackoff(), 1),
+                )
             )
         )
         self._release = self.client.register_script(_RELEASE)
