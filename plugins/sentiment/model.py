@@ -27,6 +27,7 @@ scikit-learn is needed to train, not to run.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Mapping, Sequence
 from itertools import chain
@@ -62,6 +63,9 @@ _CHUNK_MAX = 24  # ...of at most this many characters (longer ones rarely repeat
 _SEPARATOR = "\ufb01"
 _SEPARATOR_SPACED = " \ufb01 "
 _UNKNOWN = 2  # the token of every word without features (see _relevant)
+# An ASCII word followed by something that is not a word character (ngrams._UNIT's word class):
+# a piece "word" + rest splits there (normalized text is case-folded).
+_WORD_HEAD = re.compile(r"[a-z]+(?=[^\w'\u2019]|[\d_])")
 # Token kinds.
 _SEP, _WORD, _RUN, _SYMBOL, _RESET, _CLAUSE = range(6)  # _RESET: a "!" / "?" run, ends a negation
 
@@ -350,6 +354,21 @@ class LinearModel:
                     ids.append(1)
                 ids.pop()
                 return tuple(ids)
+            head = _WORD_HEAD.match(chunk)
+            if head is not None:
+                # A word and what follows it ("thanks!", "flight.", "great:)"): the word's token
+                # and the ids of the rest, which repeats far more than the whole piece does. The
+                # word ends where no word character follows, so scanning the two apart gives the
+                # units of the whole (ngrams.chunk_units).
+                word, rest = head.group(), chunk[head.end() :]
+                found = tokens.get(word)
+                known = self._chunks.get(rest)
+                result = (
+                    self._new_token(word, 1) if found is None else found,
+                    *(self._new_chunk(rest, runs) if known is None else known),
+                )
+                self._remember(chunk, result)
+                return result
         for run, word, symbol, _ in chunk_units(chunk):
             if run:
                 ids.append(1)
@@ -359,11 +378,15 @@ class LinearModel:
             found = tokens.get(token)
             ids.append(self._new_token(token, 1 if word else 2 if symbol else 3) if found is None else found)
         result = tuple(ids)
-        if len(chunk) <= _CHUNK_MAX and 1 not in result:
+        self._remember(chunk, result)
+        return result
+
+    def _remember(self, chunk: str, ids: tuple[int, ...]) -> None:
+        """Cache the ids of a piece of text, unless it is long or holds runs (both rarely repeat)."""
+        if len(chunk) <= _CHUNK_MAX and 1 not in ids:
             if len(self._chunks) >= _CHUNK_LIMIT:
                 self._chunks = {_SEPARATOR: (0,)}
-            self._chunks[chunk] = result
-        return result
+            self._chunks[chunk] = ids
 
     def _new_token(self, token: str, kind: int) -> int:
         """Add a unit seen for the first time (kind: 1 word, 2 symbol, 3 clause end) to the token
