@@ -4,6 +4,7 @@ floor, sender locale and default fallbacks, channel-set languages, configuration
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import msgspec
@@ -14,7 +15,14 @@ from gateway.model import Content, Message, Party
 from gateway.pipeline.chain import build_chain
 from gateway.plugins import PluginRegistry
 from gateway.sdk import ProcessorContext
-from plugins.language import _SCRIPTS, LanguageDetection, LanguageSettings, dominant_script, script_language
+from plugins.language import (
+    _SCRIPTS,
+    LanguageDetection,
+    LanguageSettings,
+    dominant_script,
+    dominant_scripts,
+    script_language,
+)
 from tests.conftest import run_offline
 
 
@@ -257,7 +265,8 @@ def test_script_shortcuts() -> None:
 
 def test_dominant_script_counts_characters_of_unspaced_scripts_and_words_of_the_others() -> None:
     """Han, kana, Hangul... count per character, Cyrillic, Latin... per word; the script wins with
-    60% of the units. A whole fetch is classified at once, with the same answers."""
+    60% of the units. A whole fetch is classified with numpy at once (_SCRIPTS), a few texts one by
+    one with regular expressions: the same answers."""
     cases = {
         "我的iPhone坏了": "han",  # 4 Han characters against 1 Latin word
         "退款 refund please now": None,  # 2 against 3
@@ -273,6 +282,34 @@ def test_dominant_script_counts_characters_of_unspaced_scripts_and_words_of_the_
     }
     assert [dominant_script(text) for text in cases] == list(cases.values())
     assert _SCRIPTS.dominant(list(cases) * 3) == list(cases.values()) * 3
+    assert dominant_scripts(list(cases) * 3) == list(cases.values()) * 3  # enough for numpy
+    # Random mixes of scripts, punctuation, digits and emoji: both ways agree on every one.
+    rng = random.Random(11)
+    pool = [
+        "abc",
+        "xyz",
+        "退款",
+        "カタ",
+        "한국",
+        "Привет",
+        "مرحبا",
+        "नमस्ते",
+        "Γειά",
+        "שלום",
+        "ไทย",
+        "ខ្មែរ",
+        "Ḁḁ",
+        "éü",
+        "×÷",
+        "𠀀𠀁",
+        ",",
+        ".",
+        "123",
+        "!",
+        "😀",
+    ]
+    texts = [(" " if rng.random() < 0.7 else "").join(rng.choices(pool, k=rng.randint(1, 8))) for _ in range(3000)]
+    assert _SCRIPTS.dominant(texts) == [dominant_script(text) for text in texts]
 
 
 @pytest.mark.parametrize(
