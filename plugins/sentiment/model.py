@@ -247,7 +247,7 @@ class LinearModel:
         traffic: a worker's messages then pay only for words the model has no use for (one set
         look-up each), not for computing the features of its own words, and a full table falls
         back to this state instead of an empty one. Bounded by the vocabulary (~20,000 words for
-        the shipped English model: ~0.15 s and ~5 MB at load)."""
+        the shipped English model: ~0.15 s and ~10 MB at load)."""
         words = {f[2:] for f in self.vocabulary if f[:2] == "w:"} | {f[1:] for f in self.vocabulary if f[:1] == "~"}
         if self._relevant is not None:
             words |= self._relevant
