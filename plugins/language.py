@@ -41,7 +41,6 @@ import functools
 import importlib.util
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
 
@@ -502,8 +501,10 @@ def calibrated(probability: float, words: int) -> float:
     return float(probability ** SHORT_TEXT_POWER.get(words, 1.0))
 
 
-@dataclass(frozen=True, slots=True)
-class Detection:
+class Detection(msgspec.Struct, frozen=True):
+    """One text's answer (a msgspec struct: one per message, ten times cheaper than a frozen
+    dataclass)."""
+
     language: str | None  # None: nothing to say, or the best guess is below min_confidence
     confidence: float
     source: Literal["script", "text"]

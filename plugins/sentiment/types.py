@@ -3,25 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
+
+import msgspec
 
 SentimentLabel = Literal["positive", "neutral", "negative"]
 
 
-@dataclass(frozen=True, slots=True)
-class Prediction:
+class Prediction(msgspec.Struct, frozen=True):
     """What a model says about one text.
 
     ``score`` is the confidence of ``label`` in [0, 1] (what ``tags.sentiment.score`` carries and
     escalation thresholds compare); ``polarity`` is P(positive) - P(negative) in [-1, 1].
+    (A frozen msgspec struct: made once per message, ten times cheaper than a frozen dataclass.)
     """
 
     label: SentimentLabel
     score: float
     model: str
     polarity: float
-    probabilities: Mapping[SentimentLabel, float] = field(default_factory=dict)
+    probabilities: Mapping[SentimentLabel, float] = msgspec.field(default_factory=dict)
 
 
 @runtime_checkable
