@@ -139,3 +139,14 @@ def header() -> str:
         f"machine: {platform.platform()}, {os.cpu_count()} cpus, python {platform.python_version()}\n"
         f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
     )
+
+
+def print_rates(rates: dict[str, list[float]], over: tuple[str, str]) -> None:
+    """Each variant's msg/s over its rounds, then ``over[0]`` / ``over[1]`` per round and its median
+    (rounds alternate, so the ratio of a round is measured under that round's noise)."""
+    width = max(len(variant) for variant in rates)
+    for variant, values in rates.items():
+        print(f"  {variant:{width}} {summary(values, 'msg/s')}")
+    ratios = [a / b for a, b in zip(rates[over[0]], rates[over[1]], strict=True)]
+    per_round = ", ".join(f"{r:.2f}" for r in ratios)
+    print(f"  {over[0]}/{over[1]} ratio: median {statistics.median(ratios):.2f} (per round: {per_round})")

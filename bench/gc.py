@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import tempfile
 import uuid
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaProducer
 
 from bench import pipeline
-from bench.common import GATEWAY, header, processes, services, summary
+from bench.common import GATEWAY, header, print_rates, processes, services
 from gateway.embedded import free_port
 
 PYTHON_DEFAULTS = "gc_threshold = [700, 10, 10]\ngc_freeze = false\n"
@@ -75,13 +74,9 @@ async def main() -> None:
                     await follower.stop()
                 await producer.stop()
 
-    ratios = [t / p for p, t in zip(rates["python"], rates["tuned"], strict=True)]
     print(header())
     print(f"{args.chain} worker, {args.messages} messages x {args.rounds} rounds:")
-    for variant, values in rates.items():
-        print(f"  {variant:6} {summary(values, 'msg/s')}")
-    per_round = ", ".join(f"{r:.2f}" for r in ratios)
-    print(f"  tuned/python: median {statistics.median(ratios):.2f} (per round: {per_round})")
+    print_rates(rates, over=("tuned", "python"))
     print("worker RSS at the end: " + ", ".join(f"{v} {mib:.0f} MiB" for v, mib in memory.items()))
 
 

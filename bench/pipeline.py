@@ -28,7 +28,6 @@ import asyncio
 import csv
 import json
 import random
-import statistics
 import tempfile
 import time
 import uuid
@@ -43,9 +42,9 @@ from bench.common import (
     header,
     open_loop,
     percentile,
+    print_rates,
     processes,
     services,
-    summary,
     wait_listening,
 )
 from gateway.config import KafkaSection
@@ -326,13 +325,9 @@ async def main() -> None:
                     await follower.stop()
                 await producer.stop()
 
-    ratios = [f / b for f, b in zip(rates["full"], rates["bare"], strict=True)]
     print(header())
     print(f"pipeline throughput, {args.messages} messages x {args.rounds} rounds:")
-    for variant, values in rates.items():
-        print(f"  {variant:5} {summary(values, 'msg/s')}")
-    per_round = ", ".join(f"{r:.2f}" for r in ratios)
-    print(f"  full/bare ratio: median {statistics.median(ratios):.2f} (per round: {per_round})")
+    print_rates(rates, over=("full", "bare"))
     print(f"texts: {len(CORPUS)} distinct")
     print(f"end-to-end latency, webhook 2xx -> processed topic, {args.rate:.0f} msg/s for {args.seconds:.0f} s each:")
     for variant, (p50, p99) in latencies.items():
