@@ -14,7 +14,7 @@ becomes garbage. Two standard remedies, both process-wide:
   generation that later collections skip. Anything frozen that later becomes cyclic garbage is not
   reclaimed, which is why it runs after start-up (after a full collection), not before.
 
-Measured (BENCHMARKS.md, "Garbage collection"): the full worker +15% messages per second, the
+Measured (BENCHMARKS.md, "Garbage collection"): the full worker +17% messages per second, the
 passthrough worker +14%. Only the gateway's own commands call these (not tests or embedders that
 run the roles in their own process).
 """
