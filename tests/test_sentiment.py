@@ -286,6 +286,15 @@ def test_the_model_words_are_tokens_from_the_start_and_outlive_a_full_table() ->
     for text in second + first:
         assert model.logits([text])[0] == pytest.approx(reference(text), abs=1e-4), text
     assert np.allclose(model.logits(first + second), [reference(t) for t in first + second], atol=1e-4)
+    # Ids that were words (negations, lexicon words, halves of word pairs) given out again to
+    # clause marks and symbols, which must not keep any of that.
+    words = ["nooot goood baaad", "worrrst thaaanks noooo", "not goood at all", "never baaad"]
+    marks = [";;; ... ,, :) :( 123 ??? !!! <3", "; , . ! ? :) 7 8 9"]
+    model._reset_tokens()
+    model.logits(words)
+    model._reset_tokens()
+    for text in marks + words:
+        assert model.logits([text])[0] == pytest.approx(reference(text), abs=1e-4), text
 
 
 def test_no_normalized_text_holds_the_batch_separator() -> None:

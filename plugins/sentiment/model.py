@@ -293,8 +293,16 @@ class LinearModel:
             self._tokens = dict(tokens)
             self._chunks = {_SEPARATOR: (0,)}
             del self._token_values[values:]
-            self._slot_negated[values:] = -1  # token ids past the base are given out again
+            # Token ids past the base are given out again: their rows as in an empty table (a new
+            # token sets only what its kind uses).
+            self._kind[values:] = _SEP
+            self._slot[values:] = 0
+            self._count[values:] = 0
+            self._slot_negated[values:] = -1
             self._count_negated[values:] = 0
+            self._negation[values:] = False
+            self._valence[values:] = 0
+            self._pair[values:] = -1
             self._slots = slots
             self._pending_slots.clear()
             self._pending_starts.clear()
