@@ -70,8 +70,32 @@ _WORD_HEAD = re.compile(r"[a-z]+(?=[^\w'\u2019]|[\d_])")
 _SEP, _WORD, _RUN, _SYMBOL, _RESET, _CLAUSE = range(6)  # _RESET: a "!" / "?" run, ends a negation
 
 
+# The arrays indexed by token id, and the value of a row no token has yet: one place for the empty
+# table, its growth and a full table's fall-back (:meth:`LinearModel._reset_tokens`).
+_TOKEN_ROWS: tuple[tuple[str, type[np.generic], int], ...] = (
+    ("_kind", np.int8, _SEP),  # _SEP, _WORD, _RUN, _SYMBOL, _RESET, _CLAUSE
+    ("_slot", np.intp, 0),  # row of _sums: the summed weights of the features
+    ("_slot_negated", np.intp, -1),  # ...of a word after a negation (-1: not yet)
+    ("_count", np.int64, 0),  # number of known features
+    ("_count_negated", np.int64, 0),
+    ("_negation", np.bool_, False),  # a word that starts a negation scope
+    ("_valence", np.int8, 0),  # the lexicon's sign of a word (0: not in it)
+    ("_pair", np.int64, -1),  # a word's id among the words of the word pairs
+)
+
+
 class LinearModel:
     """One language's model; thread-safe (a lock guards the unit table)."""
+
+    # Per-token arrays (_TOKEN_ROWS), set by _empty_tables.
+    _kind: npt.NDArray[np.int8]
+    _slot: npt.NDArray[np.intp]
+    _slot_negated: npt.NDArray[np.intp]
+    _count: npt.NDArray[np.int64]
+    _count_negated: npt.NDArray[np.int64]
+    _negation: npt.NDArray[np.bool_]
+    _valence: npt.NDArray[np.int8]
+    _pair: npt.NDArray[np.int64]
 
     def __init__(
         self,
@@ -269,16 +293,10 @@ class LinearModel:
         self._tokens: dict[str, int] = {}  # unit text -> token id (0: the separator, 1: any run, 2: _UNKNOWN)
         self._chunks: dict[str, tuple[int, ...]] = {_SEPARATOR: (0,)}  # piece of text -> token ids
         self._token_values = ["", "", ""]  # collapsed words
-        self._kind = np.zeros(1024, np.int8)  # _SEP, _WORD, _RUN, _SYMBOL, _RESET, _CLAUSE
+        for name, dtype, empty in _TOKEN_ROWS:
+            setattr(self, name, np.full(1024, empty, dtype))
         self._kind[:3] = (_SEP, _RUN, _WORD)
-        self._slot = np.zeros(1024, np.intp)  # row of _sums: the summed weights of the features
-        self._slot_negated = np.full(1024, -1, np.intp)  # ...of a word after a negation (-1: not yet)
         self._slot_negated[_UNKNOWN] = 0
-        self._count = np.zeros(1024, np.int64)  # number of known features
-        self._count_negated = np.zeros(1024, np.int64)
-        self._negation = np.zeros(1024, bool)  # a word that starts a negation scope
-        self._valence = np.zeros(1024, np.int8)  # the lexicon's sign of a word (0: not in it)
-        self._pair = np.full(1024, -1, np.int64)  # a word's id among the words of the word pairs
         self._sums = np.zeros((1024, len(self.classes)), np.float32)  # slot 0: zeros
         self._slots = 1
         self._pending_slots: list[int] = []
@@ -295,14 +313,8 @@ class LinearModel:
             del self._token_values[values:]
             # Token ids past the base are given out again: their rows as in an empty table (a new
             # token sets only what its kind uses).
-            self._kind[values:] = _SEP
-            self._slot[values:] = 0
-            self._count[values:] = 0
-            self._slot_negated[values:] = -1
-            self._count_negated[values:] = 0
-            self._negation[values:] = False
-            self._valence[values:] = 0
-            self._pair[values:] = -1
+            for name, _, empty in _TOKEN_ROWS:
+                getattr(self, name)[values:] = empty
             self._slots = slots
             self._pending_slots.clear()
             self._pending_starts.clear()
@@ -401,15 +413,9 @@ class LinearModel:
         table; return its id."""
         index = len(self._token_values)
         if index >= len(self._kind):
-            grow = len(self._kind)
-            self._kind = np.concatenate([self._kind, np.zeros(grow, np.int8)])
-            self._slot = np.concatenate([self._slot, np.zeros(grow, np.intp)])
-            self._slot_negated = np.concatenate([self._slot_negated, np.full(grow, -1, np.intp)])
-            self._count = np.concatenate([self._count, np.zeros(grow, np.int64)])
-            self._count_negated = np.concatenate([self._count_negated, np.zeros(grow, np.int64)])
-            self._negation = np.concatenate([self._negation, np.zeros(grow, bool)])
-            self._valence = np.concatenate([self._valence, np.zeros(grow, np.int8)])
-            self._pair = np.concatenate([self._pair, np.full(grow, -1, np.int64)])
+            for name, dtype, empty in _TOKEN_ROWS:  # twice the rows, the new ones empty
+                rows = getattr(self, name)
+                setattr(self, name, np.concatenate([rows, np.full(len(rows), empty, dtype)]))
         value = token
         if kind == 1:  # a word
             value = collapse(token)
