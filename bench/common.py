@@ -88,6 +88,22 @@ async def wait_listening(port: int, timeout_s: float = 30) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
+# The webhook instances bench.ingress posts to (and bench.tracing after it), their secrets from
+# BENCH_SECRET: the generic api channel, WhatsApp and Telegram.
+WEBHOOK_CHANNELS = """
+[channels.api]
+type = "api"
+secret = "env:BENCH_SECRET"
+[channels.wa]
+type = "whatsapp"
+app_secret = "env:BENCH_SECRET"
+verify_token = "env:BENCH_SECRET"
+[channels.tg]
+type = "telegram"
+secret_token = "env:BENCH_SECRET"
+"""
+
+
 def base_config(bootstrap: str, redis_url: str, port: int, prefix: str, kafka: str = "") -> str:
     """The TOML every benchmark's gateway starts from: its own topics and keys, quiet logs; ``kafka``
     adds lines to the ``[kafka]`` table."""

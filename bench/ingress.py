@@ -28,6 +28,7 @@ import aiohttp
 from bench.common import (
     GATEWAY,
     ROOT,
+    WEBHOOK_CHANNELS,
     base_config,
     header,
     open_loop,
@@ -74,19 +75,7 @@ uvloop.run(main())  # the gateway's default event loop: the floor gets the same
 def gateway_config(path: Path, bootstrap: str, redis_url: str, port: int, compression: str) -> None:
     prefix = f"bench{uuid.uuid4().hex[:6]}."
     path.write_text(
-        base_config(bootstrap, redis_url, port, prefix, kafka=f'compression_type = "{compression}"')
-        + """
-[channels.api]
-type = "api"
-secret = "env:BENCH_SECRET"
-[channels.wa]
-type = "whatsapp"
-app_secret = "env:BENCH_SECRET"
-verify_token = "env:BENCH_SECRET"
-[channels.tg]
-type = "telegram"
-secret_token = "env:BENCH_SECRET"
-"""
+        base_config(bootstrap, redis_url, port, prefix, kafka=f'compression_type = "{compression}"') + WEBHOOK_CHANNELS
     )
 
 

@@ -41,7 +41,7 @@ from pathlib import Path
 import aiohttp
 from aiokafka import AIOKafkaProducer
 
-from bench.common import GATEWAY, base_config, header, processes, services, summary, wait_listening
+from bench.common import GATEWAY, WEBHOOK_CHANNELS, base_config, header, processes, services, summary, wait_listening
 from bench.ingress import SECRET, throughput
 from bench.pipeline import Outputs, inbound, rss_mib
 from gateway.embedded import free_port
@@ -90,17 +90,8 @@ group_id = "{prefix}worker"
 processors = ["passthrough"]
 [conversations]
 enabled = false
-[channels.api]
-type = "api"
-secret = "env:BENCH_SECRET"
-[channels.wa]
-type = "whatsapp"
-app_secret = "env:BENCH_SECRET"
-verify_token = "env:BENCH_SECRET"
-[channels.tg]
-type = "telegram"
-secret_token = "env:BENCH_SECRET"
 """
+        + WEBHOOK_CHANNELS
     )
 
 
