@@ -71,8 +71,7 @@ async def one_round(config_path: Path, messages: int, offset: int) -> dict[str, 
     try:
         for start in range(0, WARM, FETCH):  # first use: lazy loads, caches, Redis scripts
             await through_chain(fetch(start), None)
-        gc.collect()  # what a worker does once it is ready (gateway.heap.freeze)
-        gc.freeze()
+        heap.freeze(config.gateway)  # what a worker does once it is ready
         spent = {processor.name: 0.0 for processor in chain}
         for start in range(WARM, WARM + messages, FETCH):
             await through_chain(fetch(start), spent)
