@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import json
+import os
+import sys
+import threading
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
@@ -47,6 +51,38 @@ __all__ = [
 ]
 
 API_SECRET = "test-secret-0123456789abcdef"
+
+# A test still running this long after pytest-timeout's limit (pyproject.toml) is hung where that
+# limit cannot reach it: typically a task that ignores cancellation while pytest-asyncio closes a
+# loop, or a timeout exception swallowed by an event loop callback. Rather than hang CI, print what
+# every asyncio task and thread is doing and end this test process (xdist reports it as crashed).
+HANG_DUMP_AFTER_S = 300.0
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    timer = threading.Timer(HANG_DUMP_AFTER_S, _dump_hang_and_exit, args=(item,))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def _dump_hang_and_exit(item: pytest.Item) -> None:
+    capture = item.config.pluginmanager.getplugin("capturemanager")
+    if capture is not None:  # give stderr back to the terminal (or CI's log) to be seen
+        capture.suspend_global_capture()
+    out = sys.stderr
+    print(f"\n=== {item.nodeid}: running for {HANG_DUMP_AFTER_S:.0f} s; asyncio tasks, then threads ===", file=out)
+    for task in list(getattr(asyncio.tasks, "_all_tasks", ())):  # every loop's tasks (no public API)
+        if not task.done():
+            print(f"--- {task!r}", file=out)
+            task.print_stack(file=out)
+    faulthandler.dump_traceback(file=out, all_threads=True)
+    out.flush()
+    os._exit(70)
 
 
 @pytest.fixture(scope="session")
