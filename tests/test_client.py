@@ -179,6 +179,43 @@ async def test_offsets_are_committed_only_after_the_handler_succeeded(kafka_boot
     assert seen == [r.id for r in records]
 
 
+async def test_a_cancelled_consumer_finishes_its_batch_and_commits_it(kafka_bootstrap: str, topic: str) -> None:
+    records = [message(f"m{i}") for i in range(3)]
+    await publish(kafka_bootstrap, topic, [as_record(topic, r) for r in records])
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    seen: list[str] = []
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(received: Received) -> None:
+        started.set()
+        await release.wait()  # the batch is in hand when the run is cancelled
+        seen.append(received.id)
+
+    first = GatewayConsumer([topic], group_id=group, kafka=kafka(kafka_bootstrap))
+    task = asyncio.create_task(first.run(slow))
+    await asyncio.wait_for(started.wait(), 60)
+    task.cancel()
+    await asyncio.sleep(0)
+    assert not task.done()  # waiting for the batch, not abandoning it
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 30)
+    handled = len(seen)
+    assert handled >= 1 and seen == [r.id for r in records[:handled]]
+
+    # The next start (same group) resumes after what the cancelled run finished.
+    second = GatewayConsumer([topic], group_id=group, kafka=kafka(kafka_bootstrap))
+    again: list[str] = []
+
+    async def works(received: Received) -> None:
+        again.append(received.id)
+
+    last = message("last")
+    await publish(kafka_bootstrap, topic, [as_record(topic, last)])
+    await consume(second, works, until=lambda: bool(again) and again[-1] == last.id)
+    assert again == [r.id for r in records[handled:]] + [last.id]
+
+
 async def test_retried_handler_then_on_failure_skips_and_undecodable_records_go_there(
     kafka_bootstrap: str, topic: str
 ) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from gateway.bus.consumer import ConsumerRunner, Deferred, Outcome, Record
 from gateway.bus.producer import BrokerUnavailable
 from gateway.bus.topics import ensure_topics
@@ -174,3 +176,51 @@ async def test_refused_outputs_in_a_batch_rewind_the_partition(kafka_bootstrap: 
     assert acknowledged == [f"r{i}" for i in range(12)]  # each once, in order: r5 fetched again, not skipped
     assert singles == []  # a broker outage is not the record's fault: no retries alone
     assert any(batch[0] == "r5" for batch in batches[1:])
+
+
+async def test_a_cancelled_runner_finishes_its_batch_and_commits_it(kafka_bootstrap: str, redis_url: str) -> None:
+    """Cancelling ``run`` (a task group torn down, a loop closing) must not orphan the batch in hand:
+    the runner waits for it and commits it, so the group's next member starts after it."""
+    config = make_config(kafka_bootstrap, redis_url)
+    topic = f"{config.gateway.topic_prefix}cancelled"
+    await ensure_topics(config.kafka, [topic])
+    values = [f"r{i}" for i in range(5)]
+    await produce_raw(kafka_bootstrap, topic, [(b"one-conversation", v.encode()) for v in values])
+
+    handled: list[str] = []
+    first_started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def handler(record: Record) -> None:
+        first_started.set()
+        await release.wait()  # the batch is in hand when the run is cancelled
+        handled.append(record.value.decode() if record.value else "")
+
+    async def dead_letter(record: Record, exc: BaseException, attempts: int) -> None:
+        raise AssertionError(f"nothing should be dead-lettered: {exc}")
+
+    group = f"{config.gateway.topic_prefix}group"
+    runner = ConsumerRunner(config.kafka, topics=[topic], group_id=group, handler=handler, dead_letter=dead_letter)
+    task = asyncio.create_task(runner.run())
+    await asyncio.wait_for(first_started.wait(), 60)
+    task.cancel()
+    await asyncio.sleep(0)  # the cancellation reaches the run, not the shielded batch
+    assert not task.done()  # still waiting for the batch
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 30)
+    fetched = len(handled)
+    assert fetched >= 1 and handled == values[:fetched]  # the batch in hand finished, in order
+
+    later: list[str] = []
+    seen_sentinel = asyncio.Event()
+
+    async def follower(record: Record) -> None:
+        later.append(record.value.decode() if record.value else "")
+        if later[-1] == "sentinel":
+            seen_sentinel.set()
+
+    await produce_raw(kafka_bootstrap, topic, [(b"one-conversation", b"sentinel")])
+    second = ConsumerRunner(config.kafka, topics=[topic], group_id=group, handler=follower, dead_letter=dead_letter)
+    await run_until(second, seen_sentinel)
+    assert later == [*values[fetched:], "sentinel"]  # nothing of the cancelled run's batch again

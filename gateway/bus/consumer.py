@@ -215,15 +215,14 @@ class ConsumerRunner:
                 if not batch:
                     continue
                 self._inflight = asyncio.create_task(self._process(batch))
-                try:
-                    # Shielded: a shutdown request lets the batch finish and be committed.
-                    await asyncio.shield(self._inflight)
-                finally:
-                    self._inflight = None
+                # Shielded: a cancelled run lets the batch finish (below) and commits what it did.
+                await asyncio.shield(self._inflight)
+                self._inflight = None
                 await self._commit(set(batch))
         finally:
             if self._inflight is not None:
                 await asyncio.wait([self._inflight])
+                self._inflight = None
             await self._commit(set(self._done))
             await consumer.stop()
             self._consumer = None

@@ -126,16 +126,16 @@ class GatewayConsumer:
                 if not batch:
                     continue
                 self._inflight = asyncio.create_task(self._batch(batch, handler))
-                try:
-                    failure = await asyncio.shield(self._inflight)  # a stop lets the batch finish
-                finally:
-                    self._inflight = None
+                # Shielded: a cancelled run lets the batch finish (below) and commits what it did.
+                failure = await asyncio.shield(self._inflight)
+                self._inflight = None
                 await self._commit(set(batch))
                 if failure is not None:
                     raise failure
         finally:
             if self._inflight is not None:
                 await asyncio.wait([self._inflight])
+                self._inflight = None
             await self._commit(set(self._done))
             await consumer.stop()
             self._consumer = None
