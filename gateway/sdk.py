@@ -32,6 +32,7 @@ from gateway.helpers.keywords import normalize as normalize_for_match
 from gateway.helpers.loops import LoopGuard
 from gateway.helpers.payload import decode_json
 from gateway.helpers.priority import PRIORITY_RANK, Priority, add_tags, raise_priority
+from gateway.helpers.tasks import cancel_and_wait
 from gateway.helpers.templates import check_template, check_templates, pick_language, render_template
 from gateway.helpers.text import html_to_text, message_text, primary_language, readable_text
 from gateway.helpers.tokens import AccessTokens, Token, TokenError, TokenRejected, with_token
@@ -122,7 +123,7 @@ from gateway.store.redis import StoreUnavailable
 # STRONG_IDENTITY_ATTRIBUTES), UNKNOWN_SENDER (a sender id that is never an identity), ATTR_PROFILE_ID;
 # Identity, identities_of, ProfileStore (ProcessorContext.profiles), LinkOutcome, Profile,
 # derived_event_id (event ids derived from their cause).
-API_VERSION = "1.3"
+API_VERSION = "1.4"
 
 __all__ = [
     "API_VERSION",
@@ -200,6 +201,7 @@ __all__ = [
     "add_tags",
     "basic_auth",
     "call_provider",
+    "cancel_and_wait",
     "channel_instances",
     "check_sha1_signature",
     "check_template",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +10,7 @@ import structlog
 from aiohttp import web
 
 from gateway.channel import Channel
+from gateway.helpers.tasks import cancel_and_wait
 from gateway.ingress.app import create_app
 from gateway.outbound.dispatcher import Dispatcher
 from gateway.pipeline.chain import build_chain
@@ -110,8 +110,6 @@ async def run_roles(runtime: Runtime, roles: Roles, stop: asyncio.Event, ready: 
             consumer.stop()
         if tasks:
             await asyncio.wait(tasks, timeout=30)
-        connect.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await connect
+        await cancel_and_wait(connect)
         await runtime.close()
         log.info("stopped")

@@ -19,6 +19,7 @@ from aiokafka.errors import KafkaError
 
 from gateway.bus.kafka import client_options, topic_partitions
 from gateway.config import KafkaSection
+from gateway.helpers.tasks import cancel_and_wait
 from gateway.model import Message, decode_message
 
 log = structlog.get_logger(__name__)
@@ -57,10 +58,7 @@ class MessageFeed:
         return self._ready.is_set()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         """Tail the topic while anyone listens; after a broker failure, start again from the end."""

@@ -34,6 +34,7 @@ from gateway.bus.producer import BrokerUnavailable, OutgoingRecord, header, reco
 from gateway.channel import Channel, SendError, SendResult
 from gateway.conversations.tracker import Facts, resolution_message
 from gateway.helpers.choices import with_choices_as_text
+from gateway.helpers.tasks import cancel_and_wait
 from gateway.ids import new_id
 from gateway.model import ConversationEvent, DeliveryError, DeliveryEvent, Message, decode_message, utcnow
 from gateway.runtime import Runtime
@@ -226,9 +227,7 @@ class Dispatcher:
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
 
     async def _record_sent(self, message: Message, sent: SendClaim) -> None:
         """Record the accepted send, waiting for Redis as long as it takes.

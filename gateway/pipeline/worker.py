@@ -15,7 +15,6 @@ work exactly as with one message at a time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -25,6 +24,7 @@ import structlog
 from gateway.bus.consumer import ConsumerRunner, Deferred, Outcome, Record
 from gateway.bus.producer import OutgoingRecord, PendingAck, header, record_for
 from gateway.conversations.sla import SlaScheduler
+from gateway.helpers.tasks import cancel_and_wait
 from gateway.model import ConversationEvent, DeliveryEvent, Message
 from gateway.processor import BatchResult, Drop, Processor, ProcessorContext
 from gateway.runtime import Runtime
@@ -171,10 +171,7 @@ class Worker:
         try:
             await self.runner.run()
         finally:
-            if sla is not None:
-                sla.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sla
+            await cancel_and_wait(sla)
 
     def stop(self) -> None:
         self.runner.stop()

@@ -22,6 +22,8 @@ import structlog
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from gateway.sdk import cancel_and_wait
+
 log = structlog.get_logger(__name__)
 
 POLL_S = 5.0  # how long one read waits for a notification (keeps stop() prompt)
@@ -71,11 +73,8 @@ class Subscriber:
             log.warning("webchat_subscribe_pending", channel=self.channel)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
 
     async def _run(self) -> None:
         delay = 0.5

@@ -47,6 +47,7 @@ from gateway.sdk import (
     WxCryptoError,
     WxXmlError,
     call_provider,
+    cancel_and_wait,
     parse_wx_xml,
     with_token,
 )
@@ -208,10 +209,7 @@ class WeComKfChannel(Channel):
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         if self._own_http is not None:
             await self._own_http.close()
             self._own_http = None

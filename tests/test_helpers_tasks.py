@@ -1,0 +1,65 @@
+"""gateway.sdk.cancel_and_wait: stops a background task without swallowing the caller's own cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gateway.sdk import cancel_and_wait
+
+
+async def test_the_task_is_cancelled_and_has_stopped_on_return() -> None:
+    cleaned_up: list[str] = []
+
+    async def background() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.sleep(0)  # a clean-up that takes a step of its own
+            cleaned_up.append("done")
+
+    task = asyncio.create_task(background())
+    await asyncio.sleep(0)
+    await cancel_and_wait(task)
+    assert task.cancelled() and cleaned_up == ["done"]
+    await cancel_and_wait(None)  # nothing started: nothing to do
+
+
+async def test_a_task_that_had_failed_raises_its_error() -> None:
+    async def broken() -> None:
+        raise RuntimeError("failed before the stop")
+
+    task = asyncio.create_task(broken())
+    await asyncio.sleep(0)
+    with pytest.raises(RuntimeError, match="failed before the stop"):
+        await cancel_and_wait(task)
+
+
+async def test_a_caller_cancelled_while_waiting_is_cancelled_too() -> None:
+    """The pattern it replaces (``with suppress(CancelledError): await task``) would let the stopper
+    carry on here, and a loop around it would never end."""
+    release = asyncio.Event()
+    carried_on: list[str] = []
+
+    async def slow_to_stop() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await release.wait()
+
+    async def stopper(task: asyncio.Task[None]) -> None:
+        await cancel_and_wait(task)
+        carried_on.append("after the stop")
+
+    background = asyncio.create_task(slow_to_stop())
+    await asyncio.sleep(0)
+    stopping = asyncio.create_task(stopper(background))
+    await asyncio.sleep(0)  # the stopper now waits for the background task
+    stopping.cancel()  # ...and is itself cancelled, as a shutdown does
+    await asyncio.sleep(0)
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await stopping
+    assert stopping.cancelled() and background.cancelled()
+    assert carried_on == []
