@@ -151,8 +151,9 @@ class LinearModel:
         if self.spec.lexicon and not self.lexicon:
             raise ValueError("the feature spec uses a lexicon and the model has none")
         self._use_lexicon = bool(self.lexicon) and self.spec.lexicon
-        # Word pairs ("b:<word> <word>") as integer keys: first word's id * _pair_base + second's,
-        # the ids numbering the words that occur in pairs; sorted for binary search.
+        # Word pairs ("b:<word> <word>") as integer keys: first word's id * _pair_base + second's
+        # + 1 (keys are non-zero), the ids numbering the words that occur in pairs, in a hash
+        # table (~20 pairs per English text: 2.1 µs a text to binary-search, ~0.4 to hash).
         self._pair_words: dict[str, int] = {}
         pair_keys: list[int] = []
         pair_rows: list[int] = []
@@ -165,9 +166,7 @@ class LinearModel:
             if len(halves) == 2:
                 pair_keys.append(self._pair_words[halves[0]] * self._pair_base + self._pair_words[halves[1]])
                 pair_rows.append(row)
-        order = np.argsort(np.array(pair_keys, dtype=np.int64), kind="stable")
-        self._pair_keys = np.array(pair_keys, dtype=np.int64)[order]
-        self._pair_rows = np.array(pair_rows, dtype=np.intp)[order]
+        self._pairs = KeyTable(np.array(pair_keys, dtype=np.uint64) + np.uint64(1), np.array(pair_rows, np.intp))
         # The lexicon counts of a text (x:pos>=1..k, x:neg>=1..k, k <= 4) by k: summed rows, count.
         self._lexicon_sums = np.zeros((2, 5, len(classes)), np.float32)
         self._lexicon_counts = np.zeros((2, 5), np.int64)
@@ -503,14 +502,13 @@ class LinearModel:
                         have = np.minimum(np.bincount(owner[which], minlength=n), 4)
                         sums += self._lexicon_sums[sign][have]
                         known += self._lexicon_counts[sign][have]
-            if self.spec.word_bigrams and len(self._pair_keys):
+            if self.spec.word_bigrams and len(self._pairs):
                 pair = self._pair[ids]
                 both = (pair[:-1] >= 0) & (pair[1:] >= 0)  # two neighbouring words of a clause
                 if both.any():
-                    keys = pair[:-1][both] * self._pair_base + pair[1:][both]
-                    at = np.minimum(np.searchsorted(self._pair_keys, keys), len(self._pair_keys) - 1)
-                    hit = self._pair_keys[at] == keys
-                    self._add_rows(sums, known, self._pair_rows[at[hit]], owner[1:][both][hit])
+                    keys = (pair[:-1][both] * self._pair_base + pair[1:][both] + 1).astype(np.uint64)
+                    rows, hit = self._pairs.lookup(keys)
+                    self._add_rows(sums, known, rows[hit], owner[1:][both][hit])
             run_at = np.flatnonzero(kind == _RUN)
             if len(run_at):
                 self._run_features(runs, owner[run_at], sums, known)
