@@ -7,7 +7,8 @@ sorted keys) took ~7 µs per text. Linear probing at a load factor of at most 1/
 vectorized steps (home slots, then the rest of the walk for the keys whose home holds another
 key): ~3.2 µs per text, for 12 bytes per slot (6 MB for the shipped Chinese model; a load of 1/4
 saved another 0.3 µs per text for 6 MB more). A single text's few keys cost ~24 µs, the numpy
-calls' fixed cost (the binary search: ~10).
+calls' fixed cost (the binary search: ~10). The English model's word pairs (~4,600 keys per 200
+texts among ~40,000) went from 93 to 46 ns a key the same way.
 """
 
 from __future__ import annotations

@@ -17,9 +17,9 @@ Speed (:meth:`LinearModel.logits`): the texts of a batch are normalized one by o
 separator and cut at white space; each piece maps to the ids of its units with one dict look-up
 (pieces and units seen for the first time are scanned once: a unit's feature rows are summed into
 a slot of a table; the model's own words have theirs from load on). Everything else is numpy
-over the batch's token ids: negation scopes from cumulative sums, word pairs as integer keys
-binary-searched in the model's sorted pair keys, lexicon counts by bincount, the character
-n-grams of Han runs as 63-bit keys in a hash table (keytable.py), and the sums per text with
+over the batch's token ids: negation scopes from cumulative sums, word pairs as integer keys and
+the character n-grams of Han runs as 63-bit keys, each looked up in a hash table (keytable.py),
+lexicon counts by bincount, and the sums per text with
 ``np.add.reduceat``.
 scikit-learn is needed to train, not to run.
 """
@@ -445,8 +445,8 @@ class LinearModel:
         separator unit before each: every unit is a token id (one dict look-up; a unit seen for the
         first time gets its features' summed weights, :meth:`_new_token`), and the rest is numpy
         over the batch's token ids: negation scopes from cumulative sums, word pairs as integer
-        keys binary-searched in the model's sorted pair keys, the lexicon counts, and the
-        character n-grams of Han runs (:meth:`_run_features`).
+        keys looked up in a hash table, the lexicon counts, and the character n-grams of Han
+        runs (:meth:`_run_features`).
         """
         n = len(texts)
         if not n:
