@@ -7,12 +7,14 @@ processor records what it was given, so each test can show the batch path was ta
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Sequence
 
 from gateway.bus.producer import record_for
 from gateway.config import Config
 from gateway.model import Content, Message, Party
+from gateway.pipeline import worker as worker_module
 from gateway.pipeline.worker import Worker
 from gateway.processor import BatchResult, Processor, ProcessorContext, ProcessorSettings
 from gateway.runtime import Runtime
@@ -177,3 +179,46 @@ async def test_a_process_batch_raising_as_a_whole_falls_back_to_process(runtime:
     assert numbers(processed, "d") == [0, 1, 3, 4, 5]
     assert all(m.trace["processors"] == "flaky" for m in processed)
     assert await topic_size(bootstrap, runtime.topics.processed) == 11
+
+
+class Replier(Processor):
+    """Emits a reply for every message, from both paths (so the emit functions are used)."""
+
+    name = "replier"
+
+    async def process(self, message: Message, ctx: ProcessorContext) -> Message:
+        reply = Message(
+            direction="outbound",
+            channel=message.channel,
+            instance=message.instance,
+            conversation_id=message.conversation_id,
+            sender=Party(id="bot"),
+            recipient=message.sender,
+            content=Content(text="thanks"),
+        )
+        await ctx.emit(reply)
+        return message
+
+
+async def test_finished_messages_are_freed_without_the_garbage_collector(runtime: Runtime, config: Config) -> None:
+    """Nothing of a processed message is left in a reference cycle: its context's emit functions
+    do not point back at it. A cycle per message would keep every message, record and output alive
+    until the collector runs, and make each collection walk them all. (A message that fails is
+    another matter: an exception returned as a result holds its traceback's frames.)"""
+    recorder = Recorder(ProcessorSettings())
+    batch = [inbound("c", i) for i in range(20)]
+    await produce(runtime, batch)
+    ours = (worker_module._Item, worker_module._Emitted, ProcessorContext, Message)
+    gc.collect()
+    gc.disable()  # from here on only reference counting frees anything
+    try:
+        async with running(Worker(runtime, [recorder, Replier(ProcessorSettings())])):
+            records = await read_records(config.kafka.bootstrap_servers, runtime.topics.outbound, 20)
+        assert len(records) == 20 and max(recorder.batches) > 1
+        gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection would free is kept in gc.garbage instead
+        gc.collect()
+        assert [type(o).__qualname__ for o in gc.garbage if isinstance(o, ours)] == []
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()

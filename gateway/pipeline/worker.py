@@ -32,6 +32,8 @@ from gateway.store.redis import StoreUnavailable
 from gateway.tracing import child_traceparent
 
 if TYPE_CHECKING:
+    from gateway.bus.topics import Topics
+    from gateway.metrics import Metrics
     from gateway.otel import Handle, Scope
 
 log = structlog.get_logger(__name__)
@@ -44,13 +46,60 @@ class ProcessorFailed(Exception):
         self.error = error
 
 
+class _Emitted:
+    """What the processors emitted for one message: the ``emit`` functions of its
+    ProcessorContext are this object's methods.
+
+    Bound to the ``_Item`` itself they would close a reference cycle per message (item -> context
+    -> bound method -> item), which only the garbage collector frees: every message, its record
+    and its outputs would stay alive until the next collection, and each collection would have to
+    walk them (the bare worker spent 14% of its CPU time there)."""
+
+    __slots__ = ("_metrics", "_topics", "message_id", "records", "traceparent")
+
+    def __init__(self, topics: Topics, metrics: Metrics, message_id: str, traceparent: str) -> None:
+        self._topics = topics
+        self._metrics = metrics
+        self.message_id = message_id  # the message being processed (processors may replace it)
+        self.traceparent = traceparent
+        self.records: list[OutgoingRecord] = []
+
+    async def emit(self, reply: Message) -> None:
+        message_id = self.message_id
+        reply.in_reply_to = reply.in_reply_to or message_id
+        self.records.append(
+            record_for(
+                self._topics.outbound,
+                reply,
+                traceparent=self.traceparent,
+                key=reply.conversation_id,
+                extra_headers=[("input-id", message_id)],
+            )
+        )
+
+    async def emit_event(self, event: DeliveryEvent) -> None:
+        self.records.append(
+            record_for(
+                self._topics.events,
+                event,
+                traceparent=self.traceparent,
+                key=event.conversation_id or event.external_id,
+            )
+        )
+
+    async def emit_conversation(self, event: ConversationEvent) -> None:
+        self._metrics.observe_conversation(event)
+        self.records.append(
+            record_for(self._topics.conversations, event, traceparent=self.traceparent, key=event.conversation_id)
+        )
+
+
 class _Item:
     """One message on its way through the chain: its context and what it emitted so far."""
 
     __slots__ = (
-        "_metrics",
-        "_topics",
         "ctx",
+        "emitted",
         "failed",
         "message",
         "outputs",
@@ -72,47 +121,18 @@ class _Item:
         else:
             self.span = scope.consume(record, worker.runner.group_id)
             self.traceparent = self.span.traceparent
-        self.outputs: list[OutgoingRecord] = []
+        runtime = worker.runtime
+        self.emitted = emitted = _Emitted(runtime.topics, runtime.metrics, message.id, self.traceparent)
+        self.outputs = emitted.records
         self.ran: list[str] = []
         self.result: Message | Drop = message
         self.failed: ProcessorFailed | None = None
-        self._topics = worker.runtime.topics
-        self._metrics = worker.runtime.metrics
         self.ctx = ProcessorContext(
-            store=worker.runtime.store,
-            emit=self.emit,
-            emit_event=self.emit_event,
-            emit_conversation=self.emit_conversation,
-            profiles=worker.runtime.profiles,
-        )
-
-    async def emit(self, reply: Message) -> None:
-        message_id = self.message.id
-        reply.in_reply_to = reply.in_reply_to or message_id
-        self.outputs.append(
-            record_for(
-                self._topics.outbound,
-                reply,
-                traceparent=self.traceparent,
-                key=reply.conversation_id,
-                extra_headers=[("input-id", message_id)],
-            )
-        )
-
-    async def emit_event(self, event: DeliveryEvent) -> None:
-        self.outputs.append(
-            record_for(
-                self._topics.events,
-                event,
-                traceparent=self.traceparent,
-                key=event.conversation_id or event.external_id,
-            )
-        )
-
-    async def emit_conversation(self, event: ConversationEvent) -> None:
-        self._metrics.observe_conversation(event)
-        self.outputs.append(
-            record_for(self._topics.conversations, event, traceparent=self.traceparent, key=event.conversation_id)
+            store=runtime.store,
+            emit=emitted.emit,
+            emit_event=emitted.emit_event,
+            emit_conversation=emitted.emit_conversation,
+            profiles=runtime.profiles,
         )
 
     def end_span(self, outcome: str, error: BaseException | None = None) -> None:
@@ -132,6 +152,7 @@ class _Item:
         self.result = result
         if not isinstance(result, Drop):
             self.message = result
+            self.emitted.message_id = result.id
 
 
 def _partition(item: _Item) -> tuple[str, int]:
@@ -303,7 +324,7 @@ class Worker:
             return
         for item, events in zip(items, results, strict=True):
             for event in events:
-                await item.emit_conversation(event)
+                await item.emitted.emit_conversation(event)
 
     async def _run_batch(self, processor: Processor, batch: list[_Item]) -> int:
         """One ``process_batch`` call; returns how many of the messages failed."""
