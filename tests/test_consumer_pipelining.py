@@ -16,6 +16,7 @@ import pytest
 from gateway.bus.consumer import ConsumerRunner, Deferred, Outcome, Record
 from gateway.bus.producer import BrokerUnavailable
 from gateway.bus.topics import ensure_topics
+from gateway.config import Config
 from tests.conftest import make_config, produce_raw
 
 
@@ -35,6 +36,16 @@ class ScriptedAck:
             self.last.set()
 
 
+async def one_partition(kafka_bootstrap: str, redis_url: str, name: str, count: int) -> tuple[Config, str, list[str]]:
+    """A fresh topic holding ``count`` records r0, r1... of one conversation (hence one partition)."""
+    config = make_config(kafka_bootstrap, redis_url)
+    topic = f"{config.gateway.topic_prefix}{name}"
+    await ensure_topics(config.kafka, [topic])
+    values = [f"r{i}" for i in range(count)]
+    await produce_raw(kafka_bootstrap, topic, [(b"one-conversation", v.encode()) for v in values])
+    return config, topic, values
+
+
 async def run_until(runner: ConsumerRunner, done: asyncio.Event) -> None:
     task = asyncio.create_task(runner.run())
     waiter = asyncio.create_task(done.wait())
@@ -45,11 +56,7 @@ async def run_until(runner: ConsumerRunner, done: asyncio.Event) -> None:
 
 
 async def test_refused_outputs_rewind_to_the_first_unacknowledged_record(kafka_bootstrap: str, redis_url: str) -> None:
-    config = make_config(kafka_bootstrap, redis_url)
-    topic = f"{config.gateway.topic_prefix}pipelined"
-    await ensure_topics(config.kafka, [topic])
-    values = [f"r{i}" for i in range(12)]
-    await produce_raw(kafka_bootstrap, topic, [(b"one-conversation", v.encode()) for v in values])
+    config, topic, values = await one_partition(kafka_bootstrap, redis_url, "pipelined", 12)
 
     handled: list[str] = []
     acknowledged: list[str] = []
@@ -98,11 +105,7 @@ async def run_batches(
     """Twelve records of one partition through a runner with a batch handler; ``outcome_of(value)``
     says what the batch answers for a record (None: a scripted ack). Returns the acknowledged
     values and the batches seen."""
-    config = make_config(kafka_bootstrap, redis_url)
-    topic = f"{config.gateway.topic_prefix}batched"
-    await ensure_topics(config.kafka, [topic])
-    values = [f"r{i}" for i in range(12)]
-    await produce_raw(kafka_bootstrap, topic, [(b"one-conversation", v.encode()) for v in values])
+    config, topic, values = await one_partition(kafka_bootstrap, redis_url, "batched", 12)
     acknowledged: list[str] = []
     batches: list[list[str]] = []
     done = asyncio.Event()
@@ -181,11 +184,7 @@ async def test_refused_outputs_in_a_batch_rewind_the_partition(kafka_bootstrap: 
 async def test_a_cancelled_runner_finishes_its_batch_and_commits_it(kafka_bootstrap: str, redis_url: str) -> None:
     """Cancelling ``run`` (a task group torn down, a loop closing) must not orphan the batch in hand:
     the runner waits for it and commits it, so the group's next member starts after it."""
-    config = make_config(kafka_bootstrap, redis_url)
-    topic = f"{config.gateway.topic_prefix}cancelled"
-    await ensure_topics(config.kafka, [topic])
-    values = [f"r{i}" for i in range(5)]
-    await produce_raw(kafka_bootstrap, topic, [(b"one-conversation", v.encode()) for v in values])
+    config, topic, values = await one_partition(kafka_bootstrap, redis_url, "cancelled", 5)
 
     handled: list[str] = []
     first_started = asyncio.Event()

@@ -20,6 +20,7 @@ from gateway.processor import BatchResult, Processor, ProcessorContext, Processo
 from gateway.runtime import Runtime
 from gateway.tracing import child_traceparent
 from tests.conftest import messages_of, read_records, running, topic_size
+from tests.test_gateway_testing import Echo
 
 
 def inbound(conversation: str, n: int) -> Message:
@@ -181,25 +182,6 @@ async def test_a_process_batch_raising_as_a_whole_falls_back_to_process(runtime:
     assert await topic_size(bootstrap, runtime.topics.processed) == 11
 
 
-class Replier(Processor):
-    """Emits a reply for every message, from both paths (so the emit functions are used)."""
-
-    name = "replier"
-
-    async def process(self, message: Message, ctx: ProcessorContext) -> Message:
-        reply = Message(
-            direction="outbound",
-            channel=message.channel,
-            instance=message.instance,
-            conversation_id=message.conversation_id,
-            sender=Party(id="bot"),
-            recipient=message.sender,
-            content=Content(text="thanks"),
-        )
-        await ctx.emit(reply)
-        return message
-
-
 async def test_finished_messages_are_freed_without_the_garbage_collector(runtime: Runtime, config: Config) -> None:
     """Nothing of a processed message is left in a reference cycle: its context's emit functions
     do not point back at it. A cycle per message would keep every message, record and output alive
@@ -212,7 +194,7 @@ async def test_finished_messages_are_freed_without_the_garbage_collector(runtime
     gc.collect()
     gc.disable()  # from here on only reference counting frees anything
     try:
-        async with running(Worker(runtime, [recorder, Replier(ProcessorSettings())])):
+        async with running(Worker(runtime, [recorder, Echo(ProcessorSettings())])):
             records = await read_records(config.kafka.bootstrap_servers, runtime.topics.outbound, 20)
         assert len(records) == 20 and max(recorder.batches) > 1
         gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection would free is kept in gc.garbage instead

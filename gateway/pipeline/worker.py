@@ -53,7 +53,7 @@ class _Emitted:
     Bound to the ``_Item`` itself they would close a reference cycle per message (item -> context
     -> bound method -> item), which only the garbage collector frees: every message, its record
     and its outputs would stay alive until the next collection, and each collection would have to
-    walk them (the bare worker spent 14% of its CPU time there)."""
+    walk them (the passthrough worker spent 14% of its CPU time in the collector)."""
 
     __slots__ = ("_metrics", "_topics", "message_id", "records", "traceparent")
 
