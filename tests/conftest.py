@@ -61,15 +61,26 @@ API_SECRET = "test-secret-0123456789abcdef"
 HANG_GRACE_S = 180.0
 
 
-def _hang_limit(item: pytest.Item) -> float:
+def _hang_limit(item: pytest.Item) -> float | None:
+    """The test's timeout (marker, then ``--timeout``, then the ini value) plus the grace; None
+    when the timeout is off (``--timeout 0`` while debugging): then nothing is watched."""
     marker = item.get_closest_marker("timeout")
-    limit = marker.args[0] if marker is not None and marker.args else item.config.getini("timeout")
-    return float(limit or 0) + HANG_GRACE_S
+    if marker is not None and marker.args:
+        limit = marker.args[0]
+    else:
+        option = item.config.getoption("timeout", None)
+        limit = option if option is not None else item.config.getini("timeout")
+    seconds = float(limit or 0)
+    return seconds + HANG_GRACE_S if seconds > 0 else None
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
-    timer = threading.Timer(_hang_limit(item), _dump_hang_and_exit, args=(item,))
+    limit = _hang_limit(item)
+    if limit is None:
+        yield
+        return
+    timer = threading.Timer(limit, _dump_hang_and_exit, args=(item, limit))
     timer.daemon = True
     timer.start()
     try:
@@ -78,12 +89,12 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         timer.cancel()
 
 
-def _dump_hang_and_exit(item: pytest.Item) -> None:
+def _dump_hang_and_exit(item: pytest.Item, limit: float) -> None:
     capture = item.config.pluginmanager.getplugin("capturemanager")
     if capture is not None:  # give stderr back to the terminal (or CI's log) to be seen
         capture.suspend_global_capture()
     out = sys.stderr
-    print(f"\n=== {item.nodeid}: running for {_hang_limit(item):.0f} s; asyncio tasks, then threads ===", file=out)
+    print(f"\n=== {item.nodeid}: running for {limit:.0f} s; asyncio tasks, then threads ===", file=out)
     for task in list(getattr(asyncio.tasks, "_all_tasks", ())):  # every loop's tasks (no public API)
         if not task.done():
             print(f"--- {task!r}", file=out)
