@@ -243,3 +243,46 @@ async def test_claim_outlives_slow_retries_so_a_second_dispatcher_never_sends(
     assert len(provider.received) == 3
     assert len({e.id for e in events}) == 1
     assert events[0].status == "sent" and events[0].attempt == 3
+
+
+class WaitsForRenewal(Provider):
+    """Accepts a message only once the dispatcher's lease renewal is under way."""
+
+    def __init__(self, renewing: asyncio.Event) -> None:
+        super().__init__([])
+        self.renewing = renewing
+
+    async def handle(self, request: web.Request) -> web.Response:
+        await self.renewing.wait()
+        return await super().handle(request)
+
+
+async def test_a_renewal_that_swallows_its_cancellation_does_not_hold_the_send(
+    kafka_bootstrap: str, redis_url: str, registry: PluginRegistry, aiohttp_server: Any
+) -> None:
+    """The send ends while the claim's renewal is inside a Redis call that swallows the
+    cancellation (Python 3.11's asyncio.wait_for does, and redis-py writes every command through
+    it): the lease must still end, and the send be reported, rather than wait for the renewal."""
+    renewing = asyncio.Event()
+    provider = WaitsForRenewal(renewing)
+    async with dispatching(
+        provider, kafka_bootstrap, redis_url, registry, aiohttp_server, dispatch={"claim_ttl_s": 0.5}
+    ) as runtime:
+        renew_send = runtime.store.renew_send
+
+        async def swallowing(*args: Any, **kwargs: Any) -> bool:
+            if "state" in kwargs or renewing.is_set():  # only the lease's first plain renewal is held
+                return await renew_send(*args, **kwargs)
+            renewing.set()
+            # ...as wait_for does when the call completes just as it is cancelled:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.Event().wait()
+            return True
+
+        runtime.store.renew_send = swallowing  # type: ignore[method-assign]
+        message = reply()
+        await enqueue(runtime, message)
+        [record] = await read_records(kafka_bootstrap, runtime.topics.events, 1)
+    event = decode_event(record.value)
+    assert event.message_id == message.id and event.status == "sent"
+    assert renewing.is_set() and len(provider.received) == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from structlog.testing import capture_logs
 
 from gateway.sdk import cancel_and_wait
 
@@ -57,9 +58,33 @@ async def test_a_caller_cancelled_while_waiting_is_cancelled_too() -> None:
     stopping = asyncio.create_task(stopper(background))
     await asyncio.sleep(0)  # the stopper now waits for the background task
     stopping.cancel()  # ...and is itself cancelled, as a shutdown does
-    await asyncio.sleep(0)
-    release.set()
     with pytest.raises(asyncio.CancelledError):
         await stopping
-    assert stopping.cancelled() and background.cancelled()
-    assert carried_on == []
+    assert stopping.cancelled() and carried_on == []
+    release.set()  # the background task, cancelled, finishes on its own
+    await asyncio.wait([background])
+    assert background.cancelled()
+
+
+async def test_a_task_that_swallows_its_cancellation_is_cancelled_again() -> None:
+    """As a loop does when the cancellation arrives inside a call that swallows it (Python 3.11's
+    asyncio.wait_for, under redis-py): it goes round again, and is cancelled again."""
+    rounds: list[str] = []
+
+    async def swallows_once() -> None:
+        swallowed = False
+        while True:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                if swallowed:
+                    raise
+                swallowed = True
+                rounds.append("swallowed")
+
+    task = asyncio.create_task(swallows_once())
+    await asyncio.sleep(0)
+    with capture_logs() as logs:
+        await cancel_and_wait(task, again_after_s=0.01)
+    assert task.cancelled() and rounds == ["swallowed"]
+    assert [entry["event"] for entry in logs] == ["task_ignored_cancellation"]

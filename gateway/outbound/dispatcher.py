@@ -212,10 +212,14 @@ class Dispatcher:
 
     @contextlib.asynccontextmanager
     async def _lease(self, message_id: str) -> AsyncIterator[None]:
-        """Renew the claim every third of its lifetime while the attempts run (backoff included)."""
+        """Renew the claim every third of its lifetime while the attempts run (backoff included).
+
+        The renewal also stops on a flag, not only on its cancellation: a cancellation that
+        arrives while it talks to Redis can be swallowed there (gateway.helpers.tasks)."""
+        done = asyncio.Event()
 
         async def renew() -> None:
-            while True:
+            while not done.is_set():
                 await asyncio.sleep(self.claim_ttl_s / 3)
                 try:
                     if not await self.runtime.store.renew_send(message_id, self.owner, self.claim_ttl_s):
@@ -227,6 +231,7 @@ class Dispatcher:
         try:
             yield
         finally:
+            done.set()
             await cancel_and_wait(task)
 
     async def _record_sent(self, message: Message, sent: SendClaim) -> None:
