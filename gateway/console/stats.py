@@ -111,7 +111,8 @@ class StatsWriter:
         interval = self.runtime.config.console.stats_interval_s
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
+                async with asyncio.timeout(interval):  # not wait_for: on 3.11 it can swallow a cancellation
+                    await stop.wait()
             try:
                 await self.flush()
             except (RedisError, OSError) as exc:

@@ -104,7 +104,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
                 await response.write(b": keep-alive\n\n")
                 continue
             try:
-                message = await asyncio.wait_for(queue.get(), wait)
+                async with asyncio.timeout(wait):  # not wait_for: on 3.11 it can swallow a cancellation
+                    message = await queue.get()
             except TimeoutError:
                 await response.write(b": keep-alive\n\n")
                 continue

@@ -226,7 +226,8 @@ class WeComKfChannel(Channel):
         while True:
             interval = self.settings.poll_interval_s
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=interval or None)
+                async with asyncio.timeout(interval or None):  # not wait_for: on 3.11 it can swallow a cancellation
+                    await self._wake.wait()
             except TimeoutError:
                 with contextlib.suppress(Exception):
                     for kfid in await self.services.store.client.smembers(self._key("known")):
