@@ -93,3 +93,25 @@ async def test_concurrent_calls_each_time_out() -> None:
     assert all(isinstance(r, BrokerUnavailable) for r in results)
     assert time.monotonic() - started < 3
     await pub.stop()
+
+
+async def test_stop_ends_a_reconnection_before_it_returns() -> None:
+    """A producer being replaced reconnects in the background; ``stop`` waits until that has
+    ended, even when a connection attempt swallowed the cancellation (as ``asyncio.wait_for``
+    can on Python 3.11): the reconnection would otherwise go on after the stop."""
+    result = Publisher(KafkaSection(bootstrap_servers="127.0.0.1:1", publish_timeout_ms=100))
+    attempts: list[str] = []
+
+    async def start() -> None:  # a connection attempt that misses its first cancellation
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            if attempts:
+                raise
+            attempts.append("swallowed")
+
+    result.start = start  # type: ignore[method-assign]
+    result._reconnect = asyncio.create_task(result.connect_forever(retry_s=0.05))
+    await asyncio.sleep(0)
+    await result.stop()
+    assert result._reconnect.done() and attempts == ["swallowed"]

@@ -26,6 +26,7 @@ from gateway.bus.compression import use_compression_level
 from gateway.bus.init_producer_id import negotiate_init_producer_id
 from gateway.bus.kafka import client_options
 from gateway.config import KafkaSection
+from gateway.helpers.tasks import cancel_and_wait
 from gateway.model import encode
 
 log = structlog.get_logger(__name__)
@@ -274,8 +275,12 @@ class Publisher:
                 retry_s = min(retry_s * 2, 30.0)
 
     async def stop(self) -> None:
-        if self._reconnect is not None:
-            self._reconnect.cancel()
+        # Waited for, not only cancelled: a reconnection that missed its cancellation would
+        # connect a new producer after this one is stopped.
+        try:
+            await cancel_and_wait(self._reconnect)
+        except Exception as exc:  # it had failed already: nothing left to stop
+            log.warning("producer_reconnect_failed", error=f"{type(exc).__name__}: {exc}")
         async with self._lock:
             if self._producer is not None:
                 await self._producer.stop()
