@@ -102,7 +102,6 @@ class _Item:
         "emitted",
         "failed",
         "message",
-        "outputs",
         "ran",
         "record",
         "result",
@@ -123,7 +122,6 @@ class _Item:
             self.traceparent = self.span.traceparent
         runtime = worker.runtime
         self.emitted = emitted = _Emitted(runtime.topics, runtime.metrics, message.id, self.traceparent)
-        self.outputs = emitted.records
         self.ran: list[str] = []
         self.result: Message | Drop = message
         self.failed: ProcessorFailed | None = None
@@ -360,7 +358,7 @@ class Worker:
         message = item.message
         if isinstance(result, Drop):
             logger.info("message_dropped", message_id=message.id, processor=item.ran[-1], reason=result.reason)
-            outputs = item.outputs
+            outputs = item.emitted.records
         else:
             message.trace["processors"] = ",".join(item.ran)
             routing = message.routing
@@ -372,7 +370,7 @@ class Worker:
                 key=message.conversation_id,
                 extra_headers=[("input-id", message.id)],
             )
-            outputs = [processed, *item.outputs]
+            outputs = [processed, *item.emitted.records]
         span = item.span
         if span is None:
             pending = await runtime.publisher.enqueue(outputs)  # acknowledged before the offset is committed
