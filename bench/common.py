@@ -29,6 +29,9 @@ GATEWAY = str(Path(sys.executable).with_name("gateway"))
 class Services:
     bootstrap: str
     redis_url: str
+    # Process ids of the embedded servers ("broker", and "redis" unless REDIS_URL named one), so a
+    # benchmark can tell how much CPU they spent (cpu_seconds).
+    pids: dict[str, int]
 
 
 @contextlib.contextmanager
@@ -43,7 +46,10 @@ def services() -> Iterator[Services]:
             redis = EmbeddedRedis()
             redis.start()
             redis_url = redis.url
-        yield Services(kafka.address, redis_url)
+        pids = {"broker": kafka.process.pid} if kafka.process is not None else {}
+        if redis is not None and redis.process is not None:
+            pids["redis"] = redis.process.pid
+        yield Services(kafka.address, redis_url, pids)
     finally:
         kafka.cleanup()
         if redis is not None:
@@ -148,6 +154,13 @@ def summary(values: Sequence[float], unit: str, digits: int = 0) -> str:
         f"median {statistics.median(values):.{digits}f} {unit} "
         f"(min {min(values):.{digits}f} / max {max(values):.{digits}f}, {len(values)} rounds)"
     )
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far, from Linux's /proc (clock ticks: 10 ms
+    resolution, so measure over rounds of seconds)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def header() -> str:

@@ -14,6 +14,10 @@ corpus (the same for both variants), never the texts of an earlier round.
 Latency: webhooks posted to each variant's `gateway serve` at a fixed rate, one variant after the
 other; from the 2xx to the record on the processed topic (matched by the worker's ``input-id``
 header). Memory: each worker's resident set size at the end.
+CPU: during each throughput round, the CPU time of the variant's worker, of the broker and of Redis
+per message, and the share of the round the worker was busy: wall-clock rates move with the VM's
+noise and with time spent waiting on the broker and Redis; CPU time per message says what the chain
+itself costs.
 
 Texts: real customer-like text matters (models cache per word, so eight texts repeated flatter
 the chain), so when ``--data`` names the labelled sentiment files, messages cycle through up to
@@ -28,6 +32,7 @@ import asyncio
 import csv
 import json
 import random
+import statistics
 import tempfile
 import time
 import uuid
@@ -39,12 +44,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from bench.common import (
     GATEWAY,
     base_config,
+    cpu_seconds,
     header,
     open_loop,
     percentile,
     print_rates,
     processes,
     services,
+    summary,
     wait_listening,
 )
 from gateway.config import KafkaSection
@@ -249,6 +256,20 @@ async def latency(url: str, outputs: Outputs, rate: float, seconds: float, offse
 CORPUS: list[str] = list(TEXTS)
 
 
+def print_cpu(cpu: dict[str, dict[str, list[float]]], busy: dict[str, list[float]]) -> None:
+    """CPU time per message of each variant's worker, the broker and Redis during the throughput
+    rounds, the worker's busy share, and bare / full of the workers' CPU per message (the ratio the
+    rates would show if both workers were never waiting)."""
+    print("CPU time per message during the throughput rounds:")
+    for variant, spent in cpu.items():
+        print(f"  {variant:5} worker {summary(spent['worker'], 'µs', 1)}, busy {statistics.median(busy[variant]):.0%}")
+        for name in ("broker", "redis"):
+            if name in spent:
+                print(f"        {name:6} {summary(spent[name], 'µs', 1)}")
+    ratios = [b / f for b, f in zip(cpu["bare"]["worker"], cpu["full"]["worker"], strict=True)]
+    print(f"  worker CPU per message, bare/full: median {statistics.median(ratios):.2f}")
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--messages", type=int, default=12000, help="messages per throughput round")
@@ -308,12 +329,20 @@ async def main() -> None:
                 for variant, (prefix, _) in setups.items():  # warm up: group join, models, connections
                     await throughput(producer, followers[variant], f"{prefix}inbound.v1", 200)
                 rates: dict[str, list[float]] = {"full": [], "bare": []}
+                cpu: dict[str, dict[str, list[float]]] = {v: {} for v in rates}  # variant -> process -> µs/msg
+                busy: dict[str, list[float]] = {v: [] for v in rates}  # worker CPU time / the round's wall time
                 for round_number in range(args.rounds):
                     offset = 200 + round_number * args.messages  # both variants: the same new texts
                     for variant, (prefix, _) in setups.items():
                         topic = f"{prefix}inbound.v1"
+                        watched = {"worker": workers[variant], **svc.pids}
+                        before = {name: cpu_seconds(pid) for name, pid in watched.items()}
                         rate = await throughput(producer, followers[variant], topic, args.messages, offset)
                         rates[variant].append(rate)
+                        for name, pid in watched.items():
+                            spent = (cpu_seconds(pid) - before[name]) / args.messages * 1e6
+                            cpu[variant].setdefault(name, []).append(spent)
+                        busy[variant].append(cpu[variant]["worker"][-1] * rate / 1e6)
                 latencies: dict[str, tuple[float, float]] = {}
                 offset = 200 + args.rounds * args.messages
                 for variant, (_, port) in setups.items():
@@ -329,6 +358,7 @@ async def main() -> None:
     print(f"pipeline throughput, {args.messages} messages x {args.rounds} rounds:")
     print_rates(rates, over=("full", "bare"))
     print(f"texts: {len(CORPUS)} distinct")
+    print_cpu(cpu, busy)
     print(f"end-to-end latency, webhook 2xx -> processed topic, {args.rate:.0f} msg/s for {args.seconds:.0f} s each:")
     for variant, (p50, p99) in latencies.items():
         print(f"  {variant:5} p50 {p50:.1f} ms  p99 {p99:.1f} ms")
