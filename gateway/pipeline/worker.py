@@ -106,7 +106,6 @@ class _Item:
         "record",
         "result",
         "span",
-        "traceparent",
     )
 
     def __init__(self, worker: Worker, record: Record, message: Message) -> None:
@@ -116,12 +115,13 @@ class _Item:
         # Tracing on: this message's ``process`` span, named by the traceparent of its outputs.
         self.span: Handle | None = None
         if scope is None:
-            self.traceparent = child_traceparent(header(record.headers, "traceparent"))
+            traceparent = child_traceparent(header(record.headers, "traceparent"))
         else:
             self.span = scope.consume(record, worker.runner.group_id)
-            self.traceparent = self.span.traceparent
+            traceparent = self.span.traceparent
         runtime = worker.runtime
-        self.emitted = emitted = _Emitted(runtime.topics, runtime.metrics, message.id, self.traceparent)
+        # The traceparent of every output of this message, the processed record's included.
+        self.emitted = emitted = _Emitted(runtime.topics, runtime.metrics, message.id, traceparent)
         self.ran: list[str] = []
         self.result: Message | Drop = message
         self.failed: ProcessorFailed | None = None
@@ -366,7 +366,7 @@ class Worker:
             processed = record_for(
                 topic,
                 message,
-                traceparent=item.traceparent,
+                traceparent=item.emitted.traceparent,
                 key=message.conversation_id,
                 extra_headers=[("input-id", message.id)],
             )
